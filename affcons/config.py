@@ -1,0 +1,83 @@
+"""Typed, strict YAML configs.
+
+Config classes derive from :class:`StrictModel` (pydantic, unknown keys forbidden, frozen). :func:`load_config`
+resolves ``NAME`` to ``configs/NAME.yaml`` (current directory first, then the repository's ``configs/``) or takes a
+path, and turns every validation problem into a :class:`~affcons.errors.ConfigError` naming the key and the file.
+"""
+from pathlib import Path
+from typing import TypeVar
+
+import pydantic
+import yaml
+
+from affcons.errors import ConfigError
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class StrictModel(pydantic.BaseModel):
+    """Base of all config sections: unknown keys are errors, values are immutable, types are not coerced loosely."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)
+
+
+ModelT = TypeVar("ModelT", bound=StrictModel)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """Return the YAML file for ``name_or_path``: an existing path, else ``configs/NAME.yaml``.
+
+    ``configs/`` is looked up in the current directory first, then in the repository that holds this package.
+    """
+    candidate = Path(name_or_path)
+    if candidate.is_file():
+        return candidate
+    name = candidate.name if candidate.suffix in (".yaml", ".yml") else f"{candidate.name}.yaml"
+    for directory in (Path.cwd() / "configs", REPO_CONFIG_DIR):
+        if (directory / name).is_file():
+            return directory / name
+    raise ConfigError(
+        f"config {str(name_or_path)!r} not found: neither a file nor configs/{name} "
+        f"(looked in {Path.cwd() / 'configs'} and {REPO_CONFIG_DIR})"
+    )
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse a YAML mapping with the safe loader; a syntax error or a non-mapping is a ConfigError."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def validate(model: type[ModelT], data: dict, source: str) -> ModelT:
+    """Validate ``data`` into ``model``; errors name each offending key (dotted) and ``source``."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+            if item["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            elif item["type"] == "missing":
+                problems.append(f"missing required key '{key}'")
+            else:
+                problems.append(f"key '{key}': {item['msg']} (got {item.get('input')!r})")
+        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def load_config(model: type[ModelT], name_or_path: str | Path) -> ModelT:
+    """Load and validate a config file into ``model``."""
+    path = resolve_config_path(name_or_path)
+    return validate(model, read_yaml(path), str(path))
+
+
+def dump_config(config: StrictModel, path: Path) -> None:
+    """Write ``config`` as YAML (JSON-compatible values), so a run records exactly what it used."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
