@@ -1,0 +1,301 @@
+"""Hierarchical agglomeration of a RAG into a merge tree, and cheap cuts of that tree at any threshold.
+
+The merging follows waterz's iterative region merging (``IterativeRegionMerging.hpp``) step for step, on the RAG
+alone: edges are scored ``1 - mean affinity`` or ``1 - histogram quantile``; the lowest-scored edge is merged;
+edges whose statistics changed are marked stale and rescored lazily when they reach the top of the queue; of two
+parallel edges the lower-scored one survives. The tree is built once, to the end. Because a rescored edge can
+score lower than earlier merges, the segmentation at threshold ``t`` is the prefix of the merge sequence before
+the first queue entry scoring ``>= t`` -- what ``waterz.agglomerate`` yields at ``t``. Every merge records that
+running maximum as its ``level``; a cut keeps the merges with ``level < t``.
+
+All state lives in flat numpy arrays (bytes per edge: see :func:`merge_tree_bytes_per_edge`); the loop is
+compiled with numba.
+"""
+import re
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from affcons.errors import ConfigError
+from affcons.segment.tables import EdgeTable
+
+_SCORING = re.compile(r"^(mean|quantile(\d{1,2}|100))$")
+
+
+def parse_scoring(scoring: str) -> int:
+    """``"mean"`` -> -1; ``"quantileQ"`` (Q in 0..100, e.g. ``quantile50`` for the median) -> Q."""
+    match = _SCORING.match(scoring)
+    if not match:
+        raise ConfigError(f"unknown scoring {scoring!r}: use 'mean' or 'quantileQ' with Q in 0..100 (e.g. quantile50)")
+    return -1 if match.group(1) == "mean" else int(match.group(2))
+
+
+@dataclass(frozen=True)
+class MergeTree:
+    """The merges of a RAG in the order they happened.
+
+    ``ids`` uint64[N]: the fragment ids (sorted); ``kept``/``absorbed`` int64[K]: indices into ``ids`` of the
+    two regions (by their representative fragment) joined by merge k; ``score`` float32[K]: the edge score at
+    merge k; ``level`` float32[K]: the running maximum of popped queue scores (non-decreasing).
+    """
+
+    ids: np.ndarray
+    kept: np.ndarray
+    absorbed: np.ndarray
+    score: np.ndarray
+    level: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def merges_below(self, threshold: float) -> int:
+        """Number of merges of the cut at ``threshold`` (those with ``level < threshold``)."""
+        return int(np.searchsorted(self.level, np.float32(threshold), side="left"))
+
+    def lookup(self, threshold: float) -> np.ndarray:
+        """Segment id per fragment (uint64[N], aligned with ``ids``) at ``threshold``.
+
+        A segment is named by its smallest fragment id, so the names do not depend on merge directions.
+        """
+        count = self.merges_below(threshold)
+        root = _cut(len(self.ids), self.kept[:count], self.absorbed[:count])
+        smallest = np.full(len(self.ids), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(smallest, root, np.arange(len(self.ids)))
+        return self.ids[smallest[root]]
+
+    def save(self, path) -> None:
+        np.savez(path, ids=self.ids, kept=self.kept, absorbed=self.absorbed, score=self.score, level=self.level)
+
+    @staticmethod
+    def load(path) -> "MergeTree":
+        with np.load(path) as data:
+            return MergeTree(*(data[key] for key in ("ids", "kept", "absorbed", "score", "level")))
+
+
+@numba.njit(cache=True)
+def _cut(num_nodes, kept, absorbed):  # pragma: no cover - compiled
+    parent = np.arange(num_nodes)
+    for k in range(len(kept)):
+        parent[absorbed[k]] = kept[k]
+    root = np.empty(num_nodes, np.int64)
+    for node in range(num_nodes):
+        r = node
+        while parent[r] != r:
+            r = parent[r]
+        root[node] = r
+        # path compression
+        n = node
+        while parent[n] != r:
+            following = parent[n]
+            parent[n] = r
+            n = following
+    return root
+
+
+@numba.njit(cache=True)
+def _score(edge, affinity_sum, count, histogram, quantile):  # pragma: no cover - compiled
+    """Edge score in float32, as waterz's ``OneMinus<...>`` computes it with ``ScoreValue = float``."""
+    if quantile < 0:
+        return np.float32(1.0) - np.float32(affinity_sum[edge] / max(count[edge], 1.0))
+    bins = histogram.shape[1]
+    total = 0
+    for b in range(bins):
+        total += histogram[edge, b]
+    pivot = quantile * total // 100 + 1
+    cumulative = 0
+    chosen = bins - 1
+    for b in range(bins):
+        cumulative += histogram[edge, b]
+        if cumulative >= pivot:
+            chosen = b
+            break
+    return np.float32(1.0) - np.float32((chosen + 0.5) / bins)
+
+
+# A binary min-heap of (score, edge) that moves entries exactly as libstdc++'s std::priority_queue with
+# std::greater does (push_heap / pop_heap), so that ties between equal scores resolve as in waterz.
+@numba.njit(cache=True)
+def _sift_up(scores, edges, hole, top, score, edge):  # pragma: no cover - compiled
+    parent = (hole - 1) // 2
+    while hole > top and scores[parent] > score:
+        scores[hole] = scores[parent]
+        edges[hole] = edges[parent]
+        hole = parent
+        parent = (hole - 1) // 2
+    scores[hole] = score
+    edges[hole] = edge
+
+
+@numba.njit(cache=True)
+def _heap_push(scores, edges, size, score, edge):  # pragma: no cover - compiled
+    _sift_up(scores, edges, size, 0, score, edge)
+    return size + 1
+
+
+@numba.njit(cache=True)
+def _heap_pop(scores, edges, size):  # pragma: no cover - compiled
+    """Remove the top entry (returned by the caller beforehand as scores[0], edges[0]); returns the new size."""
+    last = size - 1
+    if last > 0:
+        score, edge = scores[last], edges[last]
+        scores[last], edges[last] = scores[0], edges[0]
+        length = last
+        hole = 0
+        child = 0
+        while child < (length - 1) // 2:
+            child = 2 * (child + 1)
+            if scores[child] > scores[child - 1]:
+                child -= 1
+            scores[hole] = scores[child]
+            edges[hole] = edges[child]
+            hole = child
+        if (length & 1) == 0 and child == (length - 2) // 2:
+            child = 2 * (child + 1)
+            scores[hole] = scores[child - 1]
+            edges[hole] = edges[child - 1]
+            hole = child - 1
+        _sift_up(scores, edges, hole, 0, score, edge)
+    return last
+
+
+@numba.njit(cache=True)
+def _add_statistics(target, source, affinity_sum, count, histogram):  # pragma: no cover - compiled
+    affinity_sum[target] += affinity_sum[source]
+    count[target] += count[source]
+    for bin_ in range(histogram.shape[1]):
+        histogram[target, bin_] += histogram[source, bin_]
+
+
+@numba.njit(cache=True)
+def _merge_loop(num_nodes, u, v, affinity_sum, count, histogram, quantile):  # pragma: no cover - compiled
+    num_edges = len(u)
+    score = np.empty(num_edges, np.float32)
+    stale = np.zeros(num_edges, np.bool_)
+    deleted = np.zeros(num_edges, np.bool_)
+    ends = np.empty((num_edges, 2), np.int64)  # current regions of each edge; column = slot side
+    # incidence lists: slot 2e is edge e at its u side, 2e+1 at its v side; singly linked, concatenable
+    following = np.full(2 * num_edges, -1, np.int64)
+    head = np.full(num_nodes, -1, np.int64)
+    tail = np.full(num_nodes, -1, np.int64)
+    lookup = {np.int64(0): np.int64(0)}  # (smaller * num_nodes + larger) -> live edge
+    del lookup[np.int64(0)]
+    for e in range(num_edges):
+        ends[e, 0] = u[e]
+        ends[e, 1] = v[e]
+        for side in range(2):
+            slot = 2 * e + side
+            node = ends[e, side]
+            if tail[node] == -1:
+                head[node] = slot
+            else:
+                following[tail[node]] = slot
+            tail[node] = slot
+        lookup[u[e] * num_nodes + v[e]] = e
+    # each edge has exactly one queue entry at any time: 'num_edges' entries suffice
+    queue_scores = np.empty(num_edges, np.float32)
+    queue_edges = np.empty(num_edges, np.int64)
+    size = 0
+    for e in range(num_edges):
+        score[e] = _score(e, affinity_sum, count, histogram, quantile)
+        size = _heap_push(queue_scores, queue_edges, size, score[e], e)
+    capacity = max(num_nodes - 1, 0)
+    kept_out = np.empty(capacity, np.int64)
+    absorbed_out = np.empty(capacity, np.int64)
+    score_out = np.empty(capacity, np.float32)
+    level_out = np.empty(capacity, np.float32)
+    merges = 0
+    level = np.float32(-np.inf)
+    while size > 0:
+        popped_score, e = queue_scores[0], queue_edges[0]
+        size = _heap_pop(queue_scores, queue_edges, size)
+        level = max(level, popped_score)
+        if deleted[e]:
+            continue
+        if stale[e]:
+            stale[e] = False
+            score[e] = _score(e, affinity_sum, count, histogram, quantile)
+            size = _heap_push(queue_scores, queue_edges, size, score[e], e)
+            continue
+        a, b = min(ends[e, 0], ends[e, 1]), max(ends[e, 0], ends[e, 1])  # b joins a, as in waterz
+        kept_out[merges] = a
+        absorbed_out[merges] = b
+        score_out[merges] = popped_score
+        level_out[merges] = level
+        merges += 1
+        deleted[e] = True
+        del lookup[a * num_nodes + b]
+        previous = -1
+        slot = head[b]
+        while slot != -1:
+            f = slot // 2
+            next_slot = following[slot]
+            if deleted[f]:  # unlink dead slots while walking
+                if previous == -1:
+                    head[b] = next_slot
+                else:
+                    following[previous] = next_slot
+                slot = next_slot
+                continue
+            side = slot % 2
+            c = ends[f, 1 - side]
+            del lookup[min(b, c) * num_nodes + max(b, c)]
+            key = min(a, c) * num_nodes + max(a, c)
+            g = lookup[key] if key in lookup else np.int64(-1)
+            if g != -1 and score[f] > score[g]:
+                # the parallel edge of a survives with the lower score
+                _add_statistics(g, f, affinity_sum, count, histogram)
+                deleted[f] = True
+                stale[g] = True
+            else:
+                if g != -1:
+                    _add_statistics(f, g, affinity_sum, count, histogram)
+                    deleted[g] = True
+                    stale[f] = True
+                ends[f, side] = a
+                lookup[key] = f
+            previous = slot
+            slot = next_slot
+        tail[b] = previous
+        if head[b] != -1:  # append b's live slots to a's list
+            if tail[a] == -1:
+                head[a] = head[b]
+            else:
+                following[tail[a]] = head[b]
+            tail[a] = tail[b]
+        head[b] = -1
+        tail[b] = -1
+    return kept_out[:merges], absorbed_out[:merges], score_out[:merges], level_out[:merges]
+
+
+def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarray | None = None) -> MergeTree:
+    """Agglomerate the RAG ``edges`` to the end and return its merge tree.
+
+    Args:
+        edges: combined edge table (unique (u, v) rows, u < v).
+        scoring: ``"mean"`` (``1 - mean affinity``) or ``"quantileQ"`` (``1 - Q-th percentile`` from the
+            histograms, which the table must then have).
+        node_ids: all fragment ids, including isolated ones (default: the ids that occur in ``edges``).
+    """
+    quantile = parse_scoring(scoring)
+    if quantile >= 0 and edges.histogram_bins == 0:
+        raise ConfigError(f"scoring {scoring!r} needs edge histograms; compute the RAG with histogram_bins > 0")
+    ids = np.union1d(edges.u, edges.v) if node_ids is None else np.unique(np.asarray(node_ids, np.uint64))
+    u = np.searchsorted(ids, edges.u)
+    v = np.searchsorted(ids, edges.v)
+    if len(ids) and (np.any(ids[np.minimum(u, len(ids) - 1)] != edges.u) or np.any(ids[np.minimum(v, len(ids) - 1)]
+                                                                                  != edges.v)):
+        raise ValueError("edges refer to fragment ids missing from node_ids")
+    order = np.lexsort((v, u))
+    kept, absorbed, score, level = _merge_loop(
+        len(ids), u[order].astype(np.int64), v[order].astype(np.int64), edges.affinity_sum[order].copy(),
+        edges.count[order].astype(np.float64), edges.histogram[order].astype(np.int64), quantile,
+    )  # fmt: skip
+    return MergeTree(ids.astype(np.uint64), kept, absorbed, score, level)
+
+
+def merge_tree_bytes_per_edge(histogram_bins: int) -> int:
+    """Peak bytes per RAG edge inside :func:`build_merge_tree` (arrays, queue entries and the pair lookup)."""
+    arrays = 8 * 2 + 8 + 8 + 8 * histogram_bins + 8 + 2 + 2 * 8 * 2 + 8 * 2  # ends, sum, count, hist, score, flags,
+    queue_and_lookup = 16 + 40  # slots (next, endpoint), ends; heap entry; typed-dict entry (key, value, hash)
+    return arrays + queue_and_lookup

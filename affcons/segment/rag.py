@@ -1,0 +1,86 @@
+"""Region adjacency graphs with mergeable statistics, from fragments and nearest-neighbour affinities.
+
+An edge (u, v) collects the affinity ``affs[c, p]`` of every voxel ``p`` whose neighbour ``p - e_c`` (c = z, y, x)
+lies in another fragment, both non-zero: the region graph waterz builds. Each voxel pair is attributed to the
+voxel ``p``, so the tables of disjoint pieces of a volume concatenate and :meth:`EdgeTable.combine` into exactly
+the table of the whole.
+"""
+import numpy as np
+
+from affcons.errors import VolumeError
+from affcons.segment.tables import EdgeTable, NodeTable
+
+
+def histogram_bin(affinities: np.ndarray, bins: int) -> np.ndarray:
+    """Bin index in ``0..bins-1`` of affinities in [0, 1] (values <= 0 -> 0, >= 1 -> bins-1), as waterz bins."""
+    scaled = np.where(affinities > 0, affinities, 0.0).astype(np.float64) * bins
+    return np.minimum(scaled.astype(np.int64), bins - 1)
+
+
+def edge_table(
+    fragments: np.ndarray, affs: np.ndarray, histogram_bins: int = 0, lower_context=(0, 0, 0)
+) -> EdgeTable:
+    """The RAG of ``fragments`` with statistics of ``affs`` (float in [0, 1], channels 0-2 used).
+
+    Args:
+        fragments: uint64 (z, y, x), 0 = no fragment.
+        affs: (C >= 3, z, y, x) affinities aligned with ``fragments``.
+        histogram_bins: number of histogram bins per edge (0: no histogram).
+        lower_context: per axis 0 or 1: the arrays start with that many voxels of context at the low end, which
+            serve only as partners ``p - e_c`` and are never ``p`` themselves (blockwise: the face of the
+            neighbouring block below).
+    """
+    if affs.ndim != 4 or affs.shape[0] < 3 or affs.shape[1:] != fragments.shape:
+        raise VolumeError(f"affinities {affs.shape} must be (C >= 3,) + fragments shape {fragments.shape}")
+    starts = [int(c) for c in lower_context]
+    if any(c not in (0, 1) for c in starts):
+        raise ValueError(f"lower_context must be 0 or 1 per axis, got {lower_context}")
+    pieces_u, pieces_v, pieces_aff = [], [], []
+    for channel in range(3):
+        # p ranges over voxels outside the context whose partner p - e_channel lies inside the array
+        low = [max(starts[axis], int(axis == channel)) for axis in range(3)]
+        p_slices = tuple(slice(low[axis], size) for axis, size in enumerate(fragments.shape))
+        q_slices = tuple(slice(low[axis] - (axis == channel), size - (axis == channel))
+                         for axis, size in enumerate(fragments.shape))  # fmt: skip
+        here, there = fragments[p_slices], fragments[q_slices]
+        crossing = (here != there) & (here != 0) & (there != 0)
+        a, b = here[crossing], there[crossing]
+        pieces_u.append(np.minimum(a, b))
+        pieces_v.append(np.maximum(a, b))
+        pieces_aff.append(affs[channel][p_slices][crossing].astype(np.float64))
+    u = np.concatenate(pieces_u)
+    v = np.concatenate(pieces_v)
+    values = np.concatenate(pieces_aff)
+    if len(u) == 0:
+        return EdgeTable.empty(histogram_bins)
+    order = np.lexsort((v, u))
+    u, v, values = u[order], v[order], values[order]
+    starts_of_edges = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])])
+    counts = np.diff(np.r_[starts_of_edges, len(u)]).astype(np.uint64)
+    if histogram_bins:
+        edge_index = np.repeat(np.arange(len(starts_of_edges)), counts.astype(np.int64))
+        flat = edge_index * histogram_bins + histogram_bin(values, histogram_bins)
+        histogram = np.bincount(flat, minlength=len(starts_of_edges) * histogram_bins)
+        histogram = histogram.reshape(len(starts_of_edges), histogram_bins)
+    else:
+        histogram = np.zeros((len(starts_of_edges), 0), np.uint32)
+    return EdgeTable(u[starts_of_edges], v[starts_of_edges], np.add.reduceat(values, starts_of_edges), counts,
+                     histogram)  # fmt: skip
+
+
+def node_table(fragments: np.ndarray, voxel_size=(1, 1, 1), offset=(0, 0, 0)) -> NodeTable:
+    """Ids, centres of mass (nm, world coordinates) and sizes (voxels) of the non-zero fragments, sorted by id.
+
+    Args:
+        fragments: uint64 (z, y, x).
+        voxel_size: (z, y, x) nm.
+        offset: world coordinate (nm) of voxel (0, 0, 0).
+    """
+    flat = fragments.ravel()
+    ids, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
+    coordinates = np.indices(fragments.shape, dtype=np.float64).reshape(3, -1)
+    centres = np.stack([np.bincount(inverse, weights=c, minlength=len(ids)) for c in coordinates], axis=1)
+    centres = centres / sizes[:, None]
+    centres = centres * np.asarray(voxel_size, np.float64) + np.asarray(offset, np.float64)
+    keep = ids != 0
+    return NodeTable(ids[keep], centres[keep], sizes[keep])
