@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "PyYAML==6.0.4",
     "tqdm==4.70.1",
     "psutil==7.2.2",
+    "dask==2026.8.0",
 ]
 
 setup(

@@ -12,7 +12,7 @@ import sys
 from affcons.errors import AffconsError
 
 COMMANDS = {
-    "import": ("affcons.commands.import_volume", "convert HDF5 / TIFF / zarr v2 into chunked zarr v3"),
+    "import": ("affcons.commands.import_volume", "convert HDF5, TIFF or zarr (v2, v3) into chunked zarr v3"),
     "info": ("affcons.commands.info", "print shape, dtype, voxel size, ROI, chunks and value range of a volume"),
     "evaluate": ("affcons.commands.evaluate", "VOI split/merge and adapted Rand error of a segmentation"),
     "segment": ("blockwise.commands.segment", "blockwise fragments -> RAG -> agglomeration -> segmentations"),

@@ -1,0 +1,293 @@
+"""The RAG graph store interface: :class:`RagStore`, shared by the SQLite and MongoDB backends.
+
+The public methods live here and do everything that does not depend on the backend: argument checks, the uint64 <->
+int64 id conversion, ROI bounds, sorting of results, the read-only and closed states. A backend implements the
+``_``-prefixed abstract methods on prepared int64/float64 columns. Design: ``docs/design/graph-store.md``.
+
+Contract of the writes: ``write_nodes(block_id, nodes)`` and ``write_edges(block_id, edges)`` *replace* everything
+that block wrote before (delete-then-insert keyed by block id), so a retried block never leaves a row twice, and a
+retry after a partial write ends with exactly the full set. Each node id and each edge (u, v) belongs to one block;
+writing it from another block is refused, naming the owner.
+"""
+import itertools
+import json
+import math
+import operator
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from affcons.errors import StoreError
+from affcons.segment.tables import ID_DTYPE, EdgeTable, NodeTable
+
+MODES = ("r", "a", "w")
+SCHEMA_VERSION = 1
+DEFAULT_BATCH_SIZE = 1000
+MAX_INT64 = 2**63 - 1
+
+# (begin, end) in nm per axis (z, y, x); None where the ROI is unbounded along that side.
+Bounds = tuple[tuple[float | None, float | None], ...]
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for error messages and logs."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+
+
+def batched(iterable: Iterable, n: int) -> Iterator[list]:
+    """Lists of up to ``n`` consecutive items of ``iterable``."""
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, n)):
+        yield chunk
+
+
+def histogram_rows(histogram: np.ndarray) -> list[bytes]:
+    """One ``bytes`` per row of a uint32[E, B] histogram: B little-endian uint32 (4 B bytes; empty when B = 0)."""
+    data = np.ascontiguousarray(histogram, dtype="<u4")
+    width = 4 * data.shape[1]
+    buffer = data.tobytes()
+    return [buffer[i : i + width] for i in range(0, len(buffer), width)] if width else [b""] * len(data)
+
+
+def histogram_from_rows(rows: list[bytes], bins: int, where: str) -> np.ndarray:
+    """Inverse of :func:`histogram_rows`: uint32[len(rows), bins]; a row of another length is a StoreError."""
+    if bins == 0:
+        return np.zeros((len(rows), 0), np.uint32)
+    buffer = b"".join(rows)
+    if len(buffer) != 4 * bins * len(rows) or any(len(row) != 4 * bins for row in rows):
+        raise StoreError(f"{where}: stored edge histograms do not have {bins} uint32 bins each")
+    return np.frombuffer(buffer, dtype="<u4").reshape(len(rows), bins).astype(np.uint32)
+
+
+class RagStore(ABC):
+    """A region adjacency graph (fragments and their edge statistics) in a database, written block by block.
+
+    Open one with :func:`affcons.store.open_store`; one store object per process (open it in each worker). Use as a
+    context manager or call :meth:`close`. Every failure is a :class:`~affcons.errors.StoreError` naming the URL.
+
+    Attributes: ``url`` (password redacted), ``mode`` ('r', 'a' or 'w'), ``histogram_bins`` (B of every stored
+    edge), ``batch_size`` (rows per bulk write / read batch).
+    """
+
+    def __init__(self, url: str, mode: str, histogram_bins: int, batch_size: int):
+        self.url = redact(url)
+        if mode not in MODES:
+            raise StoreError(f"{self.url}: mode must be one of {MODES}, got {mode!r}")
+        if isinstance(histogram_bins, bool) or not isinstance(histogram_bins, int | np.integer) or histogram_bins < 0:
+            raise StoreError(f"{self.url}: histogram_bins must be an integer >= 0, got {histogram_bins!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise StoreError(f"{self.url}: batch_size must be an integer >= 1, got {batch_size!r}")
+        self.mode = mode
+        self.histogram_bins = int(histogram_bins)
+        self.batch_size = int(batch_size)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, mode={self.mode!r}, histogram_bins={self.histogram_bins})"
+
+    def __enter__(self) -> "RagStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------------------- writes
+
+    def write_nodes(self, block_id: int, nodes: NodeTable) -> None:
+        """Store the fragments of block ``block_id``, replacing whatever that block wrote before.
+
+        ``nodes.ids`` must be unique and < 2^63, positions (z, y, x) in nm finite. An id stored by another block is
+        refused (StoreError naming the id and that block).
+        """
+        block = self._writable_block(block_id)
+        if not isinstance(nodes, NodeTable):
+            raise StoreError(f"{self.url}: write_nodes needs a NodeTable, got {type(nodes).__name__}")
+        ids = self._to_int64(nodes.ids, "node id", block)
+        size = self._to_int64(nodes.size, "node size", block)
+        if len(np.unique(ids)) != len(ids):
+            raise StoreError(f"{self.url}: block {block}: the NodeTable holds duplicate node ids")
+        if not np.isfinite(nodes.position).all():
+            raise StoreError(f"{self.url}: block {block}: node positions must be finite")
+        self._replace_nodes(block, ids, nodes.position, size)
+
+    def write_edges(self, block_id: int, edges: EdgeTable) -> None:
+        """Store the edges of block ``block_id``, replacing whatever that block wrote before.
+
+        Rows need ``u < v < 2^63``, no (u, v) twice (use :meth:`EdgeTable.combine`), finite sums and
+        ``edges.histogram_bins == self.histogram_bins``. An edge stored by another block is refused (StoreError
+        naming the edge and that block).
+        """
+        block = self._writable_block(block_id)
+        if not isinstance(edges, EdgeTable):
+            raise StoreError(f"{self.url}: write_edges needs an EdgeTable, got {type(edges).__name__}")
+        if edges.histogram_bins != self.histogram_bins:
+            raise StoreError(
+                f"{self.url}: block {block}: edges have {edges.histogram_bins} histogram bins, the store keeps "
+                f"{self.histogram_bins}"
+            )
+        u = self._to_int64(edges.u, "edge u", block)
+        v = self._to_int64(edges.v, "edge v", block)
+        count = self._to_int64(edges.count, "edge count", block)
+        if (u >= v).any():
+            i = int(np.flatnonzero(u >= v)[0])
+            raise StoreError(f"{self.url}: block {block}: edge ({u[i]}, {v[i]}) does not have u < v")
+        if len(edges) > 1:
+            order = np.lexsort((v, u))
+            same = (u[order][1:] == u[order][:-1]) & (v[order][1:] == v[order][:-1])
+            if same.any():
+                i = order[int(np.flatnonzero(same)[0])]
+                raise StoreError(
+                    f"{self.url}: block {block}: edge ({u[i]}, {v[i]}) appears twice; combine() the table first"
+                )
+        if not np.isfinite(edges.affinity_sum).all():
+            raise StoreError(f"{self.url}: block {block}: edge affinity sums must be finite")
+        self._replace_edges(block, u, v, edges.affinity_sum, count, edges.histogram)
+
+    def set_meta(self, key: str, value: dict) -> None:
+        """Store the JSON-serialisable mapping ``value`` under ``key`` (e.g. the run config fingerprint)."""
+        self._check_open()
+        self._check_writable()
+        if not isinstance(key, str) or not key:
+            raise StoreError(f"{self.url}: meta key must be a non-empty string, got {key!r}")
+        if not isinstance(value, dict):
+            raise StoreError(f"{self.url}: meta {key!r} must be a dict, got {type(value).__name__}")
+        try:
+            text = json.dumps(value, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise StoreError(f"{self.url}: meta {key!r} is not JSON-serialisable: {error}") from None
+        self._set_meta_text(key, text)
+
+    # ----------------------------------------------------------------------------------------------------- reads
+
+    def read_nodes(self, roi=None) -> NodeTable:
+        """Nodes whose position lies in ``roi`` (a 3-D ``funlib.geometry.Roi`` in nm, half-open; None: all),
+        sorted by id."""
+        self._check_open()
+        batches = list(self._read_node_batches(self._bounds(roi)))
+        if not batches:
+            return NodeTable.empty()
+        ids = np.concatenate([b[0] for b in batches])
+        order = np.argsort(ids, kind="stable")
+        return NodeTable(
+            ids[order].astype(ID_DTYPE),
+            np.concatenate([b[1] for b in batches])[order],
+            np.concatenate([b[2] for b in batches])[order].astype(np.uint64),
+        )
+
+    def read_edges(self, roi=None) -> EdgeTable:
+        """Edges whose ``u`` node lies in ``roi`` (3-D ``funlib.geometry.Roi`` in nm; None: all edges, also those
+        whose nodes were never written), sorted by (u, v)."""
+        self._check_open()
+        batches = list(self._read_edge_batches(self._bounds(roi)))
+        if not batches:
+            return EdgeTable.empty(self.histogram_bins)
+        u = np.concatenate([b[0] for b in batches])
+        v = np.concatenate([b[1] for b in batches])
+        order = np.lexsort((v, u))
+        return EdgeTable(
+            u[order].astype(ID_DTYPE),
+            v[order].astype(ID_DTYPE),
+            np.concatenate([b[2] for b in batches])[order],
+            np.concatenate([b[3] for b in batches])[order].astype(np.uint64),
+            np.concatenate([b[4] for b in batches])[order],
+        )
+
+    def count_nodes(self) -> int:
+        """Number of stored nodes."""
+        self._check_open()
+        return self._count("nodes")
+
+    def count_edges(self) -> int:
+        """Number of stored edges."""
+        self._check_open()
+        return self._count("edges")
+
+    def get_meta(self, key: str) -> dict | None:
+        """The mapping stored under ``key`` by :meth:`set_meta`, or None."""
+        self._check_open()
+        text = self._get_meta_text(key)
+        return None if text is None else json.loads(text)
+
+    def close(self) -> None:
+        """Release the connection; further calls raise StoreError. Closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    # ---------------------------------------------------------------------------------------------------- checks
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.url}: the store is closed")
+
+    def _check_writable(self) -> None:
+        if self.mode == "r":
+            raise StoreError(f"{self.url}: the store was opened read-only (mode 'r')")
+
+    def _writable_block(self, block_id) -> int:
+        self._check_open()
+        self._check_writable()
+        try:
+            block = operator.index(block_id)
+        except TypeError:
+            raise StoreError(f"{self.url}: block_id must be an integer, got {block_id!r}") from None
+        if not 0 <= block <= MAX_INT64:
+            raise StoreError(f"{self.url}: block_id must lie in [0, 2^63), got {block}")
+        return block
+
+    def _to_int64(self, values: np.ndarray, what: str, block: int) -> np.ndarray:
+        """uint64 -> int64 without loss; a value >= 2^63 (which the databases cannot hold) is a StoreError."""
+        if len(values) and values.max() > MAX_INT64:
+            raise StoreError(
+                f"{self.url}: block {block}: {what} {int(values.max())} is >= 2^63; the store keeps signed 64-bit "
+                "integers"
+            )
+        return values.astype(np.int64)
+
+    def _bounds(self, roi) -> Bounds | None:
+        if roi is None:
+            return None
+        try:
+            dims, begin, end = roi.dims, roi.begin, roi.end
+        except AttributeError:
+            raise StoreError(f"{self.url}: roi must be a funlib.geometry.Roi or None, got {roi!r}") from None
+        if dims != 3:
+            raise StoreError(f"{self.url}: roi must be 3-D (z, y, x in nm), got {roi}")
+
+        def bound(value):
+            return None if value is None or math.isinf(value) else float(value)
+
+        return tuple((bound(b), bound(e)) for b, e in zip(begin, end))
+
+    # ------------------------------------------------------------------------------------------------- backends
+
+    @abstractmethod
+    def _replace_nodes(self, block: int, ids: np.ndarray, position: np.ndarray, size: np.ndarray) -> None:
+        """Delete block's nodes, insert int64 ``ids`` [N], float64 ``position`` [N, 3] and int64 ``size`` [N]."""
+
+    @abstractmethod
+    def _replace_edges(self, block: int, u, v, affinity_sum, count, histogram) -> None:
+        """Delete block's edges, insert int64 u, v [E], float64 sum [E], int64 count [E], uint32 histogram [E, B]."""
+
+    @abstractmethod
+    def _read_node_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
+        """Batches of (int64 ids, float64 position [n, 3], int64 size)."""
+
+    @abstractmethod
+    def _read_edge_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
+        """Batches of (int64 u, int64 v, float64 sum, int64 count, uint32 histogram [n, B])."""
+
+    @abstractmethod
+    def _count(self, table: str) -> int:
+        """Rows in 'nodes' or 'edges'."""
+
+    @abstractmethod
+    def _set_meta_text(self, key: str, text: str) -> None: ...
+
+    @abstractmethod
+    def _get_meta_text(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...

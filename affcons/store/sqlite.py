@@ -1,0 +1,260 @@
+"""SQLite backend of :class:`~affcons.store.base.RagStore`: one file, ``sqlite:///relative.db`` or
+``sqlite:////absolute.db``.
+
+WAL journal plus a busy timeout let several worker processes on one machine write blocks at once (each write is one
+``BEGIN IMMEDIATE`` transaction, so writers queue for the lock instead of failing). Not for network file systems.
+"""
+import itertools
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from affcons.errors import StoreError
+from affcons.store.base import (
+    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
+)  # fmt: skip
+
+SCHEME_PREFIX = "sqlite:///"
+DEFAULT_BUSY_TIMEOUT_MS = 60_000
+
+TABLES = ("nodes", "edges", "meta", "store_info")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    id INTEGER PRIMARY KEY, z REAL NOT NULL, y REAL NOT NULL, x REAL NOT NULL, size INTEGER NOT NULL,
+    block INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS nodes_zyx ON nodes (z, y, x);
+CREATE INDEX IF NOT EXISTS nodes_block ON nodes (block);
+CREATE TABLE IF NOT EXISTS edges (
+    u INTEGER NOT NULL, v INTEGER NOT NULL, affinity_sum REAL NOT NULL, count INTEGER NOT NULL,
+    histogram BLOB NOT NULL, block INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS edges_uv ON edges (u, v);
+CREATE INDEX IF NOT EXISTS edges_block ON edges (block);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///PATH`` URL (PATH relative to the working directory unless it starts with /)."""
+    if not url.startswith(SCHEME_PREFIX) or len(url) == len(SCHEME_PREFIX) or "?" in url:
+        raise StoreError(
+            f"{url}: a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db (no host, no query)"
+        )
+    return Path(url[len(SCHEME_PREFIX) :])
+
+
+class SQLiteRagStore(RagStore):
+    """RAG store in one SQLite file. Tables: ``nodes(id, z, y, x, size, block)``, ``edges(u, v, affinity_sum,
+    count, histogram, block)`` (unique (u, v)), ``meta(key, value JSON)``, ``store_info(key, value)``.
+
+    ``timeout_ms`` is how long a writer waits for another process's transaction (busy timeout; default 60 s).
+    """
+
+    def __init__(
+        self, url: str, mode: str = "a", histogram_bins: int = 0, *, batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout_ms: int | None = None,
+    ):  # fmt: skip
+        super().__init__(url, mode, histogram_bins, batch_size)
+        self.path = sqlite_path(url)
+        busy_ms = DEFAULT_BUSY_TIMEOUT_MS if timeout_ms is None else timeout_ms
+        if mode == "r" and not self.path.is_file():
+            raise StoreError(f"{self.url}: no store at {self.path.absolute()} (mode 'r' needs an existing file)")
+        try:
+            if mode != "r":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._connection = sqlite3.connect(self.path, timeout=busy_ms / 1000, isolation_level=None)
+                self._connection.execute("PRAGMA journal_mode=WAL")
+            else:
+                self._connection = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_ms / 1000, isolation_level=None
+                )
+            self._connection.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"{self.url}: cannot open SQLite store at {self.path.absolute()}: {error}") from None
+        try:
+            self._init_schema()
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def _init_schema(self) -> None:
+        with self._errors("creating the schema"):
+            if self.mode != "r":
+                with self._transaction():
+                    if self.mode == "w":
+                        for table in TABLES:
+                            self._connection.execute(f"DROP TABLE IF EXISTS {table}")
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        self._connection.execute(statement)
+                    self._connection.executemany(
+                        "INSERT OR IGNORE INTO store_info (key, value) VALUES (?, ?)",
+                        [("schema_version", SCHEMA_VERSION), ("histogram_bins", self.histogram_bins)],
+                    )
+            tables = {row[0] for row in self._connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "store_info" not in tables:
+                raise StoreError(f"{self.url}: {self.path} is not an affcons RAG store (no store_info table)")
+            info = dict(self._connection.execute("SELECT key, value FROM store_info"))
+        if info.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url}: store schema version {info.get('schema_version')}, this affcons reads {SCHEMA_VERSION}"
+            )
+        if info.get("histogram_bins") != self.histogram_bins:
+            raise StoreError(
+                f"{self.url}: the store keeps {info.get('histogram_bins')} histogram bins per edge, opened with "
+                f"histogram_bins={self.histogram_bins}"
+            )
+
+    # --------------------------------------------------------------------------------------------------- helpers
+
+    def _errors(self, action: str):
+        return _SQLiteErrors(self.url, action)
+
+    def _transaction(self):
+        return _Transaction(self._connection)
+
+    # ---------------------------------------------------------------------------------------------------- writes
+
+    def _replace_nodes(self, block, ids, position, size) -> None:
+        rows = zip(ids.tolist(), *position.T.tolist(), size.tolist(), itertools.repeat(block))
+        try:
+            with self._errors(f"writing nodes of block {block}"), self._transaction():
+                self._connection.execute("DELETE FROM nodes WHERE block = ?", (block,))
+                for chunk in batched(rows, self.batch_size):
+                    self._connection.executemany(
+                        "INSERT INTO nodes (id, z, y, x, size, block) VALUES (?, ?, ?, ?, ?, ?)", chunk
+                    )
+        except _Conflict:
+            with self._errors(f"looking up the owner of a node of block {block}"):
+                for node_id in ids.tolist():
+                    owner = self._connection.execute("SELECT block FROM nodes WHERE id = ?", (node_id,)).fetchone()
+                    if owner is not None:
+                        raise StoreError(
+                            f"{self.url}: block {block}: node {node_id} is already stored by block {owner[0]}"
+                        ) from None
+            raise StoreError(f"{self.url}: block {block}: a node id is already stored by another block") from None
+
+    def _replace_edges(self, block, u, v, affinity_sum, count, histogram) -> None:
+        rows = zip(
+            u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram),
+            itertools.repeat(block),
+        )  # fmt: skip
+        try:
+            with self._errors(f"writing edges of block {block}"), self._transaction():
+                self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
+                for chunk in batched(rows, self.batch_size):
+                    self._connection.executemany(
+                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, block) VALUES (?, ?, ?, ?, ?, ?)",
+                        chunk,
+                    )
+        except _Conflict:
+            with self._errors(f"looking up the owner of an edge of block {block}"):
+                for a, b in zip(u.tolist(), v.tolist()):
+                    query = "SELECT block FROM edges WHERE u = ? AND v = ?"
+                    owner = self._connection.execute(query, (a, b)).fetchone()
+                    if owner is not None:
+                        raise StoreError(
+                            f"{self.url}: block {block}: edge ({a}, {b}) is already stored by block {owner[0]}"
+                        ) from None
+            raise StoreError(f"{self.url}: block {block}: an edge is already stored by another block") from None
+
+    def _set_meta_text(self, key, text) -> None:
+        with self._errors(f"writing meta {key!r}"), self._transaction():
+            self._connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
+
+    # ----------------------------------------------------------------------------------------------------- reads
+
+    @staticmethod
+    def _where(bounds: Bounds | None, prefix: str = "") -> tuple[str, list[float]]:
+        clauses, parameters = [], []
+        for axis, (begin, end) in zip("zyx", bounds or ()):
+            if begin is not None:
+                clauses.append(f"{prefix}{axis} >= ?")
+                parameters.append(begin)
+            if end is not None:
+                clauses.append(f"{prefix}{axis} < ?")
+                parameters.append(end)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", parameters
+
+    def _batches(self, sql: str, parameters: list, action: str) -> Iterator[list[tuple]]:
+        with self._errors(action):
+            cursor = self._connection.execute(sql, parameters)
+            try:
+                while rows := cursor.fetchmany(self.batch_size):
+                    yield rows
+            finally:
+                cursor.close()
+
+    def _read_node_batches(self, bounds) -> Iterator[tuple]:
+        where, parameters = self._where(bounds)
+        for rows in self._batches(f"SELECT id, z, y, x, size FROM nodes{where}", parameters, "reading nodes"):
+            ids, z, y, x, size = zip(*rows)
+            yield (
+                np.array(ids, np.int64), np.stack([np.array(c, np.float64) for c in (z, y, x)], axis=1),
+                np.array(size, np.int64),
+            )  # fmt: skip
+
+    def _read_edge_batches(self, bounds) -> Iterator[tuple]:
+        columns = "e.u, e.v, e.affinity_sum, e.count, e.histogram"
+        if bounds is None:
+            sql, parameters = f"SELECT {columns} FROM edges e", []
+        else:
+            where, parameters = self._where(bounds, prefix="n.")
+            sql = f"SELECT {columns} FROM edges e JOIN nodes n ON n.id = e.u{where}"
+        for rows in self._batches(sql, parameters, "reading edges"):
+            u, v, affinity_sum, count, histogram = zip(*rows)
+            yield (
+                np.array(u, np.int64), np.array(v, np.int64), np.array(affinity_sum, np.float64),
+                np.array(count, np.int64), histogram_from_rows(list(histogram), self.histogram_bins, self.url),
+            )  # fmt: skip
+
+    def _count(self, table) -> int:
+        with self._errors(f"counting {table}"):
+            return self._connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    def _get_meta_text(self, key) -> str | None:
+        with self._errors(f"reading meta {key!r}"):
+            row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _close(self) -> None:
+        self._connection.close()
+
+
+class _Conflict(Exception):
+    """A unique key (node id or edge (u, v)) is already taken; the caller finds the owner after the rollback."""
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` (take the write lock now, waiting up to the busy timeout) ... ``COMMIT``/``ROLLBACK``."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+
+    def __enter__(self):
+        self.connection.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self.connection.execute("COMMIT")
+        elif self.connection.in_transaction:
+            self.connection.execute("ROLLBACK")
+        return False
+
+
+class _SQLiteErrors:
+    """Turn sqlite3 errors into StoreError naming the URL and the action; a unique-key violation into _Conflict."""
+
+    def __init__(self, url: str, action: str):
+        self.url, self.action = url, action
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and issubclass(exc_type, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+            raise _Conflict(str(exc)) from None
+        if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+            raise StoreError(f"{self.url}: {self.action} failed: {exc}") from None
+        return False

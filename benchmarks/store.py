@@ -1,0 +1,181 @@
+"""RAG store benchmark: edge write and read rates (edges/s) and bytes per edge, SQLite and MongoDB-wire, and a
+projection of the Kasthuri15 edge write time.
+
+    .venv/bin/python benchmarks/store.py [--sqlite-edges 200000] [--mongo-edges 20000] [--mongodb-url URL]
+
+Without ``--mongodb-url`` it starts ``nx-27017`` (next to ``sys.executable``), a pure-Python MongoDB-wire server on
+SQLite: its numbers measure *the protocol stand-in*, not MongoDB. It also times a prototype of the alternative
+design (one document per block holding binary edge columns) on the same server, for the ratio. Under 2 minutes.
+"""
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pymongo
+from bson import Binary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from affcons.segment.tables import EdgeTable  # noqa: E402
+from affcons.store import open_store  # noqa: E402
+
+KASTHURI_EDGES = 4e8  # Kasthuri15-scale fragment RAG (docs: /work/shared/docs/mongodb.md)
+ASSUMED_MONGODB_DOCS_PER_S = 1e5  # per real MongoDB server: an assumption from mongodb.md, not measured here
+EDGES_PER_BLOCK = 5000
+
+
+def edge_blocks(n_edges: int, bins: int, per_block: int = EDGES_PER_BLOCK) -> list[EdgeTable]:
+    """Synthetic blocks of unique edges with ids near 2^40, random sums, counts and histograms."""
+    rng = np.random.default_rng(0)
+    blocks = []
+    for start in range(0, n_edges, per_block):
+        n = min(per_block, n_edges - start)
+        u = np.uint64(2**40) + np.arange(start, start + n, dtype=np.uint64)
+        blocks.append(EdgeTable(
+            u, u + rng.integers(1, 1000, n, dtype=np.uint64), rng.random(n) * 100, rng.integers(1, 10**6, n),
+            rng.integers(0, 2**16, (n, bins)),
+        ))  # fmt: skip
+    return blocks
+
+
+def measure_store(url: str, n_edges: int, bins: int, batch_size: int = 1000) -> dict:
+    """Write ``n_edges`` (blocks of EDGES_PER_BLOCK) into a fresh store at ``url``, read them back; edges/s."""
+    blocks = edge_blocks(n_edges, bins)
+    with open_store(url, "w", histogram_bins=bins, batch_size=batch_size) as store:
+        start = time.perf_counter()
+        for block_id, edges in enumerate(blocks):
+            store.write_edges(block_id, edges)
+        write_s = time.perf_counter() - start
+        start = time.perf_counter()
+        edges = store.read_edges()
+        read_s = time.perf_counter() - start
+        if len(edges) != n_edges:
+            raise RuntimeError(f"{url}: read {len(edges)} edges, wrote {n_edges}")
+    return {"write": n_edges / write_s, "read": n_edges / read_s}
+
+
+def files_bytes(paths) -> int:
+    return sum(p.stat().st_size for p in paths if p.exists())
+
+
+def start_nx(directory: Path) -> tuple[subprocess.Popen, int]:
+    executable = Path(sys.executable).parent / "nx-27017"
+    if not executable.is_file():
+        raise SystemExit(f"{executable} not found: pip install nx-27017==0.8.1, or pass --mongodb-url")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [str(executable), "--data-dir", str(directory / "data"), "--host", "127.0.0.1", "--port", str(port),
+         "--log-file", str(directory / "nx.log"), "--pid-file", str(directory / "nx.pid")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=300)
+        try:
+            client.admin.command("ping")
+            return process, port
+        except pymongo.errors.PyMongoError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                log = directory / "nx.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+                raise SystemExit(f"nx-27017 did not start on port {port}; its log:\n{tail}") from None
+            time.sleep(0.1)
+        finally:
+            client.close()
+
+
+def measure_block_documents(server_url: str, database: str, n_edges: int) -> float:
+    """Prototype of the alternative: one document per block with binary columns u, v (int64), sum (float64),
+    count (int64); returns edges/s written."""
+    client = pymongo.MongoClient(server_url)
+    collection = client[database].edge_blocks
+    collection.drop()
+    blocks = edge_blocks(n_edges, 0)
+    start = time.perf_counter()
+    for block_id, edges in enumerate(blocks):
+        collection.insert_one({
+            "_id": block_id, "n": len(edges), "u": Binary(edges.u.astype("<i8").tobytes()),
+            "v": Binary(edges.v.astype("<i8").tobytes()), "sum": Binary(edges.affinity_sum.astype("<f8").tobytes()),
+            "count": Binary(edges.count.astype("<i8").tobytes()),
+        })  # fmt: skip
+    rate = n_edges / (time.perf_counter() - start)
+    client.close()
+    return rate
+
+
+def hours(n_edges: float, rate: float) -> str:
+    return f"{n_edges / rate / 3600:8.1f} h"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sqlite-edges", type=int, default=200_000, help="edges written to SQLite per run")
+    parser.add_argument("--mongo-edges", type=int, default=20_000, help="edges written to the MongoDB-wire server")
+    parser.add_argument("--mongodb-url", help="a real MongoDB (mongodb://host:port/?...) instead of nx-27017")
+    args = parser.parse_args()
+    rows = {}
+    work = Path(tempfile.mkdtemp(prefix="affcons-store-bench-"))
+    try:
+        for bins in (0, 16):
+            path = work / f"rag-{bins}.db"
+            rates = measure_store(f"sqlite:///{path}", args.sqlite_edges, bins)
+            rates["bytes"] = files_bytes([path, Path(f"{path}-wal")]) / args.sqlite_edges
+            rows[f"SQLite file, B={bins}"] = rates
+
+        process = None
+        if args.mongodb_url:
+            server_url, label = args.mongodb_url, "MongoDB (given URL)"
+        else:
+            process, port = start_nx(work)
+            server_url, label = f"mongodb://127.0.0.1:{port}/?directConnection=true", "nx-27017 stand-in"
+        try:
+            host = server_url.split("?")[0].rstrip("/")
+            query = server_url.partition("?")[2]
+            rates = measure_store(f"{host}/affcons_bench?{query}", args.mongo_edges, 0)
+            block_rate = measure_block_documents(server_url, "affcons_bench_blocks", args.mongo_edges * 10)
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(10)
+        if process is not None:
+            data = work / "data"
+            rates["bytes"] = files_bytes(data.glob("affcons_bench.db*")) / args.mongo_edges
+        else:
+            rates["bytes"] = float("nan")
+        rows[f"{label}, B=0"] = rates
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    short = "nx-27017" if not args.mongodb_url else "MongoDB"
+    print(f"RAG store benchmark on this machine: edges in blocks of {EDGES_PER_BLOCK}, bulk batches of 1000")
+    print(f"{'backend':<40} {'edges':>8} {'write edges/s':>14} {'read edges/s':>13} {'bytes/edge':>11} "
+          f"{'4e8 edges write':>16}")  # fmt: skip
+    for name, r in rows.items():
+        n = args.sqlite_edges if name.startswith("SQLite") else args.mongo_edges
+        print(f"{name:<40} {n:>8,} {r['write']:>14,.0f} {r['read']:>13,.0f} {r['bytes']:>11.1f} "
+              f"{hours(KASTHURI_EDGES, r['write']):>16}")  # fmt: skip
+    print(f"{short + ' per-block binary docs (proto)':<40} {args.mongo_edges * 10:>8,} {block_rate:>14,.0f} "
+          f"{'-':>13} {'32.0*':>11} {hours(KASTHURI_EDGES, block_rate):>16}")  # fmt: skip
+    print("  * raw column bytes (u, v, sum, count); the prototype is not part of the store")
+    print("  one run each, on a machine shared with other work: expect run-to-run spread of about 2x")
+    per_edge = rows[f"{label}, B=0"]["write"]
+    print(f"ratio per-block binary / per-edge documents, write, on {short}: {block_rate / per_edge:,.0f}x")
+    print(f"ratio SQLite / {short} per-edge documents, write: "
+          f"{rows['SQLite file, B=0']['write'] / rows[f'{label}, B=0']['write']:,.0f}x")
+    if not args.mongodb_url:
+        print("NOTE: nx-27017 is a pure-Python protocol stand-in on SQLite; its rates say nothing about MongoDB.")
+    print(f"ASSUMPTION (not measured): a real MongoDB server inserts ~{ASSUMED_MONGODB_DOCS_PER_S:.0e} docs/s; "
+          f"4e8 per-edge documents then take {hours(KASTHURI_EDGES, ASSUMED_MONGODB_DOCS_PER_S).strip()} per server "
+          f"(~{KASTHURI_EDGES / ASSUMED_MONGODB_DOCS_PER_S:,.0f} s), before index build-up slows inserts.")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

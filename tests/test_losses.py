@@ -1,0 +1,87 @@
+"""Losses against hand-computed values."""
+import math
+
+import pytest
+import torch
+
+from affcons.errors import ConfigError
+from affcons.losses import (
+    channel_weights,
+    confidence_loss,
+    loss_terms_total,
+    pseudo_loss,
+    supervised_loss,
+    weighted_mse,
+)
+
+torch.set_num_threads(1)
+
+
+def test_channel_weights_short_range_once():
+    assert channel_weights(5, 10.0).tolist() == [10.0, 10.0, 10.0, 1.0, 1.0]
+
+
+def test_weighted_mse_per_channel_valid_denominator():
+    # B = 1, C = 2, spatial 1 x 1 x 3
+    pred = torch.tensor([[0.5, 1.0, 0.0], [0.2, 0.4, 0.6]]).reshape(1, 2, 1, 1, 3)
+    target = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]).reshape(1, 2, 1, 1, 3)
+    weight = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]).reshape(1, 2, 1, 1, 3)
+    valid = torch.tensor([[False, True, True], [True, True, True]]).reshape(2, 1, 1, 3)
+    # channel 0: (2 * 0.25 + 0 + 0) / 2 valid voxels = 0.25; channel 1: (0.04 + 0.16 + 0.36) / 3 = 0.18667
+    want = 0.25 + 0.56 / 3
+    assert math.isclose(float(weighted_mse(pred, target, weight, valid)), want, rel_tol=1e-6)
+
+
+def test_weighted_mse_divides_by_batch_size():
+    pred = torch.ones(2, 1, 1, 1, 2)
+    target = torch.zeros(2, 1, 1, 1, 2)
+    weight = torch.ones(2, 1, 1, 1, 2)
+    valid = torch.ones(1, 1, 1, 2, dtype=torch.bool)
+    assert float(weighted_mse(pred, target, weight, valid)) == 1.0  # 4 / (2 * 2)
+
+
+def test_weighted_mse_rejects_mismatched_shapes():
+    with pytest.raises(ConfigError, match="shapes differ"):
+        weighted_mse(torch.ones(1, 2, 1, 1, 1), torch.ones(1, 1, 1, 1, 1), torch.ones(1, 2, 1, 1, 1),
+                     torch.ones(2, 1, 1, 1, dtype=torch.bool))
+
+
+def test_supervised_and_pseudo_loss_apply_weights_once():
+    # C = 4: channel weights [10, 10, 10, 1]; one voxel per channel, error 1 everywhere
+    pred = torch.zeros(1, 4, 1, 1, 1)
+    target = torch.ones(1, 4, 1, 1, 1)
+    balance = torch.tensor([1.0, 2.0, 1.0, 3.0]).reshape(1, 4, 1, 1, 1)
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0]).reshape(1, 4, 1, 1, 1)
+    valid = torch.ones(4, 1, 1, 1, dtype=torch.bool)
+    s = channel_weights(4, 10.0)
+    # 10 * 1 + 10 * 2 + 0 + 1 * 3 = 33 (a second x10 on channels 0-2 would give 303)
+    assert float(supervised_loss(pred, target, balance, mask, valid, s)) == 33.0
+    assert float(pseudo_loss(pred, target, balance, mask, valid, s)) == 33.0
+    assert balance.tolist() == [[[[[1.0]]], [[[2.0]]], [[[1.0]]], [[[3.0]]]]]  # inputs untouched
+
+
+def test_confidence_loss_hand_computed():
+    affinity = torch.tensor([0.8, 0.3, 0.6, 0.1])
+    target = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    mask = torch.ones(4)
+    error_prob = torch.tensor([0.1, 0.7, 0.6, 0.2])
+    # binarised [1, 0, 1, 0] -> wrong [0, 1, 1, 0]; 2 correct / 2 wrong -> wrong weight 2
+    loss, stats = confidence_loss(error_prob, affinity, target, mask)
+    want = (-math.log(0.9) - 2 * math.log(0.7) - 2 * math.log(0.6) - math.log(0.8)) / 4
+    assert math.isclose(float(loss), want, rel_tol=1e-5)
+    assert stats == {"error_fraction": 0.5, "wrong_weight": 2.0}
+
+
+def test_confidence_loss_masks_and_survives_no_wrong_voxels():
+    affinity = torch.tensor([0.9, 0.2, 0.9])
+    target = torch.tensor([1.0, 0.0, 0.0])
+    mask = torch.tensor([1.0, 1.0, 0.0])  # the wrong third voxel is outside the mask
+    error_prob = torch.tensor([0.5, 0.5, 0.99])
+    loss, stats = confidence_loss(error_prob, affinity, target, mask)
+    assert math.isclose(float(loss), -math.log(0.5), rel_tol=1e-5)
+    assert stats["wrong_weight"] == 1.0 and stats["error_fraction"] == 0.0
+
+
+def test_loss_total_weights_groups():
+    terms = {"sup_imp": torch.tensor(1.0), "sup_exp": torch.tensor(2.0), "pse_imp": torch.tensor(0.5)}
+    assert float(loss_terms_total(terms, emb_weight=10.0, pseudo_weight=2.0)) == 31.0

@@ -1,0 +1,146 @@
+"""Networks: shapes, init, perturbation flag, and implicit affinities against hand-computed values."""
+import math
+
+import pytest
+import torch
+
+from affcons.errors import VolumeError
+from affcons.nets import (
+    CRACNetworks,
+    DropoutPerturbation,
+    UNetPNI,
+    build_confidence_net,
+    fill_short_range_borders,
+    implicit_affinities,
+    offset_validity,
+)
+from affcons.train.config import ConfidenceModelConfig, ModelConfig
+
+torch.set_num_threads(1)
+SMALL = [4, 4, 6, 6, 8]
+
+
+@pytest.mark.parametrize("upsample,merge", [("bilinear", "add"), ("transposeS", "cat")])
+def test_unet_keeps_shape_and_depth(upsample, merge):
+    net = UNetPNI(1, 5, SMALL, upsample=upsample, merge=merge, activation="sigmoid")
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 3, 32, 48))
+    assert out.shape == (2, 5, 3, 32, 48)
+    assert float(out.min()) > 0.0 and float(out.max()) < 1.0
+
+
+def test_unet_init_and_bn_momentum():
+    net = UNetPNI(1, 3, SMALL, bn_momentum=0.001)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert bns and all(m.momentum == 0.001 for m in bns)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(m.bias is None or float(m.bias.detach().abs().max()) == 0.0 for m in convs)
+    # z is never pooled: 1 section in, 1 out
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 1, 1, 16, 16)).shape == (1, 3, 1, 16, 16)
+
+
+def test_unet_refuses_sizes_not_divisible_by_16():
+    with pytest.raises(VolumeError, match="divisible by 16"):
+        UNetPNI(1, 3, SMALL)(torch.rand(1, 1, 2, 24, 32))
+
+
+def test_dropout_perturbation_follows_its_flag_not_train_mode():
+    torch.manual_seed(0)
+    module = DropoutPerturbation(max_rate=0.9)
+    x = torch.ones(1000)
+    module.train()
+    assert all(torch.equal(module(x), x) for _ in range(20))  # inactive: identity even in train mode
+    module.active = True
+    module.eval()
+    changed = sum(not torch.equal(module(x), x) for _ in range(200))
+    # P ~ U(0, 1) is used when P <= 0.9: about 90 % of calls drop something
+    assert 150 < changed < 200
+
+
+def test_embedding_net_perturbation_switch():
+    net = UNetPNI(1, 4, SMALL, activation=None, dropout=0.5).eval()
+    x = torch.rand(1, 1, 2, 16, 16)
+    with torch.no_grad():
+        reference = net(x)
+        assert torch.equal(net(x), reference)
+        net.set_perturbation(True)
+        torch.manual_seed(3)
+        outputs = [net(x) for _ in range(20)]
+    assert any(not torch.equal(o, reference) for o in outputs)
+
+
+def test_implicit_affinities_hand_computed():
+    # four embedding vectors along x (z = y = 1): (1,0), (0,1), (1,1), (-1,0)
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    embedding = vectors.T.reshape(1, 2, 1, 1, 4) * 3.0  # scale must not matter
+    affs = implicit_affinities(embedding, [(0, 0, -1), (0, 0, -2), (0, 0, -5), (0, 0, 1)])
+    s = 1 / math.sqrt(2)
+    expected = torch.tensor([
+        [0.0, 0.0, s, -s],      # <e(x), e(x-1)>, x = 0 invalid
+        [0.0, 0.0, s, 0.0],     # <e(x), e(x-2)>
+        [0.0, 0.0, 0.0, 0.0],   # longer than the crop: nothing valid
+        [0.0, s, -s, 0.0],      # positive offset: <e(x), e(x+1)>, last invalid
+    ])
+    assert torch.allclose(affs[0, :, 0, 0], expected, atol=1e-6)
+    valid = offset_validity((1, 1, 4), [(0, 0, -1), (0, 0, -2), (0, 0, -5), (0, 0, 1)])
+    assert valid[:, 0, 0].tolist() == [
+        [False, True, True, True], [False, False, True, True], [False] * 4, [True, True, True, False]
+    ]
+
+
+def test_implicit_affinities_z_offset_and_gradient():
+    embedding = torch.zeros(1, 2, 3, 1, 1)
+    embedding[0, :, 0, 0, 0] = torch.tensor([1.0, 0.0])
+    embedding[0, :, 1, 0, 0] = torch.tensor([1.0, 0.0])
+    embedding[0, :, 2, 0, 0] = torch.tensor([0.0, 2.0])
+    embedding.requires_grad_(True)
+    affs = implicit_affinities(embedding, [(-1, 0, 0), (-2, 0, 0)])
+    assert affs[0, 0, :, 0, 0].tolist() == [0.0, 1.0, 0.0]
+    assert affs[0, 1, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
+    affs.sum().backward()
+    assert embedding.grad is not None and torch.isfinite(embedding.grad).all()
+
+
+def test_implicit_matches_brute_force_on_random_embedding():
+    torch.manual_seed(1)
+    embedding = torch.randn(2, 3, 4, 5, 6)
+    offsets = [(-1, 0, 0), (0, -3, 0), (-2, 1, -1)]
+    affs = implicit_affinities(embedding, offsets)
+    e = embedding / embedding.norm(dim=1, keepdim=True)
+    for c, (dz, dy, dx) in enumerate(offsets):
+        for z, y, x in [(3, 4, 5), (2, 3, 1), (0, 0, 0)]:
+            zz, yy, xx = z + dz, y + dy, x + dx
+            inside = 0 <= zz < 4 and 0 <= yy < 5 and 0 <= xx < 6
+            want = (e[1, :, z, y, x] * e[1, :, zz, yy, xx]).sum() if inside else torch.tensor(0.0)
+            assert torch.allclose(affs[1, c, z, y, x], want, atol=1e-6)
+
+
+def test_fill_short_range_borders_copies_index_one():
+    affs = torch.arange(12 * 2 * 2 * 2, dtype=torch.float32).reshape(1, 12, 2, 2, 2)
+    filled = fill_short_range_borders(affs)
+    assert torch.equal(filled[0, 0, 0], affs[0, 0, 1])
+    assert torch.equal(filled[0, 1, :, 0], affs[0, 1, :, 1])
+    assert torch.equal(filled[0, 2, :, :, 0], affs[0, 2, :, :, 1])
+    assert torch.equal(filled[0, 3:], affs[0, 3:])
+
+
+def test_crac_networks_outputs():
+    torch.manual_seed(0)
+    networks = CRACNetworks.from_config(ModelConfig(filters=SMALL, embedding_channels=4)).eval()
+    with torch.no_grad():
+        out = networks.affinities(torch.rand(2, 16, 32))
+    assert set(out) == {"implicit", "explicit", "mean"}
+    for value in out.values():
+        assert value.shape == (1, 12, 2, 16, 32) and value.dtype == torch.float32
+        assert float(value.min()) >= 0.0 and float(value.max()) <= 1.0
+    assert torch.allclose(out["mean"], 0.5 * (out["implicit"] + out["explicit"]))
+    # long-range borders of the implicit map stay 0 (dx = -27 > 32 - 27 = 5 valid columns)
+    assert float(out["implicit"][0, 11, :, :, :27].abs().max()) == 0.0
+
+
+def test_confidence_net_has_three_inputs_one_output():
+    net = build_confidence_net(ConfidenceModelConfig(filters=SMALL))
+    assert net.in_channels == 3 and net.out_channels == 1
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, 2, 16, 16)).shape == (2, 1, 2, 16, 16)
