@@ -295,7 +295,14 @@ def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarr
 
 
 def merge_tree_bytes_per_edge(histogram_bins: int) -> int:
-    """Peak bytes per RAG edge inside :func:`build_merge_tree` (arrays, queue entries and the pair lookup)."""
-    arrays = 8 * 2 + 8 + 8 + 8 * histogram_bins + 8 + 2 + 2 * 8 * 2 + 8 * 2  # ends, sum, count, hist, score, flags,
-    queue_and_lookup = 16 + 40  # slots (next, endpoint), ends; heap entry; typed-dict entry (key, value, hash)
-    return arrays + queue_and_lookup
+    """Peak bytes per RAG edge inside :func:`build_merge_tree`, counted from the arrays it allocates.
+
+    Per edge: endpoints (2 x int64) and statistics (sum, count: float64; histogram: int64 per bin) handed to the
+    loop; current endpoints (2 x int64); two incidence slots (2 x int64); score (float32), stale and deleted flags;
+    one heap entry (float32 + int64); one typed-dict entry of the pair lookup (hash, key, value: 3 x int64, plus about
+    2 x int64 of index table).
+    """
+    inputs = 2 * 8 + 8 + 8 + 8 * histogram_bins
+    loop_state = 2 * 8 + 2 * 8 + 4 + 1 + 1 + (4 + 8)
+    pair_lookup = 3 * 8 + 2 * 8
+    return inputs + loop_state + pair_lookup
