@@ -1,7 +1,11 @@
 """Test-wide fixtures: the MongoDB-wire server plugin, and isolation of worker logs and outputs in tmp_path."""
 import os
 
-import pytest
+# one BLAS/OpenMP thread per process: tests start several worker processes on a 2-core machine, and oversubscribed
+# torch threads run 5-10x slower there. Set before torch is imported, inherited by worker processes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 pytest_plugins = ["tests.mongo_server"]
 
