@@ -1,0 +1,1 @@
+"""Command-line entry points of the blockwise pipeline (dispatched by :mod:`affcons.cli`)."""

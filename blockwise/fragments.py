@@ -1,0 +1,108 @@
+"""Step 1, ``fragments``: watershed per block with context, globally unique ids, nodes into the graph store.
+
+Per block: read the affinities of the write ROI grown by the context (clipped at the edge of the run's ROI), run
+:func:`affcons.segment.watershed_from_affinities`, crop to the write ROI, renumber densely (``1..m`` in raster
+order of first appearance) and add ``grid_index * (voxels_per_block + 1)``: ids are unique across blocks without
+any coordination, and the same in every run. The fragments are written as uint64 into ``OUT.zarr/fragments``
+(the write ROI covers whole chunks), the nodes (id, centre in nm, size) into the store under the block's grid
+index, replacing whatever a failed earlier attempt of the block wrote.
+"""
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from blockwise.config import SegmentConfig
+from blockwise.step import BlockwiseStep, Timers, inject_fault
+from blockwise.volumes import Box, box_for
+
+
+class FragmentsStep(BlockwiseStep):
+    name = "fragments"
+
+    def __init__(self, config: SegmentConfig):
+        super().__init__(config)
+        self.context = Coordinate(config.context)
+        self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
+        self.fragments = fragments_box(config, writable=True)
+        self.store = None
+
+    def rois(self) -> tuple[Roi, Roi, Roi]:
+        total = self.roi.grow(self.context, self.context)
+        read = Roi(-self.context, self.block_shape + self.context * 2)
+        write = Roi((0, 0, 0), self.block_shape)
+        return total, read, write
+
+    def setup(self) -> None:
+        from affcons.store import open_store
+
+        self.store = open_store(self.config.graph, "a", self.config.histogram_bins)
+
+    def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.affs.close()
+        self.fragments.close()
+
+    def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
+        import fastremap
+
+        from affcons.affinities import affinities_to_float
+        from affcons.segment import watershed_from_affinities
+
+        options = self.config.fragments
+        read_roi = write_roi.grow(self.context, self.context).intersect(self.roi)
+        with timers.time("read"):
+            affs = self.affs.read(read_roi, channels=slice(0, 3))
+        with timers.time("compute"):
+            affs = affinities_to_float(affs)
+            fragments, _ = watershed_from_affinities(
+                affs,
+                boundary_threshold=options.boundary_threshold,
+                min_size=options.min_size,
+                per_slice=options.per_slice,
+                voxel_size=tuple(self.voxel_size),
+            )
+            crop = tuple(
+                slice(b, b + s)
+                for b, s in zip((write_roi.begin - read_roi.begin) / self.voxel_size, write_roi.shape / self.voxel_size)
+            )
+            local = np.ascontiguousarray(fragments[crop])
+            local, remapping = fastremap.renumber(local, preserve_zero=True, in_place=True)
+            count = len(remapping) - (1 if 0 in remapping else 0)
+            first = self.first_id(block_index)
+            nodes = dense_node_table(local, count, first, tuple(self.voxel_size), tuple(write_roi.begin))
+            fragments = local.astype(np.uint64)
+            fragments[local != 0] += np.uint64(first)
+        with timers.time("write"):
+            self.fragments.write(write_roi, fragments)
+            inject_fault(self.name, block_index, "partial-write")
+            self.store.write_nodes(block_index, nodes)
+        timers.count("nodes", len(nodes))
+
+
+def dense_node_table(local: np.ndarray, count: int, first_id: int, voxel_size, offset):
+    """:func:`affcons.segment.node_table` of ``local + first_id`` for local ids dense in ``1..count`` (0 = none),
+    without sorting: sizes and coordinate sums by ``bincount`` over the voxels in raster order, exactly the sums
+    (same values, same order) that ``node_table`` adds, so the result is bit-identical -- at a fraction of the cost
+    (``node_table`` sorts the block with ``np.unique``; 0.7 s of 2.5 s for a 128^3 block here)."""
+    from affcons.segment import NodeTable
+
+    flat = local.ravel()
+    sizes = np.bincount(flat, minlength=count + 1)[1:]
+    nz, ny, nx = local.shape
+    coordinates = (
+        np.repeat(np.arange(nz, dtype=np.float64), ny * nx),
+        np.tile(np.repeat(np.arange(ny, dtype=np.float64), nx), nz),
+        np.tile(np.arange(nx, dtype=np.float64), nz * ny),
+    )
+    centres = np.stack([np.bincount(flat, weights=c, minlength=count + 1)[1:] for c in coordinates], axis=1)
+    keep = sizes > 0
+    centres = centres[keep] / sizes[keep][:, None]
+    centres = centres * np.asarray(voxel_size, np.float64) + np.asarray(offset, np.float64)
+    ids = np.arange(1, count + 1, dtype=np.uint64)[keep] + np.uint64(first_id)
+    return NodeTable(ids, centres, sizes[keep].astype(np.uint64))
+
+
+def fragments_box(config: SegmentConfig, writable: bool = False) -> Box:
+    """``OUT.zarr/fragments``: uint64, the run's ROI, the affinities' voxel size."""
+    return Box(str(config.out), "fragments", tuple(config.roi_offset), tuple(config.voxel_size), writable)

@@ -1,0 +1,212 @@
+"""The ``--dry-run`` plan and the cost model shared with ``benchmarks/postprocess.py``.
+
+The plan lists blocks per task, the read volume with context, output sizes, and an estimated cost: time per stage
+from per-worker rates, memory per worker from bytes per read voxel, and the global step's memory from bytes per
+edge. Rates and densities default to :data:`MEASURED` (this repository's benchmark on a 2-core machine, see
+``docs/design/blockwise.md``); the benchmark passes its own measurements to :func:`project` for Kasthuri15.
+
+Any global step (agglomerate: the whole RAG in one process) whose estimated memory exceeds
+:data:`LARGE_MACHINE_BYTES` (128 GB) is flagged ``DOES NOT FIT``.
+"""
+import math
+from dataclasses import asdict, dataclass, replace
+
+from blockwise.config import SegmentConfig
+
+LARGE_MACHINE_BYTES = 128e9
+#: Kasthuri15 (Kasthuri et al. 2015): voxels at 6 x 6 x 30 nm; typical fragment RAG size and its range.
+KASTHURI_SHAPE = (1850, 12895, 10747)
+KASTHURI_NODES = 8e7
+KASTHURI_EDGES = 4e8
+KASTHURI_EDGE_RANGE = (1e8, 3e9)
+KASTHURI_NODE_RANGE = (3e7, 3e8)
+#: Bytes per stored node in the graph store (id, z, y, x, size, block + index), both backends (order of magnitude).
+STORE_BYTES_PER_NODE = 80.0
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Measured costs. Throughputs are per worker process, in voxels per second of *block work*."""
+
+    #: fragments: voxels of the read ROI (block + context) per second.
+    fragments_read_voxels_per_s: float
+    #: edges: voxels per second.
+    edges_voxels_per_s: float
+    #: extract: voxels per second, per threshold written (reading fragments is amortised over thresholds).
+    extract_voxels_per_s: float
+    #: graph store: edge rows written per second (one backend).
+    store_write_edges_per_s: float
+    #: graph store: edge rows read per second by agglomerate.
+    store_read_edges_per_s: float
+    #: merge tree build: edges per second.
+    agglomerate_edges_per_s: float
+    #: peak worker RSS per voxel of the fragments read ROI (bytes), and the fixed part (imports, bytes).
+    worker_bytes_per_read_voxel: float
+    worker_base_bytes: float
+    #: measured peak bytes per edge of the whole agglomerate step (store read + tree), mean scoring.
+    agglomerate_bytes_per_edge: float
+    #: RAG density: fragments and edges per voxel (for plans of volumes not yet segmented).
+    nodes_per_voxel: float
+    edges_per_voxel: float
+    #: worker process start-up (imports), seconds.
+    worker_startup_s: float
+
+
+#: Defaults measured by ``benchmarks/postprocess.py`` on this project's 2-core machine (512^3 mirrored gala volume,
+#: blocks 128^3, context 8^3, 2 workers, load average ~4 from other jobs); densities default to Kasthuri15's
+#: typical 8e7 nodes and 4e8 edges (degraded ground-truth affinities give ~3x denser RAGs).
+MEASURED = Rates(
+    fragments_read_voxels_per_s=8.4e5,
+    edges_voxels_per_s=5.9e6,
+    extract_voxels_per_s=1.75e7,
+    store_write_edges_per_s=1.7e5,
+    store_read_edges_per_s=4.7e5,
+    agglomerate_edges_per_s=1.9e5,
+    worker_bytes_per_read_voxel=125.0,
+    worker_base_bytes=250e6,
+    agglomerate_bytes_per_edge=111.0,
+    nodes_per_voxel=KASTHURI_NODES / math.prod(KASTHURI_SHAPE),
+    edges_per_voxel=KASTHURI_EDGES / math.prod(KASTHURI_SHAPE),
+    worker_startup_s=2.0,
+)
+
+
+def read_voxels(roi_voxels, block_voxels, context_voxels) -> tuple[int, float]:
+    """Total voxels read by the fragments step over all blocks (each block's write ROI grown by the context,
+    clipped to the volume), and that total over the volume's voxels (the context overhead)."""
+    total = 1
+    for size, block, context in zip(roi_voxels, block_voxels, context_voxels):
+        axis = 0
+        for begin in range(0, size, block):
+            axis += min(size, begin + block + context) - max(0, begin - context)
+        total *= axis
+    return total, total / math.prod(roi_voxels)
+
+
+def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
+    """The blocks, sizes and estimated cost of ``config`` (see the module docstring)."""
+    from affcons.segment.agglomerate import merge_tree_bytes_per_edge
+    from affcons.store.base import redact
+
+    roi_voxels = config.roi_voxels
+    block_voxels = config.block_voxels
+    context_voxels = tuple(c // s for c, s in zip(config.context, config.voxel_size))
+    grid = tuple(math.ceil(r / b) for r, b in zip(roi_voxels, block_voxels))
+    voxels = math.prod(roi_voxels)
+    fragments_read, overhead = read_voxels(roi_voxels, block_voxels, context_voxels)
+    thresholds = config.extract.thresholds
+    bins = config.histogram_bins
+    workers = config.execution.workers
+    nodes = voxels * rates.nodes_per_voxel
+    edges = voxels * rates.edges_per_voxel
+    bytes_per_edge = max(rates.agglomerate_bytes_per_edge, merge_tree_bytes_per_edge(bins) + 32 + 4 * bins)
+    agglomerate_bytes = edges * bytes_per_edge + nodes * 64
+    read_block = math.prod(min(b + 2 * c, r) for b, c, r in zip(block_voxels, context_voxels, roi_voxels))
+    stage_s = {
+        "fragments": fragments_read / rates.fragments_read_voxels_per_s / workers,
+        "edges": voxels / rates.edges_voxels_per_s / workers + edges / rates.store_write_edges_per_s,
+        "agglomerate": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
+        "extract": voxels * len(thresholds) / rates.extract_voxels_per_s / workers,
+    }
+    return {
+        "volume": {
+            "affs": config.affs, "roi_offset_nm": list(config.roi_offset), "roi_shape_nm": list(config.roi_shape),
+            "voxel_size_nm": list(config.voxel_size), "shape_voxels": list(roi_voxels), "voxels": voxels,
+        },
+        "blocks": {
+            "block_voxels": list(block_voxels), "context_voxels": list(context_voxels), "grid": list(grid),
+            "per_task": {"fragments": math.prod(grid), "edges": math.prod(grid), "extract": math.prod(grid)},
+            "fragments_read_voxels": fragments_read, "context_overhead": round(overhead, 3),
+            "chunk_shape": list(config.chunk_shape),
+        },
+        "outputs": {
+            "fragments": f"{config.out}/fragments",
+            "segmentations": [f"{config.out}/segmentation_{t:.2f}" for t in thresholds],
+            "bytes_each_uncompressed": voxels * 8, "run_dir": config.run_dir, "graph": redact(config.graph),
+        },
+        "estimate": {
+            "workers": workers, "nodes": nodes, "edges": edges, "histogram_bins": bins,
+            "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
+            "total_s": round(sum(stage_s.values()) + 3 * rates.worker_startup_s, 1),
+            "worker_peak_bytes": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block,
+            "store_bytes": edges * (74 + 4 * bins) + nodes * STORE_BYTES_PER_NODE,
+            "agglomerate_bytes_per_edge": bytes_per_edge,
+            "agglomerate_bytes": agglomerate_bytes,
+            "agglomerate_fits_128GB": agglomerate_bytes <= LARGE_MACHINE_BYTES,
+            "rates": asdict(rates),
+        },
+    }  # fmt: skip
+
+
+def human_bytes(value: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def human_seconds(value: float) -> str:
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def format_plan(plan: dict) -> str:
+    volume, blocks, outputs, estimate = plan["volume"], plan["blocks"], plan["outputs"], plan["estimate"]
+    lines = [
+        "affcons segment: plan (dry run; nothing written)",
+        f"  volume      {volume['affs']}: ROI offset {volume['roi_offset_nm']} nm, shape {volume['roi_shape_nm']} nm "
+        f"= {volume['shape_voxels']} voxels at {volume['voxel_size_nm']} nm ({volume['voxels'] / 1e6:.1f} Mvoxel)",
+        f"  blocks      {blocks['block_voxels']} voxels, grid {blocks['grid']}: "
+        + ", ".join(f"{task} {count}" for task, count in blocks["per_task"].items())
+        + f" blocks; context {blocks['context_voxels']} voxels -> fragments read {blocks['context_overhead']}x "
+        "the volume",
+        f"  outputs     {outputs['fragments']} and {len(outputs['segmentations'])} segmentation(s) "
+        f"({', '.join(s.rsplit('/', 1)[-1] for s in outputs['segmentations'])}), uint64, "
+        f"{human_bytes(outputs['bytes_each_uncompressed'])} each uncompressed, chunks {blocks['chunk_shape']}",
+        f"  run dir     {outputs['run_dir']}; graph {outputs['graph']}",
+        f"  estimate    {estimate['workers']} worker(s): "
+        + ", ".join(f"{k} {human_seconds(v)}" for k, v in estimate["stage_s"].items())
+        + f"; total ~{human_seconds(estimate['total_s'])}",
+        f"              RAG ~{estimate['nodes']:.2g} nodes, ~{estimate['edges']:.2g} edges (assumed density); graph "
+        f"store ~{human_bytes(estimate['store_bytes'])}; peak memory per worker "
+        f"~{human_bytes(estimate['worker_peak_bytes'])}",
+        f"  global step agglomerate: {estimate['agglomerate_bytes_per_edge']:.0f} B/edge -> "
+        f"~{human_bytes(estimate['agglomerate_bytes'])} in one process: "
+        + ("fits one 128 GB machine" if estimate["agglomerate_fits_128GB"] else "DOES NOT FIT one 128 GB machine"),
+    ]
+    return "\n".join(lines)
+
+
+def project(rates: Rates, shape=KASTHURI_SHAPE, nodes=KASTHURI_NODES, edges=KASTHURI_EDGES, workers: int = 100,
+            block=(64, 256, 256), context=(8, 32, 32), thresholds: int = 3, histogram_bins: int = 0) -> dict:
+    """Time and memory per stage for a volume of ``shape`` voxels with ``nodes``/``edges`` RAG, from ``rates``."""
+    from affcons.segment.agglomerate import merge_tree_bytes_per_edge
+
+    voxels = math.prod(shape)
+    fragments_read, overhead = read_voxels(shape, block, context)
+    read_block = math.prod(b + 2 * c for b, c in zip(block, context))
+    bytes_per_edge = max(rates.agglomerate_bytes_per_edge, merge_tree_bytes_per_edge(histogram_bins) + 32)
+    bytes_per_edge += 4 * histogram_bins
+    stages = {
+        "fragments": {"s": fragments_read / rates.fragments_read_voxels_per_s / workers,
+                      "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block},
+        "edges": {"s": voxels / rates.edges_voxels_per_s / workers,
+                  "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block / 2},
+        "store writes (one server)": {"s": edges / rates.store_write_edges_per_s,
+                                      "bytes": edges * (74 + 4 * histogram_bins) + nodes * STORE_BYTES_PER_NODE},
+        "agglomerate (global)": {"s": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
+                                 "bytes": edges * bytes_per_edge + nodes * 64},
+        "extract": {"s": voxels * thresholds / rates.extract_voxels_per_s / workers,
+                    "bytes_per_worker": rates.worker_base_bytes + 40 * math.prod(block)},  # LUTs are memory-mapped
+    }  # fmt: skip
+    stages["agglomerate (global)"]["fits_128GB"] = stages["agglomerate (global)"]["bytes"] <= LARGE_MACHINE_BYTES
+    return {"voxels": voxels, "nodes": nodes, "edges": edges, "workers": workers, "context_overhead": overhead,
+            "bytes_per_edge": bytes_per_edge, "stages": stages}  # fmt: skip
+
+
+def with_measurements(**changes) -> Rates:
+    return replace(MEASURED, **changes)

@@ -1,0 +1,96 @@
+"""Block I/O in the workers: read and write boxes given in nm, straight through zarr (or h5py), without dask.
+
+The driver opens and checks volumes with :mod:`affcons.io` (funlib.persistence) and records offset and voxel size;
+workers only need those two numbers, so they skip funlib's import cost (~2 s per worker process) and dask's per-call
+overhead. A :class:`Box` is picklable (a path and two coordinates) and opens its array lazily in the process that
+uses it.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from affcons.errors import VolumeError
+
+
+@dataclass
+class Box:
+    """A dataset with a world-unit frame: ``container`` (``.zarr`` directory or HDF5 file) and ``dataset`` inside
+    it, ``offset`` and ``voxel_size`` (nm, z y x). Arrays may have leading channel axes. Build one with
+    :func:`box_for`."""
+
+    container: str
+    dataset: str
+    offset: tuple
+    voxel_size: tuple
+    writable: bool = False
+    _array: object = field(default=None, repr=False, compare=False)
+    _file: object = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_array"] = None
+        state["_file"] = None
+        return state
+
+    @property
+    def array(self):
+        if self._array is None:
+            if self.is_hdf5:
+                import h5py
+
+                self._file = h5py.File(self.container, "r")
+                self._array = self._file[self.dataset]
+            else:
+                import zarr
+
+                self._array = zarr.open_array(f"{self.container}/{self.dataset}", mode="r+" if self.writable else "r")
+        return self._array
+
+    @property
+    def is_hdf5(self) -> bool:
+        return not self.container.endswith(".zarr")
+
+    @property
+    def path(self) -> str:
+        return f"{self.container}{':' if self.is_hdf5 else '/'}{self.dataset}"
+
+    def slices(self, roi: Roi) -> tuple[slice, ...]:
+        """Voxel slices of the spatial axes for ``roi`` (nm), which must lie inside the array and on the grid."""
+        voxel_size = Coordinate(self.voxel_size)
+        begin = (roi.begin - Coordinate(self.offset)) / voxel_size
+        shape = roi.shape / voxel_size
+        spatial = self.array.shape[-3:]
+        if (roi.begin - Coordinate(self.offset)) % voxel_size != Coordinate((0, 0, 0)) or any(
+            b < 0 or b + s > n for b, s, n in zip(begin, shape, spatial)
+        ):
+            raise VolumeError(f"{self.path}: ROI {roi} lies outside the array (offset {self.offset}, shape {spatial})")
+        return tuple(slice(b, b + s) for b, s in zip(begin, shape))
+
+    def read(self, roi: Roi, channels: slice | None = None) -> np.ndarray:
+        """The data in ``roi``: (z, y, x), or (c, z, y, x) with ``channels`` selecting the leading axis."""
+        spatial = self.slices(roi)
+        if channels is not None:
+            return np.asarray(self.array[(channels,) + spatial])
+        return np.asarray(self.array[spatial])
+
+    def write(self, roi: Roi, data: np.ndarray) -> None:
+        self.array[self.slices(roi)] = data
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+        self._array = None
+
+
+def box_for(path: str, offset, voxel_size, writable: bool = False) -> Box:
+    """A :class:`Box` for ``c.zarr/name`` or ``f.h5:name`` (split here; this imports :mod:`affcons.io`, so call it in
+    the driver or at step construction, not per block)."""
+    from affcons.errors import ConfigError
+    from affcons.io import split_dataset_path
+
+    if offset is None or voxel_size is None:
+        raise ConfigError(f"{path}: offset and voxel size must be resolved (affcons segment does this) before use")
+    volume = split_dataset_path(path)
+    return Box(str(volume.container), volume.dataset, tuple(offset), tuple(voxel_size), writable)

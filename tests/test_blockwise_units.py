@@ -1,0 +1,120 @@
+"""Pieces of the blockwise pipeline that need no workers: config validation and fingerprints, the step registry,
+the block grid and fragment id ranges, the dense node table, the dry-run plan and its memory verdicts."""
+import math
+
+import numpy as np
+import pytest
+from funlib.geometry import Roi
+
+from affcons.errors import ConfigError
+from affcons.segment import node_table, watershed_from_affinities
+from affcons.synthetic import degraded_affinities
+from blockwise.config import SegmentConfig
+from blockwise.fragments import dense_node_table
+from blockwise.plan import KASTHURI_SHAPE, MEASURED, project, read_voxels
+from blockwise.registry import build_step, step_class
+from blockwise.testing import load_labels, mirror_to, run_cli, segment_argv, tree_snapshot, write_affinities
+
+
+def config(**changes) -> SegmentConfig:
+    data = dict(
+        affs="/data/in.zarr/affs", out="/data/out.zarr", run_dir="/data/out.affcons-run", graph="sqlite:////r.db",
+        voxel_size=(10, 4, 4), affs_offset=(0, 0, 0), roi_offset=(0, 0, 0), roi_shape=(500, 400, 400),
+        block_size=(200, 128, 128), context=(20, 16, 16), chunk_shape=(10, 16, 16), extract={"thresholds": [0.7, 0.3]},
+    )  # fmt: skip
+    data.update(changes)
+    return SegmentConfig.model_validate(data)
+
+
+def test_config_sorts_thresholds_and_fingerprint_ignores_what_does_not_change_results():
+    base = config()
+    assert base.extract.thresholds == [0.3, 0.7]
+    assert base.block_voxels == (20, 32, 32)
+    same = config(extract={"thresholds": [0.5]}, execution={"workers": 8, "launcher": {"type": "slurm"}})
+    assert same.fingerprint() == base.fingerprint()
+    assert config(context=(10, 16, 16)).fingerprint() != base.fingerprint()
+    assert config(agglomerate={"scoring": "quantile50"}).histogram_bins == 256
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"chunk_shape": (3, 16, 16)}, "not a multiple of the output chunk shape"),
+    ({"block_size": (205, 128, 128)}, "not a multiple of the voxel size"),
+    ({"extract": {"thresholds": [1.2]}}, "outside [0, 1]"),
+    ({"extract": {"thresholds": [0.5, 0.50]}}, "thresholds repeat"),
+    ({"agglomerate": {"scoring": "median"}}, "unknown scoring"),
+    ({"fragments": {"step_type": "fragments", "seeds": 3}}, "Extra inputs are not permitted"),
+])  # fmt: skip
+def test_config_rejects_inconsistent_values(changes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config(**changes)
+
+
+def test_registry_builds_steps_by_tag_and_rejects_unknown_tags():
+    assert type(build_step(config(), "edges")).__name__ == "EdgesStep"
+    with pytest.raises(ConfigError, match="unknown step_type 'predict'; known: fragments, edges, agglomerate"):
+        step_class("predict")
+    with pytest.raises(ConfigError, match="unknown step 'relabel'"):
+        config().step_config("relabel")
+
+
+def test_block_grid_indices_round_trip_and_fragment_id_ranges_do_not_overlap():
+    step = build_step(config(roi_offset=(100, 40, 0)), "fragments")
+    assert step.grid_shape == (3, 4, 4)  # 500 / 200 -> 3 (the last block shrinks), 400 / 128 -> 4
+    for index in range(step.num_blocks):
+        roi = step.block_roi(index)
+        assert step.block_index(roi) == index and step.roi.contains(roi)
+    last = step.block_roi(step.num_blocks - 1)
+    assert last == Roi((500, 424, 384), (100, 16, 16))
+    ranges = [(step.first_id(i) + 1, step.first_id(i) + step.voxels_per_block) for i in range(step.num_blocks)]
+    assert all(high < ranges[i + 1][0] for i, (_, high) in enumerate(ranges[:-1]))
+    assert ranges[-1][1] < 2**63
+
+
+def test_dense_node_table_is_bit_identical_to_node_table():
+    labels, _ = load_labels("gala")
+    fragments, count = watershed_from_affinities(degraded_affinities(labels[:20, :40, :60], seed=5))
+    first = 7 * 10**6
+    dense = dense_node_table(fragments.astype(np.int32), count, first, (30, 6, 6), (90, 12, 0))
+    shifted = np.where(fragments > 0, fragments + np.uint64(first), 0)
+    reference = node_table(shifted, (30, 6, 6), (90, 12, 0))
+    for column in ("ids", "position", "size"):
+        assert np.array_equal(getattr(dense, column), getattr(reference, column)), column
+
+
+def test_read_voxels_counts_clipped_context_exactly():
+    total, overhead = read_voxels((10, 7, 5), (4, 4, 4), (1, 2, 0))
+    brute = 0
+    for z in range(0, 10, 4):
+        for y in range(0, 7, 4):
+            for x in range(0, 5, 4):
+                extent = [min(s, b + 4 + c) - max(0, b - c) for s, b, c in zip((10, 7, 5), (z, y, x), (1, 2, 0))]
+                brute += math.prod(extent)
+    assert total == brute and overhead == pytest.approx(brute / 350)
+
+
+def test_kasthuri_projection_flags_global_steps_that_do_not_fit_128_gb():
+    typical = project(MEASURED, shape=KASTHURI_SHAPE, edges=4e8)
+    assert typical["stages"]["agglomerate (global)"]["fits_128GB"]
+    assert not project(MEASURED, edges=3e9)["stages"]["agglomerate (global)"]["fits_128GB"]
+    assert not project(MEASURED, edges=4e8, histogram_bins=256)["stages"]["agglomerate (global)"]["fits_128GB"]
+
+
+def test_mirror_to_reflects_at_faces():
+    volume = np.arange(6).reshape(1, 2, 3)
+    mirrored = mirror_to(volume, (3, 2, 7))
+    assert mirrored.shape == (3, 2, 7)
+    assert mirrored[0, 0].tolist() == [0, 1, 2, 2, 1, 0, 0]
+    assert (mirrored[1] == mirrored[0]).all()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    affs = np.random.default_rng(0).random((3, 20, 40, 40)).astype(np.float32)
+    write_affinities(str(tmp_path / "in.zarr" / "affs"), affs, (10, 10, 10))
+    before = tree_snapshot(tmp_path)
+    argv = segment_argv(str(tmp_path / "in.zarr" / "affs"), str(tmp_path / "out.zarr"), block=(10, 20, 20),
+                        extra=["--dry-run", "--scoring", "quantile50"])  # fmt: skip
+    assert run_cli(argv) == 0
+    plan = capsys.readouterr().out
+    assert "grid [2, 2, 2]: fragments 8, edges 8, extract 8 blocks" in plan
+    assert "global step agglomerate" in plan and "fits one 128 GB machine" in plan
+    assert tree_snapshot(tmp_path) == before
