@@ -47,7 +47,7 @@ class FragmentsStep(BlockwiseStep):
         import fastremap
 
         from affcons.affinities import affinities_to_float
-        from affcons.segment import watershed_from_affinities
+        from affcons.segment import NodeTable, node_table, watershed_from_affinities
 
         options = self.config.fragments
         read_roi = write_roi.grow(self.context, self.context).intersect(self.roi)
@@ -67,10 +67,10 @@ class FragmentsStep(BlockwiseStep):
                 for b, s in zip((write_roi.begin - read_roi.begin) / self.voxel_size, write_roi.shape / self.voxel_size)
             )
             local = np.ascontiguousarray(fragments[crop])
-            local, remapping = fastremap.renumber(local, preserve_zero=True, in_place=True)
-            count = len(remapping) - (1 if 0 in remapping else 0)
+            local, _ = fastremap.renumber(local, preserve_zero=True, in_place=True)
             first = self.first_id(block_index)
-            nodes = dense_node_table(local, count, first, tuple(self.voxel_size), tuple(write_roi.begin))
+            local_nodes = node_table(local, tuple(self.voxel_size), tuple(write_roi.begin))
+            nodes = NodeTable(local_nodes.ids + np.uint64(first), local_nodes.position, local_nodes.size)
             fragments = local.astype(np.uint64)
             fragments[local != 0] += np.uint64(first)
         with timers.time("write"):
@@ -78,29 +78,6 @@ class FragmentsStep(BlockwiseStep):
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_nodes(block_index, nodes)
         timers.count("nodes", len(nodes))
-
-
-def dense_node_table(local: np.ndarray, count: int, first_id: int, voxel_size, offset):
-    """:func:`affcons.segment.node_table` of ``local + first_id`` for local ids dense in ``1..count`` (0 = none),
-    without sorting: sizes and coordinate sums by ``bincount`` over the voxels in raster order, exactly the sums
-    (same values, same order) that ``node_table`` adds, so the result is bit-identical -- at a fraction of the cost
-    (``node_table`` sorts the block with ``np.unique``; 0.7 s of 2.5 s for a 128^3 block here)."""
-    from affcons.segment import NodeTable
-
-    flat = local.ravel()
-    sizes = np.bincount(flat, minlength=count + 1)[1:]
-    nz, ny, nx = local.shape
-    coordinates = (
-        np.repeat(np.arange(nz, dtype=np.float64), ny * nx),
-        np.tile(np.repeat(np.arange(ny, dtype=np.float64), nx), nz),
-        np.tile(np.arange(nx, dtype=np.float64), nz * ny),
-    )
-    centres = np.stack([np.bincount(flat, weights=c, minlength=count + 1)[1:] for c in coordinates], axis=1)
-    keep = sizes > 0
-    centres = centres[keep] / sizes[keep][:, None]
-    centres = centres * np.asarray(voxel_size, np.float64) + np.asarray(offset, np.float64)
-    ids = np.arange(1, count + 1, dtype=np.uint64)[keep] + np.uint64(first_id)
-    return NodeTable(ids, centres, sizes[keep].astype(np.uint64))
 
 
 def fragments_box(config: SegmentConfig, writable: bool = False) -> Box:

@@ -75,12 +75,25 @@ def node_table(fragments: np.ndarray, voxel_size=(1, 1, 1), offset=(0, 0, 0)) ->
         fragments: uint64 (z, y, x).
         voxel_size: (z, y, x) nm.
         offset: world coordinate (nm) of voxel (0, 0, 0).
+
+    Dense ids (as the watershed makes them) are counted with ``bincount`` directly; sparse ids are first made
+    dense with ``np.unique``. Coordinates are summed in raster order in both cases.
     """
     flat = fragments.ravel()
-    ids, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
-    coordinates = np.indices(fragments.shape, dtype=np.float64).reshape(3, -1)
-    centres = np.stack([np.bincount(inverse, weights=c, minlength=len(ids)) for c in coordinates], axis=1)
-    centres = centres / sizes[:, None]
+    largest = int(flat.max(initial=0))
+    if largest <= 4 * flat.size:
+        index, ids = flat.astype(np.int64), np.arange(largest + 1, dtype=np.uint64)
+    else:
+        ids, index = np.unique(flat, return_inverse=True)
+    sizes = np.bincount(index, minlength=len(ids))
+    nz, ny, nx = fragments.shape
+    coordinates = (
+        np.repeat(np.arange(nz, dtype=np.float64), ny * nx),
+        np.tile(np.repeat(np.arange(ny, dtype=np.float64), nx), nz),
+        np.tile(np.arange(nx, dtype=np.float64), nz * ny),
+    )
+    sums = np.stack([np.bincount(index, weights=c, minlength=len(ids)) for c in coordinates], axis=1)
+    keep = (sizes > 0) & (ids != 0)
+    centres = sums[keep] / sizes[keep][:, None]
     centres = centres * np.asarray(voxel_size, np.float64) + np.asarray(offset, np.float64)
-    keep = ids != 0
-    return NodeTable(ids[keep], centres[keep], sizes[keep])
+    return NodeTable(ids[keep], centres, sizes[keep])
