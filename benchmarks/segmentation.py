@@ -9,18 +9,16 @@ fragments (one ``waterz.agglomerate`` call over all thresholds). Then the merge-
     python benchmarks/segmentation.py [--scoring mean|quantile50]
 """
 import argparse
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
-import waterz
 
 from affcons.evaluate import evaluate
 from affcons.segment import QUANTILE_BINS, apply_lookup, build_merge_tree, edge_table, watershed_from_affinities
 from affcons.segment.agglomerate import parse_scoring
+from affcons.segment.reference import WATERZ_SCORING, waterz_segmentations
 from affcons.synthetic import degraded_affinities
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -29,24 +27,6 @@ VOLUMES = {
     "gala test (50x100x200, FIB-SEM)": (DATA / "gala_fibsem/test-gt.lzf.h5", "stack"),
 }
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-WATERZ_SCORING = {
-    "mean": "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>",
-    "quantile50": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, false>>",
-}
-
-
-@contextmanager
-def quiet_stdout():
-    saved = os.dup(1)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
 def mirrored(labels: np.ndarray, shape) -> np.ndarray:
     """Tile ``labels`` by mirroring to ``shape``; each mirrored copy gets its own ids."""
     out = labels
@@ -79,9 +59,7 @@ def compare(name: str, labels: np.ndarray, scoring: str) -> None:
     ours = [apply_lookup(fragments, tree.ids, tree.lookup(t)) for t in THRESHOLDS]
     t_cuts = time.perf_counter() - start
     start = time.perf_counter()
-    with quiet_stdout():
-        reference = [s.copy() for s in waterz.agglomerate(affs[:3].copy(), list(THRESHOLDS), fragments=fragments.copy(),
-                                                          scoring_function=WATERZ_SCORING[scoring])]  # fmt: skip
+    reference = waterz_segmentations(affs, fragments, THRESHOLDS, scoring)
     t_waterz = time.perf_counter() - start
     print(f"\n## {name}: {labels.size / 1e6:.1f} Mvoxel, {count} fragments, {len(edges)} edges, scoring {scoring}")
     print(f"time: watershed {t_fragments:.2f} s | affcons RAG {t_rag:.2f} s + merge tree {t_tree:.3f} s + "

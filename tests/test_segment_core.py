@@ -1,10 +1,6 @@
 """The in-memory segmentation core: watershed, RAG statistics, merge tree (cross-checked against waterz), cuts."""
-import os
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
-import waterz
 
 from affcons.errors import ConfigError, VolumeError
 from affcons.evaluate import evaluate
@@ -20,37 +16,11 @@ from affcons.segment import (
     watershed_from_affinities,
 )
 from affcons.segment.agglomerate import parse_scoring
+from affcons.segment.reference import waterz_segmentations
 from affcons.synthetic import degraded_affinities, synthetic_cells
 from tests.data_paths import gala_labels, isbi_labels
 
-WATERZ_SCORING = {
-    "mean": "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>",
-    "quantile50": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, false>>",
-}
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-
-@contextmanager
-def quiet_stdout():
-    """waterz prints C++ progress on file descriptor 1."""
-    saved = os.dup(1)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
-def waterz_segmentations(affs, fragments, scoring):
-    with quiet_stdout():
-        return [
-            s.copy()
-            for s in waterz.agglomerate(
-                affs[:3].copy(), list(THRESHOLDS), fragments=fragments.copy(), scoring_function=WATERZ_SCORING[scoring]
-            )
-        ]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +159,7 @@ def test_parallel_edges_merge_statistics():
 def test_merge_tree_cuts_equal_waterz(volume, scoring, request):
     labels, affs, fragments = request.getfixturevalue(volume)
     tree = agglomerate_fragments(fragments, affs, scoring)
-    for threshold, reference in zip(THRESHOLDS, waterz_segmentations(affs, fragments, scoring)):
+    for threshold, reference in zip(THRESHOLDS, waterz_segmentations(affs, fragments, THRESHOLDS, scoring)):
         ours = apply_lookup(fragments, tree.ids, tree.lookup(threshold))
         metrics = evaluate(ours, reference.astype(np.uint64) + 1)  # every voxel counts
         assert metrics["voi"] <= 1e-3, (threshold, metrics)
