@@ -1,0 +1,72 @@
+"""``affcons run``: raw (HDF5, imported) -> prediction -> segmentation -> evaluation in one run directory, on real
+daisy workers with a tiny random network on an 8 x 64 x 64 crop of the bundled ISBI volume; a re-run resumes."""
+import json
+
+import pytest
+import yaml
+
+from affcons.cli import main as cli_main
+from affcons.config import load_config
+from affcons.errors import ConfigError
+from blockwise.commands.run import JobConfig
+from tests.data_paths import ISBI
+from tests.test_predict import make_checkpoint
+
+
+def job_config(tmp_path, **changes) -> dict:
+    config = {
+        "raw": f"{ISBI}:raw",
+        "roi_offset": [500, 400, 400], "roi_shape": [400, 256, 256],  # sections 10-17, 64 x 64 voxels
+        "predict": {"checkpoint": str(tmp_path / "model.pt"), "channels": "short", "patch": [6, 64, 64],
+                    "margin": [1, 16, 16], "block_size": [400, 128, 256], "chunk_shape": [4, 32, 32]},
+        "segment": {"thresholds": [0.4, 0.6], "block_size": [400, 128, 256], "context": [100, 64, 64],
+                    "fragments": {"per_slice": True}},
+        "evaluate": {"ground_truth": f"{ISBI}:labels/neurites_3dcc", "roi_offset": [700, 400, 400],
+                     "roi_shape": [200, 256, 256]},
+        "execution": {"workers": 1},
+    }  # fmt: skip
+    config.update(changes)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys):
+    make_checkpoint(tmp_path / "model.pt")
+    config = job_config(tmp_path)
+    run_dir = tmp_path / "run"
+    assert cli_main(["run", "-c", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert set(summary["stages"]) == {"import", "predict", "segment", "evaluate"}
+    assert summary["stages"]["predict"]["task"]["processed"] == 2
+    assert summary["stages"]["segment"]["status"] == "complete"
+    rows = summary["metrics"]["per_threshold"]
+    assert [row["threshold"] for row in rows] == [0.4, 0.6] and all(row["voi"] >= 0 for row in rows)
+    assert summary["metrics"]["roi_shape"] == [200, 256, 256]
+    outputs = {entry["name"]: entry for entry in summary["outputs"]}
+    assert set(outputs) == {"raw", "affinities", "disagreement", "fragments", "segmentation_0.40", "segmentation_0.60"}
+    assert outputs["affinities"]["shape"] == [3, 8, 64, 64] and outputs["affinities"]["offset_nm"] == [500, 400, 400]
+    assert outputs["raw"]["voxel_size_nm"] == [50, 4, 4] and outputs["raw"]["shape"] == [30, 512, 512]
+    for entry in outputs.values():
+        assert entry["path"] in printed and str(entry["offset_nm"]) in printed
+    compile((run_dir / "neuroglancer.py").read_text(), "neuroglancer.py", "exec")
+    assert (run_dir / "predict" / "tracking").is_dir() and (run_dir / "segment" / "rag.db").is_file()
+
+    assert cli_main(["run", "-c", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["status"] == "complete"
+    assert again["stages"]["predict"]["task"]["skipped"] == 2 and again["stages"]["predict"]["task"]["processed"] == 0
+    assert again["metrics"]["per_threshold"] == rows
+
+
+def test_job_config_rejects_unknown_keys(tmp_path):
+    config = job_config(tmp_path, predict={"checkpoint": "m.pt", "margins": [1, 16, 16]})
+    with pytest.raises(ConfigError, match=r"unknown key 'predict\.margins'"):
+        load_config(JobConfig, config)
+
+
+def test_demo_config_is_valid():
+    config = load_config(JobConfig, "demo")
+    assert config.predict.checkpoint == "models/demo.pt" and config.evaluate is not None
