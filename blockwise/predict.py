@@ -876,22 +876,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m blockwise.predict", description=main.__doc__)
     parser.add_argument("--config", required=True, help="RUN_DIR/predict.yaml written by affcons predict")
     args = parser.parse_args(argv)
-    import daisy.v2 as daisy
+    from blockwise.step import serve_blocks
 
-    from blockwise.step import process
-
-    step = PredictStep(load_config(PredictConfig, args.config))
-    step.ensure_setup()
-    client = daisy.Client()
-    try:
-        while True:
-            with client.acquire_block() as block:
-                if block is None:
-                    break
-                process(step, block.write_roi)
-    finally:
-        step.teardown()
-    return 0
+    return serve_blocks(PredictStep(load_config(PredictConfig, args.config)))
 
 
 if __name__ == "__main__":

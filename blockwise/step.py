@@ -148,6 +148,24 @@ def run_block(step: BlockwiseStep, block) -> None:
     process(step, block.write_roi)
 
 
+def serve_blocks(step: BlockwiseStep) -> int:
+    """Cluster worker loop: set ``step`` up once, process the blocks the daisy scheduler hands out until there are
+    none (the scheduler is found through ``DAISY_CONTEXT``), tear down. Returns 0."""
+    import daisy.v2 as daisy
+
+    step.ensure_setup()
+    client = daisy.Client()
+    try:
+        while True:
+            with client.acquire_block() as block:
+                if block is None:
+                    break
+                process(step, block.write_roi)
+    finally:
+        step.teardown()
+    return 0
+
+
 def process(step: BlockwiseStep, write_roi: Roi) -> dict:
     """Run ``step`` on one block, record its timers, return the timer record."""
     block_index = step.block_index(write_roi)

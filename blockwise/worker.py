@@ -16,31 +16,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", nargs="+", type=float, help="extract only: the thresholds of this task")
     args = parser.parse_args(argv)
 
-    import daisy.v2 as daisy
-
     from affcons.config import load_config
     from affcons.errors import ConfigError
     from blockwise.config import SegmentConfig
     from blockwise.registry import BLOCKWISE_STEPS, build_step
-    from blockwise.step import process
+    from blockwise.step import serve_blocks
 
     config = load_config(SegmentConfig, args.config)
     if args.step not in BLOCKWISE_STEPS:
         raise ConfigError(f"step {args.step!r} does not run on workers; blockwise steps: {', '.join(BLOCKWISE_STEPS)}")
     parameters = {"thresholds": args.thresholds} if args.step == "extract" and args.thresholds else {}
-    step = build_step(config, args.step, **parameters)
-    step.ensure_setup()
-    client = daisy.Client()
-    try:
-        while True:
-            with client.acquire_block() as block:
-                if block is None:
-                    break
-                process(step, block.write_roi)
-    finally:
-        step.teardown()
-    return 0
-
+    return serve_blocks(build_step(config, args.step, **parameters))
 
 if __name__ == "__main__":
     sys.exit(main())
