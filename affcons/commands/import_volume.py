@@ -18,6 +18,7 @@ import tifffile
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
+from affcons.commands.arguments import positive_int
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
 from affcons.io import copy_volume, create_volume, open_volume, read_voxel_size, split_dataset_path
 
@@ -30,7 +31,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("destination", metavar="DEST", help="out.zarr/name (zarr v3)")
     parser.add_argument(
-        "--voxel-size", nargs=3, type=_positive_int, metavar=("Z", "Y", "X"),
+        "--voxel-size", nargs=3, type=positive_int, metavar=("Z", "Y", "X"),
         help="voxel size in nm (default: from the source's attributes; required for TIFF)",
     )  # fmt: skip
     parser.add_argument(
@@ -38,7 +39,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="offset in nm, a multiple of the voxel size (default: the source's, else 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--chunks", nargs=3, type=_positive_int, metavar=("Z", "Y", "X"),
+        "--chunks", nargs=3, type=positive_int, metavar=("Z", "Y", "X"),
         help="chunk shape in voxels (default: 64 per axis, clipped to the volume)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
@@ -192,9 +193,3 @@ def _is_container(path: str) -> bool:
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value

@@ -13,21 +13,8 @@ import argparse
 import logging
 import shlex
 
+from affcons.commands.arguments import non_negative_int, positive_int
 from affcons.errors import ConfigError
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -35,18 +22,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--affs", help="affinities in.zarr/name or file.h5:name, (C >= 3, z, y, x), uint8 or float")
     parser.add_argument("--out", help="output zarr container (fragments, segmentation_<t>)")
     parser.add_argument("--thresholds", nargs="+", type=float, metavar="T", help="merge thresholds in [0, 1]")
-    parser.add_argument("--block-size", nargs=3, type=_positive_int, metavar=zyx, help="voxels (default 64 256 256)")
-    parser.add_argument("--context", nargs=3, type=_non_negative_int, metavar=zyx, help="voxels (default 8 32 32)")
-    parser.add_argument("--workers", type=_positive_int, help="worker processes (default 1)")
+    parser.add_argument("--block-size", nargs=3, type=positive_int, metavar=zyx, help="voxels (default 64 256 256)")
+    parser.add_argument("--context", nargs=3, type=non_negative_int, metavar=zyx, help="voxels (default 8 32 32)")
+    parser.add_argument("--workers", type=positive_int, help="worker processes (default 1)")
     parser.add_argument("--graph", help="graph store URL (default sqlite:///RUN_DIR/rag.db; or mongodb://host:port/db)")
     parser.add_argument("--run-dir", help="run directory (default OUT/../NAME.affcons-run)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and estimated cost; write nothing")
     parser.add_argument("--scoring", help="edge score: mean (default) or quantileQ, e.g. quantile50")
     parser.add_argument("--roi-offset", nargs=3, type=int, metavar=zyx, help="begin of the region to process, nm")
-    parser.add_argument("--roi-shape", nargs=3, type=_positive_int, metavar=zyx, help="shape of the region, nm")
-    parser.add_argument("--voxel-size", nargs=3, type=_positive_int, metavar=zyx,
+    parser.add_argument("--roi-shape", nargs=3, type=positive_int, metavar=zyx, help="shape of the region, nm")
+    parser.add_argument("--voxel-size", nargs=3, type=positive_int, metavar=zyx,
                         help="nm; must match the stored voxel size if there is one")  # fmt: skip
-    parser.add_argument("--chunk-shape", nargs=3, type=_positive_int, metavar=zyx,
+    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, metavar=zyx,
                         help="output chunks, voxels; must divide the block size (default: the block size)")  # fmt: skip
     parser.add_argument("--config", help="YAML file of SegmentConfig keys (nm) used as defaults")
     parser.add_argument("--launcher", choices=("local", "slurm", "lsf"), help="worker launcher (default local)")
@@ -55,10 +42,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help='extra srun/sbatch/bsub arguments as one shell-quoted string: --launcher-args="-p cpu -t 60"',
     )  # fmt: skip
     parser.add_argument("--boundary-threshold", type=float, help="watershed seeds where 1 - mean affinity < this")
-    parser.add_argument("--min-size", type=_non_negative_int, help="dissolve fragments smaller than this (voxels)")
+    parser.add_argument("--min-size", type=non_negative_int, help="dissolve fragments smaller than this (voxels)")
     parser.add_argument("--per-slice", action="store_true", default=None, help="2-D fragments per z-section")
     parser.add_argument("--block-timeout", type=float, help="seconds before a block's worker is killed (default 3600)")
-    parser.add_argument("--max-retries", type=_non_negative_int, help="retries per failed block (default 2)")
+    parser.add_argument("--max-retries", type=non_negative_int, help="retries per failed block (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
 
 
