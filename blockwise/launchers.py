@@ -18,12 +18,8 @@ from blockwise.config import LauncherConfig
 from blockwise.step import BlockwiseStep, run_block
 
 
-def worker_command(launcher: LauncherConfig, config_path: str, step: BlockwiseStep) -> list[str]:
-    """The command that starts one cluster worker for ``step``."""
-    python = launcher.python or sys.executable
-    command = [python, "-m", "blockwise.worker", "--config", str(config_path), "--step", step.name]
-    if step.name == "extract":
-        command += ["--thresholds", *(f"{t:.2f}" for t in step.thresholds)]
+def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
+    """``command`` wrapped in the cluster's blocking submit command (srun, sbatch --wait or bsub -K)."""
     if launcher.type == "slurm" and launcher.slurm_submit == "srun":
         return ["srun", *launcher.extra_args, *command]
     if launcher.type == "slurm":
@@ -31,6 +27,15 @@ def worker_command(launcher: LauncherConfig, config_path: str, step: BlockwiseSt
     if launcher.type == "lsf":
         return ["bsub", "-K", *launcher.extra_args, *command]
     raise ValueError(f"launcher {launcher.type!r} has no worker command")
+
+
+def worker_command(launcher: LauncherConfig, config_path: str, step: BlockwiseStep) -> list[str]:
+    """The command that starts one cluster worker for ``step``."""
+    python = launcher.python or sys.executable
+    command = [python, "-m", "blockwise.worker", "--config", str(config_path), "--step", step.name]
+    if step.name == "extract":
+        command += ["--thresholds", *(f"{t:.2f}" for t in step.thresholds)]
+    return submit_command(launcher, command)
 
 
 def run_cluster_worker(command: list[str]) -> None:

@@ -551,18 +551,12 @@ def run_predict_block(step: PredictStep, block) -> None:
 
 def worker_command(config: PredictConfig) -> list[str]:
     """The command that starts one cluster worker (``python -m blockwise.predict --config RUN_DIR/predict.yaml``)."""
+    from blockwise.launchers import submit_command
+
     launcher = config.execution.launcher
     python = launcher.python or sys.executable
     command = [python, "-m", "blockwise.predict", "--config", str(Path(config.run_dir) / CONFIG_FILE)]
-    if launcher.type == "slurm" and launcher.slurm_submit == "srun":
-        return ["srun", *launcher.extra_args, *command]
-    if launcher.type == "slurm":
-        import shlex
-
-        return ["sbatch", "--wait", *launcher.extra_args, "--wrap", shlex.join(command)]
-    if launcher.type == "lsf":
-        return ["bsub", "-K", *launcher.extra_args, *command]
-    raise ValueError(f"launcher {launcher.type!r} has no worker command")
+    return submit_command(launcher, command)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
