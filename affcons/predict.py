@@ -113,16 +113,6 @@ def required_margin(offsets: Sequence[Sequence[int]], channels: int, prediction_
     return tuple(0 if n <= 1 else n for n in needed)
 
 
-def select_device(device: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; asking for an unavailable CUDA is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available (use auto or cpu)")
-    return chosen
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; explicit values are kept (bf16 on the CPU is allowed)."""
     if precision not in PRECISIONS:
@@ -199,7 +189,7 @@ class Predictor:
                         margin: Sequence[int] | None = None, device: str | torch.device = "auto", **options):
         """Load ``checkpoint`` (:func:`affcons.nets.load_model`); ``patch`` defaults to the training crop and
         ``margin`` to :func:`default_margin`. Returns ``(predictor, config)``."""
-        from affcons.nets import load_model
+        from affcons.nets import load_model, select_device
 
         device = select_device(device) if isinstance(device, str) else device
         networks, config = load_model(checkpoint, use_ema=use_ema, map_location="cpu")

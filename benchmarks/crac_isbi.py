@@ -45,7 +45,8 @@ from affcons.train.strategies import (  # noqa: E402
     EmbeddingWarmupStrategy,
     load_confidence_net,
 )
-from affcons.train.trainer import Trainer, seed_everything, select_device  # noqa: E402
+from affcons.nets import select_device  # noqa: E402
+from affcons.train.trainer import Trainer, seed_everything  # noqa: E402
 from affcons.train.validation import predict_volume, score_segmentations  # noqa: E402
 
 ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 def _common_setup(config, run_dir: Path):
     """Device, seeds, data (a missing volume is a VolumeError naming it) and the validation volume."""
     from affcons.train.dataset import CropDataset, load_volume
-    from affcons.train.trainer import select_device
+    from affcons.nets import select_device
 
     device = select_device(config.run.device)
     dataset = CropDataset(config.data, config.model.offsets, config.run.seed, config.run.batch_size)

@@ -32,16 +32,6 @@ from affcons.train.validation import default_stride, is_better, predict_volume, 
 logger = logging.getLogger(__name__)
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable CUDA device is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device is {name!r} but CUDA is not available (use 'auto' or 'cpu')")
-    return device
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch, numpy and python (``setup_seed`` of the reference code)."""
     import random
