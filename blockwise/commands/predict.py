@@ -13,6 +13,7 @@ import argparse
 
 from affcons.commands.arguments import non_negative_int, positive_int
 from affcons.errors import ConfigError
+from blockwise.commands import apply_execution_overrides
 
 
 def _gpu_list(text: str) -> list[int]:
@@ -62,7 +63,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-voxel-size", nargs=3, type=positive_int, metavar=zyx,
                         help="voxel size the model was trained at, nm (default: read from its training volume)")
     parser.add_argument("--launcher", choices=("local", "slurm", "lsf"), help="worker launcher (default local)")
-    parser.add_argument("--launcher-args", nargs="+", metavar="ARG", help="extra srun/sbatch/bsub arguments")
+    parser.add_argument("--launcher-args", metavar="ARGS",
+                        help='extra srun/sbatch/bsub arguments as one shell-quoted string: --launcher-args="-p gpu"')
     parser.add_argument("--block-timeout", type=float, help="seconds before a block's worker is killed (default 3600)")
     parser.add_argument("--max-retries", type=non_negative_int, help="retries per failed block (default 2)")
     parser.add_argument("--dry-run", action="store_true", help="check everything and print the plan; write nothing")
@@ -86,23 +88,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
         options.setdefault("device", "cuda")
     if (args.roi_offset is None) != (args.roi_shape is None):
         raise ConfigError("--roi-offset and --roi-shape go together (nm)")
-    execution = dict(options.get("execution") or {})
-    if args.workers is not None:
-        execution["workers"] = args.workers
-    if args.block_timeout is not None:
-        execution["block_timeout_s"] = args.block_timeout
-    if args.max_retries is not None:
-        execution["max_retries"] = args.max_retries
-    if args.launcher is not None or args.launcher_args is not None:
-        launcher = dict(execution.get("launcher") or {})
-        if args.launcher is not None:
-            launcher["type"] = args.launcher
-        if args.launcher_args is not None:
-            launcher["extra_args"] = args.launcher_args
-        execution["launcher"] = launcher
-    if args.quiet:
-        execution["progress"] = False
-    options["execution"] = execution
+    options["execution"] = apply_execution_overrides(options.get("execution") or {}, args)
     return options
 
 

@@ -11,10 +11,10 @@ another config (nothing overwritten).
 """
 import argparse
 import logging
-import shlex
 
 from affcons.commands.arguments import non_negative_int, positive_int
 from affcons.errors import ConfigError
+from blockwise.commands import apply_execution_overrides
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -78,22 +78,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     for key in ("boundary_threshold", "min_size", "per_slice"):
         if getattr(args, key) is not None:
             section("fragments")[key] = getattr(args, key)
-    execution = section("execution")
-    if args.workers is not None:
-        execution["workers"] = args.workers
-    if args.block_timeout is not None:
-        execution["block_timeout_s"] = args.block_timeout
-    if args.max_retries is not None:
-        execution["max_retries"] = args.max_retries
-    if args.launcher is not None or args.launcher_args is not None:
-        launcher = dict(execution.get("launcher") or {})
-        if args.launcher is not None:
-            launcher["type"] = args.launcher
-        if args.launcher_args is not None:
-            launcher["extra_args"] = shlex.split(args.launcher_args)
-        execution["launcher"] = launcher
-    if args.quiet:
-        execution["progress"] = False
+    options["execution"] = apply_execution_overrides(section("execution"), args)
     if not options.get("extract", {}).get("thresholds"):
         raise ConfigError("no thresholds: pass --thresholds T [T ...] (values in [0, 1])")
     return options
