@@ -161,7 +161,9 @@ TREE_SCRIPT = textwrap.dedent(
     v = u + rng.integers(1, 40, n_edges).astype(np.uint64)
     key = np.unique(u * np.uint64(2**32) + v)
     u, v = key // np.uint64(2**32), key % np.uint64(2**32)
-    edges = EdgeTable(u, v, rng.random(len(u)) * 10, rng.integers(1, 20, len(u)).astype(np.uint64), np.zeros((len(u), 0), np.uint32))
+    count = rng.integers(1, 20, len(u)).astype(np.uint64)
+    linked = np.where(rng.random(len(u)) < 0.02, count, 0).astype(np.uint64)  # 2 % face edges to stitch
+    edges = EdgeTable(u, v, rng.random(len(u)) * 10, count, np.zeros((len(u), 0), np.uint32), linked)
     process = psutil.Process(); base = process.memory_info().rss; peak = [base]; stop = threading.Event()
     def sample():
         while not stop.wait(0.01): peak[0] = max(peak[0], process.memory_info().rss)

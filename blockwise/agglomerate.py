@@ -8,8 +8,11 @@ returns columnar numpy tables (:class:`affcons.segment.EdgeTable`, 32 B per edge
 (sampled every 20 ms) and reports bytes per edge both ways. Fragments without any edge (isolated) come from the
 node table, so every fragment has a row in the lookup tables.
 
-The result does not depend on the block size: the stored edge table is exactly the whole volume's table (see
-:mod:`blockwise.edges`), and the tree is a deterministic function of it. ``merge_tree.npz`` and the tables are
+Fragments that a block face cut apart are stitched first (edges whose face-link counts say both blocks saw one
+basin, :mod:`affcons.segment.stitch`); the tree records those unions as merges at level ``-inf``. The result does
+not depend on the block size: the stored edge table is exactly the whole volume's table (see
+:mod:`blockwise.edges`), and the tree is a deterministic function of it: for the same (stitched) fragments it is
+the tree of the whole volume. ``merge_tree.npz`` and the tables are
 written to a temporary name and renamed, so a driver killed here leaves either nothing or a complete file.
 """
 import json
@@ -117,6 +120,7 @@ class AgglomerateStep:
             "edges": num_edges,
             "isolated_nodes": int(len(nodes) - len(np.union1d(edges.u, edges.v))),
             "merges": len(tree),
+            "stitches": tree.num_stitches,
             "edge_table_bytes_per_edge": edges.nbytes / num_edges if num_edges else 0.0,
             "merge_tree_model_bytes_per_edge": merge_tree_bytes_per_edge(self.config.histogram_bins),
             "peak_rss_bytes": memory.peak,

@@ -6,7 +6,9 @@ Every voxel pair ``(p, p - e_c)`` is attributed to the block holding ``p``, so p
 counted once, by the upper block. Fragment ids are unique per block, so an edge (u, v) joins fragments of one block
 or of two face neighbours, and all its voxel pairs lie in the same block: each (u, v) is written by exactly one
 block and the stored table *is* the table of the whole volume (no combining across blocks). Histograms are kept
-only for quantile scoring. The rows go to the store in bulk under the block's grid index.
+only for quantile scoring. Each edge also counts its pairs across a block face that both blocks' watersheds put in
+one basin (the face-link bits the fragments step wrote; ``linked``, see :mod:`affcons.segment.stitch`). The rows go
+to the store in bulk under the block's grid index.
 
 This step reads the fragments of the neighbouring blocks below, so it runs after them (daisy orders the two tasks
 block by block through their ROIs).
@@ -14,7 +16,7 @@ block by block through their ROIs).
 from funlib.geometry import Roi
 
 from blockwise.config import SegmentConfig
-from blockwise.fragments import fragments_box
+from blockwise.fragments import fragments_box, links_box
 from blockwise.step import BlockwiseStep, Timers, inject_fault
 from blockwise.volumes import box_for
 
@@ -26,6 +28,7 @@ class EdgesStep(BlockwiseStep):
         super().__init__(config)
         self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
         self.fragments = fragments_box(config)
+        self.links = links_box(config)
         self.histogram_bins = config.histogram_bins
         self.store = None
 
@@ -48,6 +51,7 @@ class EdgesStep(BlockwiseStep):
             self.store = None
         self.affs.close()
         self.fragments.close()
+        self.links.close()
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         from affcons.affinities import affinities_to_float
@@ -59,8 +63,10 @@ class EdgesStep(BlockwiseStep):
         with timers.time("read"):
             fragments = self.fragments.read(read_roi)
             affs = self.affs.read(read_roi, channels=slice(0, 3))
+            links = self.links.read(read_roi)
         with timers.time("compute"):
-            edges = edge_table(fragments, affinities_to_float(affs), self.histogram_bins, lower_context=lower)
+            edges = edge_table(fragments, affinities_to_float(affs), self.histogram_bins, lower_context=lower,
+                               links=links)  # fmt: skip
         with timers.time("write"):
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_edges(block_index, edges)

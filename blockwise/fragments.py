@@ -6,7 +6,14 @@ order of first appearance) and add ``grid_index * (voxels_per_block + 1)``: ids 
 any coordination, and the same in every run. The fragments are written as uint64 into ``OUT.zarr/fragments``
 (the write ROI covers whole chunks), the nodes (id, centre in nm, size) into the store under the block's grid
 index, replacing whatever a failed earlier attempt of the block wrote.
+
+The block also records how its watershed, which sees the context, labels the voxel pairs across each face it shares
+with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.face_links`, written to
+``RUN_DIR/face_links.zarr/links`` (uint8, the fragments' grid). The edges step turns them into the ``linked``
+counts that stitch fragments cut by a face back together.
 """
+from pathlib import Path
+
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
@@ -23,6 +30,7 @@ class FragmentsStep(BlockwiseStep):
         self.context = Coordinate(config.context)
         self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
         self.fragments = fragments_box(config, writable=True)
+        self.links = links_box(config, writable=True)
         self.store = None
 
     def rois(self) -> tuple[Roi, Roi, Roi]:
@@ -42,12 +50,14 @@ class FragmentsStep(BlockwiseStep):
             self.store = None
         self.affs.close()
         self.fragments.close()
+        self.links.close()
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         import fastremap
 
         from affcons.affinities import affinities_to_float
         from affcons.segment import NodeTable, node_table, watershed_from_affinities
+        from affcons.segment.stitch import face_links
 
         options = self.config.fragments
         read_roi = write_roi.grow(self.context, self.context).intersect(self.roi)
@@ -66,6 +76,9 @@ class FragmentsStep(BlockwiseStep):
                 slice(b, b + s)
                 for b, s in zip((write_roi.begin - read_roi.begin) / self.voxel_size, write_roi.shape / self.voxel_size)
             )
+            lower = tuple(b > r for b, r in zip(write_roi.begin, self.roi.begin))
+            upper = tuple(e < r for e, r in zip(write_roi.end, self.roi.end))
+            links = face_links(fragments, crop, lower, upper)
             local = np.ascontiguousarray(fragments[crop])
             local, _ = fastremap.renumber(local, preserve_zero=True, in_place=True)
             first = self.first_id(block_index)
@@ -75,6 +88,7 @@ class FragmentsStep(BlockwiseStep):
             fragments[local != 0] += np.uint64(first)
         with timers.time("write"):
             self.fragments.write(write_roi, fragments)
+            self.links.write(write_roi, links)
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_nodes(block_index, nodes)
         timers.count("nodes", len(nodes))
@@ -83,3 +97,12 @@ class FragmentsStep(BlockwiseStep):
 def fragments_box(config: SegmentConfig, writable: bool = False) -> Box:
     """``OUT.zarr/fragments``: uint64, the run's ROI, the affinities' voxel size."""
     return Box(str(config.out), "fragments", tuple(config.roi_offset), tuple(config.voxel_size), writable)
+
+
+def links_box(config: SegmentConfig, writable: bool = False) -> Box:
+    """``RUN_DIR/face_links.zarr/links``: uint8 face-link bits, the fragments' grid (run-internal state)."""
+    return Box(str(Path(config.run_dir) / LINKS_CONTAINER), "links", tuple(config.roi_offset), tuple(config.voxel_size),
+               writable)  # fmt: skip
+
+
+LINKS_CONTAINER = "face_links.zarr"

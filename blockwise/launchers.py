@@ -29,12 +29,20 @@ def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
     raise ValueError(f"launcher {launcher.type!r} has no worker command")
 
 
-def worker_command(launcher: LauncherConfig, config_path: str, step: BlockwiseStep) -> list[str]:
-    """The command that starts one cluster worker for ``step``."""
+#: The cluster worker module of ``affcons segment``'s steps (``affcons predict`` has its own: ``blockwise.predict``).
+SEGMENT_WORKER = "blockwise.worker"
+
+
+def worker_command(launcher: LauncherConfig, config_path: str, step: BlockwiseStep, module: str = SEGMENT_WORKER
+                   ) -> list[str]:  # fmt: skip
+    """The command that starts one cluster worker for ``step``: ``PYTHON -m MODULE --config CONFIG_PATH``, plus
+    ``--step NAME`` (and the extract thresholds) for the segmentation worker."""
     python = launcher.python or sys.executable
-    command = [python, "-m", "blockwise.worker", "--config", str(config_path), "--step", step.name]
-    if step.name == "extract":
-        command += ["--thresholds", *(f"{t:.2f}" for t in step.thresholds)]
+    command = [python, "-m", module, "--config", str(config_path)]
+    if module == SEGMENT_WORKER:
+        command += ["--step", step.name]
+        if step.name == "extract":
+            command += ["--thresholds", *(f"{t:.2f}" for t in step.thresholds)]
     return submit_command(launcher, command)
 
 
@@ -48,8 +56,9 @@ def run_cluster_worker(command: list[str]) -> None:
         raise RuntimeError(f"worker job exited with code {completed.returncode}: {shlex.join(command)}")
 
 
-def process_function(step: BlockwiseStep, launcher: LauncherConfig, config_path: str):
-    """What daisy runs in each worker slot of ``step`` (see the module docstring)."""
+def process_function(step: BlockwiseStep, launcher: LauncherConfig, config_path: str, module: str = SEGMENT_WORKER):
+    """What daisy runs in each worker slot of ``step`` (see the module docstring); ``module`` is the cluster
+    worker's entry point."""
     if launcher.type == "local":
         return functools.partial(run_block, step)
-    return functools.partial(run_cluster_worker, worker_command(launcher, config_path, step))
+    return functools.partial(run_cluster_worker, worker_command(launcher, config_path, step, module))

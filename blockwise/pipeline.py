@@ -26,10 +26,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 import affcons
 from affcons.config import dump_config, load_config
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
-from blockwise.config import AFFINITY_DTYPES, SegmentConfig, fingerprint_differences, threshold_name
+from blockwise.config import (
+    AFFINITY_DTYPES, ExecutionConfig, SegmentConfig, fingerprint_differences, threshold_name,
+)
 from blockwise.extract import segmentation_name
 
 #: daisy's accepted ``fit`` values (anything else panics inside daisy later, so it is checked here).
@@ -157,16 +161,148 @@ class TaskReport:
     def ok(self) -> bool:
         return self.error is None and self.completed == self.total and not self.failed and not self.orphaned
 
+    def as_dict(self) -> dict:
+        """The task's entry in ``summary.json``."""
+        return {
+            "blocks": self.total, "completed": self.completed, "skipped": self.skipped,
+            "processed": self.completed - self.skipped, "failed": self.failed, "orphaned": self.orphaned,
+            "worker_restarts": self.worker_restarts, "failed_blocks": self.failed_blocks, "error": self.error,
+        }  # fmt: skip
 
-class Pipeline:
-    """One ``affcons segment`` run of a resolved config."""
+    def failure_line(self) -> str:
+        """``task T: 1 failed, 0 orphaned, 3/4 done; failed blocks ...; error ...`` (for stderr and the summary)."""
+        line = f"task {self.task_id}: {self.failed} failed, {self.orphaned} orphaned, {self.completed}/{self.total} done"
+        if self.failed_blocks:
+            line += "; failed blocks (grid index @ write ROI nm): " + ", ".join(
+                f"{b['block']} @ {b['roi']}" for b in self.failed_blocks
+            )
+        if self.error:
+            line += f"; error: {self.error}"
+        return line
 
-    def __init__(self, config: SegmentConfig, quiet: bool = False, stream=None):
+
+# ------------------------------------------------------------------------------------------------------ daisy
+
+
+def make_task(step, process_function, execution: ExecutionConfig, run_dir: Path, requires: dict | None = None):
+    """The daisy task of one blockwise step: ``fit="shrink"`` (checked against daisy's accepted values),
+    ``read_write_conflict=False``, the execution's workers, retries and explicit block timeout, done markers in
+    ``run_dir/tracking/<task_id>``, and ``requires`` per worker (default ``{"cpu": 1}``; ``{"gpu": 1}`` for
+    prediction on GPUs)."""
+    import daisy.v2 as daisy
+
+    if FIT not in DAISY_FITS:
+        raise ConfigError(f"daisy fit {FIT!r} is not one of {DAISY_FITS}")
+    total, read, write = step.rois()
+    return daisy.Task(
+        step.task_id,
+        total,
+        read,
+        write,
+        process_function,
+        read_write_conflict=False,
+        fit=FIT,
+        max_workers=execution.workers,
+        max_retries=execution.max_retries,
+        timeout=execution.block_timeout_s,
+        tracking_path=str(Path(run_dir) / "tracking" / step.task_id),
+        max_worker_restarts=execution.max_worker_restarts,
+        requires=dict(requires or {"cpu": 1}),
+    )
+
+
+def run_task(
+    step, process_function, execution: ExecutionConfig, run_dir: Path, requires: dict | None = None,
+    reset: bool = False, progress: bool | None = None,
+) -> TaskReport:  # fmt: skip
+    """Run one blockwise step as one daisy task (:func:`make_task`) with ``requires`` per worker and
+    ``execution.workers`` times that in resources; ``reset`` voids its done markers first; ``progress`` defaults
+    to ``execution.progress``. Returns what happened to its blocks: counts, failed blocks by grid index and ROI,
+    and an error when daisy abandoned the task."""
+    import daisy.v2 as daisy
+
+    requires = dict(requires or {"cpu": 1})
+    task = make_task(step, process_function, execution, run_dir, requires)
+    if reset:
+        task.reset()
+    report = TaskReport(step.task_id, total=step.num_blocks)
+    states = {}
+    try:
+        states = daisy.run_blockwise(
+            task,
+            multiprocessing=True,
+            resources={name: amount * execution.workers for name, amount in requires.items()},
+            progress=execution.progress if progress is None else progress,
+            return_states=True,
+            summary=False,
+        )
+    except RuntimeError as exception:  # daisy abandons a task after max_worker_restarts dirty exits
+        text = str(exception).strip()
+        report.error = text.splitlines()[0] if text else repr(exception)
+    state = states.get(step.task_id)
+    if state is not None:
+        report.total = state.total_block_count
+        report.completed = state.completed_count
+        report.skipped = state.skipped_count
+        report.failed = state.failed_count
+        report.orphaned = state.orphaned_count
+        report.worker_restarts = state.worker_restart_count
+        if state.abandoned:
+            report.error = f"abandoned: {state.abandon_reason}"
+    try:
+        failed = task.failed_blocks()
+    except Exception as exception:  # an unreadable tracking store: say so, and still fail
+        failed = []
+        report.error = (report.error or "") + f" (failed blocks unavailable: {exception})"
+    report.failed_blocks = [
+        {"block": step.block_index(b.write_roi), "roi": str(b.write_roi), "daisy_id": list(b.block_id)}
+        for b in failed
+    ]
+    report.failed = max(report.failed, len(report.failed_blocks))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------- driver
+
+
+def dataset_attrs(directory: str | Path) -> dict | None:
+    """Attributes of the zarr dataset at ``directory``; ``{}`` for a non-v3 or unreadable node, None if nothing is
+    there."""
+    directory = Path(directory)
+    metadata = directory / "zarr.json"
+    if metadata.is_file():
+        return json.loads(metadata.read_text()).get("attributes", {})
+    if directory.exists():
+        return {}
+    return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as indented JSON, written to a temporary file and renamed (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+class Driver:
+    """What the drivers of ``affcons segment`` (:class:`Pipeline`) and ``affcons predict``
+    (:class:`blockwise.predict.PredictJob`) share: the resolved config and its fingerprint, messages, provenance
+    attributes, the guards against state of another config, failure reports and the summary file."""
+
+    #: The command, for messages (``affcons segment``).
+    command = "affcons segment"
+    #: Attribute of every output holding the provenance of this command.
+    provenance_attr = PROVENANCE_ATTR
+    #: The resolved config in the run directory.
+    config_file = CONFIG_FILE
+    #: What a failed run leaves unmarked (for the error message).
+    incomplete = "no segmentation was marked complete"
+
+    def __init__(self, config, quiet: bool = False, stream=None):
         self.config = config
         self.quiet = quiet
         self.stream = stream or sys.stdout
         self.run_dir = Path(config.run_dir)
-        self.out = Path(config.out)
         self.fingerprint = config.fingerprint()
         self.summary: dict = {}
 
@@ -174,19 +310,13 @@ class Pipeline:
         if not self.quiet:
             print(message, file=self.stream, flush=True)
 
-    # ------------------------------------------------------------------------------------------------- guards
-
     def public_config(self) -> dict:
-        """The resolved config with any password in the graph URL replaced by ``***`` (for outputs and logs)."""
-        from affcons.store.base import redact
-
-        data = self.config.model_dump(mode="json")
-        data["graph"] = redact(data["graph"])
-        return data
+        """The resolved config as stored in outputs and the summary."""
+        return self.config.model_dump(mode="json")
 
     def provenance(self, **extra) -> dict:
         return {
-            PROVENANCE_ATTR: {
+            self.provenance_attr: {
                 "fingerprint": self.fingerprint,
                 "fingerprint_fields": self.config.fingerprint_fields(),
                 "config": self.public_config(),
@@ -200,8 +330,8 @@ class Pipeline:
     def _refuse(self, where: str, stored_fields: dict | None) -> None:
         if stored_fields is None:
             raise OutputExistsError(
-                f"{where} exists but was not written by affcons segment (no {PROVENANCE_ATTR} attribute); refusing "
-                "to overwrite it: choose another --out / --run-dir or remove it"
+                f"{where} exists but was not written by {self.command} (no {self.provenance_attr} attribute); "
+                "refusing to overwrite it: choose another --out / --run-dir or remove it"
             )
         differences = fingerprint_differences(stored_fields, self.config.fingerprint_fields())
         raise OutputExistsError(
@@ -209,33 +339,67 @@ class Pipeline:
             f"requested): {'; '.join(differences) or 'none listed'}. Use another --out and --run-dir, or remove them"
         )
 
-    def check_existing(self) -> None:
-        """Refuse existing state of another config (writes nothing)."""
-        config_path = self.run_dir / CONFIG_FILE
+    def check_run_dir(self) -> None:
+        """The run directory must be absent, empty, or hold this config's fingerprint (writes nothing)."""
+        config_path = self.run_dir / self.config_file
         if config_path.is_file():
-            stored = load_config(SegmentConfig, config_path)
+            stored = load_config(type(self.config), config_path)
             if stored.fingerprint() != self.fingerprint:
                 self._refuse(f"run directory {self.run_dir}", stored.fingerprint_fields())
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise OutputExistsError(f"run directory {self.run_dir} exists, is not empty and has no {CONFIG_FILE}")
+            raise OutputExistsError(f"run directory {self.run_dir} exists, is not empty and has no {self.config_file}")
+
+    def check_output(self, where: str, attrs: dict | None) -> bool:
+        """Refuse an existing output (``attrs`` from :func:`dataset_attrs`) of another config or command; True if
+        the output exists (with this config's fingerprint)."""
+        if attrs is None:
+            return False
+        stored = attrs.get(self.provenance_attr)
+        if stored is None or stored.get("fingerprint") != self.fingerprint:
+            self._refuse(where, None if stored is None else stored.get("fingerprint_fields"))
+        return True
+
+    def fail(self, reports: list[TaskReport]) -> int:
+        """Record and print the failed tasks; returns exit code 1."""
+        lines = [report.failure_line() for report in reports if not report.ok]
+        self.summary["status"] = "failed"
+        self.summary["failures"] = lines
+        message = f"blocks failed; {self.incomplete}. Re-run the same command to retry them.\n  "
+        message += "\n  ".join(lines) + f"\n  worker logs: {self.run_dir / 'logs'}"
+        print(f"{self.command}: error: {message}", file=sys.stderr, flush=True)
+        return 1
+
+    def write_summary(self) -> None:
+        if self.run_dir.exists():
+            write_json(self.run_dir / SUMMARY_FILE, self.summary)
+
+
+class Pipeline(Driver):
+    """One ``affcons segment`` run of a resolved config."""
+
+    def __init__(self, config: SegmentConfig, quiet: bool = False, stream=None):
+        super().__init__(config, quiet, stream)
+        self.out = Path(config.out)
+
+    # ------------------------------------------------------------------------------------------------- guards
+
+    def public_config(self) -> dict:
+        """The resolved config with any password in the graph URL replaced by ``***`` (for outputs and logs)."""
+        from affcons.store.base import redact
+
+        data = self.config.model_dump(mode="json")
+        data["graph"] = redact(data["graph"])
+        return data
+
+    def check_existing(self) -> None:
+        """Refuse existing state of another config (writes nothing)."""
+        self.check_run_dir()
         names = ["fragments"] + [segmentation_name(t) for t in self.config.extract.thresholds]
         for name in names:
-            attrs = self._dataset_attrs(name)
-            if attrs is None:
-                continue
-            stored = attrs.get(PROVENANCE_ATTR)
-            if stored is None or stored.get("fingerprint") != self.fingerprint:
-                self._refuse(f"{self.out / name}", None if stored is None else stored.get("fingerprint_fields"))
+            self.check_output(f"{self.out / name}", self._dataset_attrs(name))
 
     def _dataset_attrs(self, name: str) -> dict | None:
-        metadata = self.out / name / "zarr.json"
-        if metadata.is_file():
-            return json.loads(metadata.read_text()).get("attributes", {})
-        if (self.out / name / ".zarray").is_file():
-            return {}
-        if (self.out / name).exists():
-            return {}
-        return None
+        return dataset_attrs(self.out / name)
 
     def check_store(self, store) -> None:
         stored = store.get_meta(STORE_META_KEY)
@@ -349,56 +513,11 @@ class Pipeline:
         )
         return 0
 
-    def fail(self, reports: list[TaskReport]) -> int:
-        lines = []
-        for report in reports:
-            if report.ok:
-                continue
-            line = (
-                f"task {report.task_id}: {report.failed} failed, {report.orphaned} orphaned, "
-                f"{report.completed}/{report.total} done"
-            )
-            if report.failed_blocks:
-                line += "; failed blocks (grid index @ write ROI nm): " + ", ".join(
-                    f"{b['block']} @ {b['roi']}" for b in report.failed_blocks
-                )
-            if report.error:
-                line += f"; error: {report.error}"
-            lines.append(line)
-        self.summary["status"] = "failed"
-        self.summary["failures"] = lines
-        message = "blocks failed; no segmentation was marked complete. Re-run the same command to retry them.\n  "
-        message += "\n  ".join(lines) + f"\n  worker logs: {self.run_dir / 'logs'}"
-        print(f"affcons segment: error: {message}", file=sys.stderr, flush=True)
-        return 1
-
     # ------------------------------------------------------------------------------------------------- daisy
 
-    def make_task(self, step, launcher_function):
-        import daisy.v2 as daisy
-
-        if FIT not in DAISY_FITS:
-            raise ConfigError(f"daisy fit {FIT!r} is not one of {DAISY_FITS}")
-        execution = self.config.execution
-        total, read, write = step.rois()
-        return daisy.Task(
-            step.task_id,
-            total,
-            read,
-            write,
-            launcher_function,
-            read_write_conflict=False,
-            fit=FIT,
-            max_workers=execution.workers,
-            max_retries=execution.max_retries,
-            timeout=execution.block_timeout_s,
-            tracking_path=str(self.run_dir / "tracking" / step.task_id),
-            max_worker_restarts=execution.max_worker_restarts,
-            requires={"cpu": 1},
-        )
-
     def run_task(self, step, reset: bool = False) -> TaskReport:
-        """Run one blockwise step as a daisy task; report what happened to its blocks.
+        """Run one blockwise step as a daisy task (:func:`run_task`, one CPU per worker); report what happened to
+        its blocks.
 
         Steps run one after the other (``edges`` only once every fragment block is done), not as a daisy pipeline
         ``a + b``: daisy 2.0.0 mis-schedules the downstream task of such a pipeline when its read ROI extends on
@@ -406,60 +525,19 @@ class Pipeline:
         ``docs/design/blockwise.md``). As a second line of defence every task's blocks are checked against the
         block grid afterwards (:meth:`check_coverage`).
         """
-        import daisy.v2 as daisy
-
         from blockwise.launchers import process_function
 
         execution = self.config.execution
-        task = self.make_task(step, process_function(step, execution.launcher, str(self.run_dir / CONFIG_FILE)))
         if reset:
-            task.reset()
             shutil.rmtree(step.timers_dir(), ignore_errors=True)
         self.say(f"{step.task_id}: {step.num_blocks} blocks, {execution.workers} worker(s), launcher "
                  f"{execution.launcher.type}")  # fmt: skip
-        report = TaskReport(step.task_id, total=step.num_blocks)
-        states = {}
-        try:
-            states = daisy.run_blockwise(
-                task,
-                multiprocessing=True,
-                resources={"cpu": execution.workers},
-                progress=execution.progress and not self.quiet,
-                return_states=True,
-                summary=False,
-            )
-        except RuntimeError as exception:  # daisy abandons a task after max_worker_restarts dirty exits
-            text = str(exception).strip()
-            report.error = text.splitlines()[0] if text else repr(exception)
-        state = states.get(step.task_id)
-        if state is not None:
-            report.total = state.total_block_count
-            report.completed = state.completed_count
-            report.skipped = state.skipped_count
-            report.failed = state.failed_count
-            report.orphaned = state.orphaned_count
-            report.worker_restarts = state.worker_restart_count
-            if state.abandoned:
-                report.error = f"abandoned: {state.abandon_reason}"
-        try:
-            failed = task.failed_blocks()
-        except Exception as exception:  # an unreadable tracking store: say so, and still fail
-            failed = []
-            report.error = (report.error or "") + f" (failed blocks unavailable: {exception})"
-        report.failed_blocks = [
-            {"block": step.block_index(b.write_roi), "roi": str(b.write_roi), "daisy_id": list(b.block_id)}
-            for b in failed
-        ]
-        if report.failed_blocks and not report.failed:
-            report.failed = len(report.failed_blocks)
+        function = process_function(step, execution.launcher, str(self.run_dir / CONFIG_FILE))
+        report = run_task(step, function, execution, self.run_dir, {"cpu": 1}, reset=reset,
+                          progress=execution.progress and not self.quiet)  # fmt: skip
         if report.ok:
             report.error = self.check_coverage(step, report)
-        self.summary["tasks"][step.task_id] = {
-            "blocks": report.total, "completed": report.completed, "skipped": report.skipped,
-            "processed": report.completed - report.skipped, "failed": report.failed,
-            "orphaned": report.orphaned, "worker_restarts": report.worker_restarts,
-            "failed_blocks": report.failed_blocks, "error": report.error,
-        }  # fmt: skip
+        self.summary["tasks"][step.task_id] = report.as_dict()
         return report
 
     def check_coverage(self, step, report: TaskReport) -> str | None:
@@ -485,33 +563,37 @@ class Pipeline:
     # ----------------------------------------------------------------------------------------------- outputs
 
     def create_fragments(self) -> bool:
-        """Create ``OUT.zarr/fragments`` unless it exists (checked before); True if it was created now."""
+        """Create ``OUT.zarr/fragments`` and the run's face-link bits unless the fragments exist (checked before);
+        True if they were created now."""
+        from blockwise.fragments import links_box
+
         if self._dataset_attrs("fragments") is not None:
             return False
-        self._create("fragments")
+        self._create(self.out / "fragments")
+        self._create(links_box(self.config).path, dtype=np.uint8, mode="w")
         return True
 
     def create_segmentation(self, threshold: float) -> bool:
         name = segmentation_name(threshold)
         if self._dataset_attrs(name) is not None:
             return False
-        self._create(name, threshold=threshold)
+        self._create(self.out / name, threshold=threshold)
         return True
 
-    def _create(self, name: str, **extra) -> None:
-        import numpy as np
+    def _create(self, path, dtype=np.uint64, mode: str = "w-", **extra) -> None:
+        """Create the zarr dataset ``path`` (``OUT.zarr/NAME``) on the run's grid."""
         from funlib.geometry import Roi
 
         from affcons.io import create_volume
 
         create_volume(
-            f"{self.out}/{name}",
+            path,
             Roi(self.config.roi_offset, self.config.roi_shape),
             self.config.voxel_size,
-            np.uint64,
+            dtype,
             chunk_shape=self.config.chunk_shape,
             compression=self.config.compression,
-            mode="w-",
+            mode=mode,
             attrs=self.provenance(**extra),
         )
 
@@ -523,13 +605,6 @@ class Pipeline:
     def segmentation_complete(self, threshold: float) -> bool:
         attrs = self._dataset_attrs(segmentation_name(threshold))
         return bool(attrs and attrs.get("complete") is True)
-
-    def write_summary(self) -> None:
-        if self.run_dir.exists():
-            path = self.run_dir / SUMMARY_FILE
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.summary, indent=2, default=str))
-            tmp.replace(path)
 
 
 def read_timer_records(directory: Path) -> dict[int, dict]:

@@ -22,6 +22,8 @@ KASTHURI_EDGE_RANGE = (1e8, 3e9)
 KASTHURI_NODE_RANGE = (3e7, 3e8)
 #: Bytes per stored node in the graph store (id, z, y, x, size, block + index), both backends (order of magnitude).
 STORE_BYTES_PER_NODE = 80.0
+#: Bytes per stored edge without histogram (u, v, sum, count, linked, block + indexes), same order of magnitude.
+STORE_BYTES_PER_EDGE = 82.0
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,18 @@ def read_voxels(roi_voxels, block_voxels, context_voxels) -> tuple[int, float]:
     return total, total / math.prod(roi_voxels)
 
 
+def agglomerate_bytes_per_edge(rates: Rates, histogram_bins: int) -> float:
+    """Peak bytes per edge of the global agglomeration: the measured rate or the model (the edge table plus
+    :func:`affcons.segment.agglomerate.merge_tree_bytes_per_edge`), whichever is larger."""
+    from affcons.segment import EdgeTable
+    from affcons.segment.agglomerate import merge_tree_bytes_per_edge
+
+    model = merge_tree_bytes_per_edge(histogram_bins) + EdgeTable.bytes_per_edge(histogram_bins)
+    return max(rates.agglomerate_bytes_per_edge, model)
+
+
 def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
     """The blocks, sizes and estimated cost of ``config`` (see the module docstring)."""
-    from affcons.segment.agglomerate import merge_tree_bytes_per_edge
     from affcons.store.base import redact
 
     roi_voxels = config.roi_voxels
@@ -99,7 +110,7 @@ def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
     workers = config.execution.workers
     nodes = voxels * rates.nodes_per_voxel
     edges = voxels * rates.edges_per_voxel
-    bytes_per_edge = max(rates.agglomerate_bytes_per_edge, merge_tree_bytes_per_edge(bins) + 32 + 4 * bins)
+    bytes_per_edge = agglomerate_bytes_per_edge(rates, bins)
     agglomerate_bytes = edges * bytes_per_edge + nodes * 64
     read_block = math.prod(min(b + 2 * c, r) for b, c, r in zip(block_voxels, context_voxels, roi_voxels))
     stage_s = {
@@ -129,7 +140,7 @@ def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
             "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
             "total_s": round(sum(stage_s.values()) + 3 * rates.worker_startup_s, 1),
             "worker_peak_bytes": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block,
-            "store_bytes": edges * (74 + 4 * bins) + nodes * STORE_BYTES_PER_NODE,
+            "store_bytes": edges * (STORE_BYTES_PER_EDGE + 4 * bins) + nodes * STORE_BYTES_PER_NODE,
             "agglomerate_bytes_per_edge": bytes_per_edge,
             "agglomerate_bytes": agglomerate_bytes,
             "agglomerate_fits_128GB": agglomerate_bytes <= LARGE_MACHINE_BYTES,
@@ -184,20 +195,17 @@ def format_plan(plan: dict) -> str:
 def project(rates: Rates, shape=KASTHURI_SHAPE, nodes=KASTHURI_NODES, edges=KASTHURI_EDGES, workers: int = 100,
             block=(64, 256, 256), context=(8, 32, 32), thresholds: int = 3, histogram_bins: int = 0) -> dict:
     """Time and memory per stage for a volume of ``shape`` voxels with ``nodes``/``edges`` RAG, from ``rates``."""
-    from affcons.segment.agglomerate import merge_tree_bytes_per_edge
-
     voxels = math.prod(shape)
     fragments_read, overhead = read_voxels(shape, block, context)
     read_block = math.prod(b + 2 * c for b, c in zip(block, context))
-    bytes_per_edge = max(rates.agglomerate_bytes_per_edge, merge_tree_bytes_per_edge(histogram_bins) + 32)
-    bytes_per_edge += 4 * histogram_bins
+    bytes_per_edge = agglomerate_bytes_per_edge(rates, histogram_bins)
     stages = {
         "fragments": {"s": fragments_read / rates.fragments_read_voxels_per_s / workers,
                       "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block},
         "edges": {"s": voxels / rates.edges_voxels_per_s / workers,
                   "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block / 2},
         "store writes (one server)": {"s": edges / rates.store_write_edges_per_s,
-                                      "bytes": edges * (74 + 4 * histogram_bins) + nodes * STORE_BYTES_PER_NODE},
+                                      "bytes": edges * (STORE_BYTES_PER_EDGE + 4 * histogram_bins) + nodes * STORE_BYTES_PER_NODE},
         "agglomerate (global)": {"s": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
                                  "bytes": edges * bytes_per_edge + nodes * 64},
         "extract": {"s": voxels * thresholds / rates.extract_voxels_per_s / workers,

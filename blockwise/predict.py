@@ -25,7 +25,6 @@ retried ``max_retries`` times and then listed, with exit code 1; outputs are mar
 every block succeeded.
 """
 import datetime
-import functools
 import hashlib
 import json
 import math
@@ -43,8 +42,10 @@ from funlib.geometry import Coordinate, Roi
 
 import affcons
 from affcons.config import StrictModel, dump_config, load_config, validate
-from affcons.errors import ConfigError, OutputExistsError, VolumeError
-from blockwise.config import ExecutionConfig, fingerprint_differences
+from affcons.errors import ConfigError, VolumeError
+from blockwise.config import ExecutionConfig
+from blockwise.pipeline import Driver, run_task
+from blockwise.pipeline import dataset_attrs as dataset_attrs_at
 from blockwise.step import BlockwiseStep, Timers, inject_fault
 from blockwise.volumes import box_for
 
@@ -53,10 +54,7 @@ from blockwise.volumes import box_for
 DEFAULT_MAP = "implicit"
 TASK_ID = "predict"
 CONFIG_FILE = "predict.yaml"
-SUMMARY_FILE = "summary.json"
 PROVENANCE_ATTR = "affcons_predict"
-FIT = "shrink"
-DAISY_FITS = ("valid", "overhang", "shrink")
 #: Default block and chunk shapes in tiles (z, y, x), clipped to the ROI.
 BLOCK_TILES = (4, 8, 8)
 CHUNK_TILES = (2, 2, 2)
@@ -472,7 +470,7 @@ class PredictStep(BlockwiseStep):
                     spent[phase] += time.perf_counter() - start
 
         def write(roi: Roi, result: dict, first: bool) -> None:
-            self.out.array[(slice(None),) + self.out.slices(roi)] = result["affs"]
+            self.out.write(roi, result["affs"])
             if self.disagreement is not None:
                 self.disagreement.write(roi, result["disagreement"])
             if first:
@@ -541,41 +539,17 @@ def claim_gpu(gpus: list[int], lock_dir: Path):
     raise RuntimeError(f"no free GPU among {gpus}: every one is held by another worker of this run ({lock_dir})")
 
 
-def run_predict_block(step: PredictStep, block) -> None:
-    """daisy's block function for local workers (module level, bound with ``functools.partial``)."""
-    from blockwise.step import process
-
-    step.ensure_setup()
-    process(step, block.write_roi)
-
-
-def worker_command(config: PredictConfig) -> list[str]:
-    """The command that starts one cluster worker (``python -m blockwise.predict --config RUN_DIR/predict.yaml``)."""
-    from blockwise.launchers import submit_command
-
-    launcher = config.execution.launcher
-    python = launcher.python or sys.executable
-    command = [python, "-m", "blockwise.predict", "--config", str(Path(config.run_dir) / CONFIG_FILE)]
-    return submit_command(launcher, command)
-
-
 # ---------------------------------------------------------------------------------------------------- driver
 
 
-class PredictJob:
-    """One ``affcons predict`` run of a resolved config: guards, outputs, the daisy task, summary, exit code."""
+class PredictJob(Driver):
+    """One ``affcons predict`` run of a resolved config: guards, outputs, the daisy task, summary, exit code (the
+    guards, failure report and summary are :class:`blockwise.pipeline.Driver`'s, as in ``affcons segment``)."""
 
-    def __init__(self, config: PredictConfig, quiet: bool = False, stream=None):
-        self.config = config
-        self.quiet = quiet
-        self.stream = stream or sys.stdout
-        self.run_dir = Path(config.run_dir)
-        self.fingerprint = config.fingerprint()
-        self.summary: dict = {}
-
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=self.stream, flush=True)
+    command = "affcons predict"
+    provenance_attr = PROVENANCE_ATTR
+    config_file = CONFIG_FILE
+    incomplete = "the outputs are not marked complete"
 
     def outputs(self) -> list[tuple[str, int | None, str]]:
         """``(path, channels or None, dtype)`` of each output."""
@@ -588,49 +562,10 @@ class PredictJob:
             result.append((config.disagreement, None, "uint8"))
         return result
 
-    def _refuse(self, where: str, stored_fields: dict | None) -> None:
-        if stored_fields is None:
-            raise OutputExistsError(
-                f"{where} exists but was not written by affcons predict (no {PROVENANCE_ATTR} attribute); refusing to "
-                "overwrite it: choose another --out / --run-dir or remove it"
-            )
-        differences = fingerprint_differences(stored_fields, self.config.fingerprint_fields())
-        raise OutputExistsError(
-            f"{where} was written with a different config; refusing to overwrite it. Differences (stored -> "
-            f"requested): {'; '.join(differences) or 'none listed'}. Use another --out and --run-dir, or remove them"
-        )
-
     def check_existing(self) -> list[str]:
         """Refuse state of another config (writes nothing); returns the outputs that already exist."""
-        config_path = self.run_dir / CONFIG_FILE
-        if config_path.is_file():
-            stored = load_config(PredictConfig, config_path)
-            if stored.fingerprint() != self.fingerprint:
-                self._refuse(f"run directory {self.run_dir}", stored.fingerprint_fields())
-        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise OutputExistsError(f"run directory {self.run_dir} exists, is not empty and has no {CONFIG_FILE}")
-        existing = []
-        for path, _, _ in self.outputs():
-            attrs = dataset_attrs(path)
-            if attrs is None:
-                continue
-            stored = attrs.get(PROVENANCE_ATTR)
-            if stored is None or stored.get("fingerprint") != self.fingerprint:
-                self._refuse(path, None if stored is None else stored.get("fingerprint_fields"))
-            existing.append(path)
-        return existing
-
-    def provenance(self) -> dict:
-        return {
-            PROVENANCE_ATTR: {
-                "fingerprint": self.fingerprint,
-                "fingerprint_fields": self.config.fingerprint_fields(),
-                "config": self.config.model_dump(mode="json"),
-                "affcons_version": affcons.__version__,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            },
-            "complete": False,
-        }
+        self.check_run_dir()
+        return [path for path, _, _ in self.outputs() if self.check_output(path, dataset_attrs(path))]
 
     def create_outputs(self, existing: list[str]) -> bool:
         """Create the missing outputs; True if any was created now (then old done markers are void)."""
@@ -657,31 +592,12 @@ class PredictJob:
         _, model_config = read_checkpoint(self.config.checkpoint)
         return len(model_config.model.offsets)
 
-    def make_task(self, step: PredictStep):
-        import daisy.v2 as daisy
-
-        if FIT not in DAISY_FITS:
-            raise ConfigError(f"daisy fit {FIT!r} is not one of {DAISY_FITS}")
-        execution = self.config.execution
-        total, read, write = step.rois()
-        if execution.launcher.type == "local":
-            function = functools.partial(run_predict_block, step)
-        else:
-            from blockwise.launchers import run_cluster_worker
-
-            function = functools.partial(run_cluster_worker, worker_command(self.config))
-        return daisy.Task(
-            TASK_ID, total, read, write, function,
-            read_write_conflict=False, fit=FIT, max_workers=execution.workers, max_retries=execution.max_retries,
-            timeout=execution.block_timeout_s, tracking_path=str(self.run_dir / "tracking" / TASK_ID),
-            max_worker_restarts=execution.max_worker_restarts, requires={self.resource: 1},
-        )  # fmt: skip
-
     @property
     def resource(self) -> str:
         return "gpu" if self.config.uses_gpu else "cpu"
 
     def run(self) -> int:
+        from blockwise.launchers import process_function
         from blockwise.pipeline import summarise_timers
 
         existing = self.check_existing()
@@ -690,19 +606,15 @@ class PredictJob:
         self.summary = {
             "fingerprint": self.fingerprint, "affcons_version": affcons.__version__,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": config.model_dump(mode="json"), "device": describe_device(config),
+            "config": self.public_config(), "device": describe_device(config),
         }  # fmt: skip
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / CONFIG_FILE)
-        import daisy.v2 as daisy
         from daisy import logging as daisy_logging
 
         daisy_logging.set_log_basedir(str(self.run_dir / "logs"))
         fresh = self.create_outputs(existing)
         step = PredictStep(config)
-        task = self.make_task(step)
-        if fresh:
-            task.reset()
         execution = config.execution
         self.say(
             f"predict: {step.num_blocks} blocks of {list(config.block_voxels)} voxels (tiles {list(step.grid.tile)}, "
@@ -710,64 +622,36 @@ class PredictJob:
             f"voxel), {execution.workers} {self.resource.upper()} worker(s), map {config.map}, {config.dtype}, "
             f"{config.precision}"
         )
-        error, state = None, None
-        try:
-            states = daisy.run_blockwise(
-                task, multiprocessing=True, resources={self.resource: execution.workers},
-                progress=execution.progress and not self.quiet, return_states=True, summary=False,
-            )  # fmt: skip
-            state = states.get(TASK_ID)
-        except RuntimeError as exception:  # abandoned after max_worker_restarts dirty exits
-            error = str(exception).strip().splitlines()[0] if str(exception).strip() else repr(exception)
+        function = process_function(step, execution.launcher, str(self.run_dir / CONFIG_FILE), "blockwise.predict")
+        report = run_task(step, function, execution, self.run_dir, {self.resource: 1}, reset=fresh,
+                          progress=execution.progress and not self.quiet)  # fmt: skip
         wall = time.time() - started
-        report = task_report(task, step, state, error)
         timers = summarise_timers(step.timers_dir(), since=started)
         voxels = math.prod(config.roi_shape) // math.prod(config.voxel_size)
         processed = voxels_processed(step.timers_dir(), since=started)
         self.summary.update({
-            "task": report, "timers": timers, "wall_s": round(wall, 3), "voxels": voxels,
+            "task": report.as_dict(), "timers": timers, "wall_s": round(wall, 3), "voxels": voxels,
             "voxels_per_s": round(processed / timers["span_s"], 1) if timers["span_s"] else None,
         })  # fmt: skip
-        ok = error is None and report["failed"] == 0 and report["orphaned"] == 0 and (
-            report["completed"] == report["blocks"])
-        if ok:
+        status = 0
+        if report.ok:
             for path, _, _ in self.outputs():
                 set_attrs(path, {"complete": True})
             self.summary["status"] = "complete"
-            self.say(f"predict: done in {wall:.1f} s ({report['skipped']} of {report['blocks']} blocks were already "
+            self.say(f"predict: done in {wall:.1f} s ({report.skipped} of {report.total} blocks were already "
                      f"done); {config.out}" + (f", {config.disagreement}" if config.disagreement else ""))  # fmt: skip
         else:
-            self.summary["status"] = "failed"
-            line = (f"task {TASK_ID}: {report['failed']} failed, {report['orphaned']} orphaned, "
-                    f"{report['completed']}/{report['blocks']} done")  # fmt: skip
-            if report["failed_blocks"]:
-                line += "; failed blocks (grid index @ write ROI nm): " + ", ".join(
-                    f"{b['block']} @ {b['roi']}" for b in report["failed_blocks"]
-                )
-            if report["error"]:
-                line += f"; error: {report['error']}"
-            self.summary["failures"] = [line]
-            print(
-                f"affcons predict: error: blocks failed; the outputs are not marked complete. Re-run the same command "
-                f"to retry them.\n  {line}\n  worker logs: {self.run_dir / 'logs'}",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-        write_json(self.run_dir / SUMMARY_FILE, self.summary)
-        return 0 if ok else 1
+            status = self.fail([report])
+        self.write_summary()
+        return status
 
 
 def voxels_processed(directory: Path, since: float) -> int:
     """Output voxels of the blocks that started at or after ``since`` (their last record each)."""
-    last: dict[int, dict] = {}
-    for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short by a killed worker
-                continue
-            if record["start"] >= since:
-                last[record["block"]] = record
-    return sum(int(record.get("voxels", 0)) for record in last.values())
+    from blockwise.pipeline import read_timer_records
+
+    records = read_timer_records(directory).values()
+    return sum(int(record.get("voxels", 0)) for record in records if record["start"] >= since)
 
 
 def format_plan(config: PredictConfig) -> str:
@@ -797,30 +681,6 @@ def format_plan(config: PredictConfig) -> str:
     return "\n".join(lines)
 
 
-def task_report(task, step: PredictStep, state, error: str | None) -> dict:
-    report = {"blocks": step.num_blocks, "completed": 0, "skipped": 0, "failed": 0, "orphaned": 0,
-              "worker_restarts": 0, "failed_blocks": [], "error": error}  # fmt: skip
-    if state is not None:
-        report.update(
-            blocks=state.total_block_count, completed=state.completed_count, skipped=state.skipped_count,
-            failed=state.failed_count, orphaned=state.orphaned_count, worker_restarts=state.worker_restart_count,
-        )
-        if state.abandoned:
-            report["error"] = f"abandoned: {state.abandon_reason}"
-    try:
-        failed = task.failed_blocks()
-    except Exception as exception:  # the tracking store is unreadable: say so, still fail
-        failed = []
-        report["error"] = (report["error"] or "") + f" (failed blocks unavailable: {exception})"
-    report["failed_blocks"] = [
-        {"block": step.block_index(b.write_roi), "roi": str(b.write_roi), "daisy_id": list(b.block_id)}
-        for b in failed
-    ]
-    report["failed"] = max(report["failed"], len(report["failed_blocks"]))
-    report["processed"] = report["completed"] - report["skipped"]
-    return report
-
-
 def describe_device(config: PredictConfig) -> dict:
     import torch
 
@@ -835,17 +695,11 @@ def describe_device(config: PredictConfig) -> dict:
 
 
 def dataset_attrs(path: str) -> dict | None:
-    """Attributes of a zarr dataset, ``{}`` for a non-v3 or unreadable node, None if nothing is there."""
+    """Attributes of the zarr dataset ``out.zarr/name`` (:func:`blockwise.pipeline.dataset_attrs`)."""
     from affcons.io import split_dataset_path
 
     volume = split_dataset_path(path)
-    directory = volume.container / volume.dataset
-    metadata = directory / "zarr.json"
-    if metadata.is_file():
-        return json.loads(metadata.read_text()).get("attributes", {})
-    if directory.exists():
-        return {}
-    return None
+    return dataset_attrs_at(volume.container / volume.dataset)
 
 
 def set_attrs(path: str, attrs: dict) -> None:
@@ -855,12 +709,6 @@ def set_attrs(path: str, attrs: dict) -> None:
 
     volume = split_dataset_path(path)
     zarr.open_array(str(volume.container / volume.dataset), mode="r+").attrs.update(attrs)
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,16 @@ def segment_argv(affs: str, out: str, thresholds=(0.3, 0.5, 0.7), block=(25, 50,
     ]  # fmt: skip
 
 
+def face_links_of_run(out) -> np.ndarray:
+    """The face-link bits a run of ``affcons segment --out OUT`` recorded (default run directory)."""
+    import zarr
+
+    from blockwise.fragments import LINKS_CONTAINER
+
+    out = Path(out)
+    return zarr.open_array(str(out.parent / f"{out.stem}.affcons-run" / LINKS_CONTAINER / "links"))[:]
+
+
 def run_cli(argv: list[str]) -> int:
     """``affcons ARGV`` in this process (daisy's workers are still separate processes)."""
     from affcons.cli import main

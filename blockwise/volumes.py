@@ -67,15 +67,29 @@ class Box:
             raise VolumeError(f"{self.path}: ROI {roi} lies outside the array (offset {self.offset}, shape {spatial})")
         return tuple(slice(b, b + s) for b, s in zip(begin, shape))
 
-    def read(self, roi: Roi, channels: slice | None = None) -> np.ndarray:
-        """The data in ``roi``: (z, y, x), or (c, z, y, x) with ``channels`` selecting the leading axis."""
-        spatial = self.slices(roi)
+    def index(self, roi: Roi, channels: slice | None = None) -> tuple[slice, ...]:
+        """The index of ``roi`` (nm) into the whole array: every leading (channel) axis in full, or ``channels`` on
+        the first one, then the spatial slices."""
+        leading = (slice(None),) * (len(self.array.shape) - 3)
         if channels is not None:
-            return np.asarray(self.array[(channels,) + spatial])
-        return np.asarray(self.array[spatial])
+            if not leading:
+                raise VolumeError(f"{self.path}: channels {channels} requested from an array without a channel axis")
+            leading = (channels,) + leading[1:]
+        return leading + self.slices(roi)
+
+    def read(self, roi: Roi, channels: slice | None = None) -> np.ndarray:
+        """The data in ``roi``: (z, y, x), or (c, z, y, x) for an array with a channel axis (all channels, or
+        those ``channels`` selects)."""
+        return np.asarray(self.array[self.index(roi, channels)])
 
     def write(self, roi: Roi, data: np.ndarray) -> None:
-        self.array[self.slices(roi)] = data
+        """Write ``data`` to ``roi`` (nm): (z, y, x), or (c, z, y, x) with every channel for an array with a channel
+        axis. The shape must match exactly (zarr would broadcast a smaller array silently)."""
+        index = self.index(roi)
+        expected = tuple(self.array.shape[: len(index) - 3]) + tuple(s.stop - s.start for s in index[-3:])
+        if tuple(np.shape(data)) != expected:
+            raise VolumeError(f"{self.path}: data of shape {tuple(np.shape(data))} for ROI {roi} of shape {expected}")
+        self.array[index] = data
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,13 +1,14 @@
 """The graph store backend does not change the result: SQLite and MongoDB (the nx-27017 wire server, or
 ``$AFFCONS_TEST_MONGODB_URL``) give byte-identical outputs and the same merge tree, with quantile scoring (so edge
-histograms travel through the store too), equal to the monolithic agglomeration of the same fragments."""
+histograms travel through the store too), equal to the monolithic agglomeration of the same fragments (stitched by
+the same face links)."""
 import numpy as np
 import pymongo
 import zarr
 
 from affcons.segment import MergeTree, agglomerate_fragments, apply_lookup
 from affcons.synthetic import degraded_affinities
-from blockwise.testing import chunk_digests, load_labels, run_cli, segment_argv, write_affinities
+from blockwise.testing import chunk_digests, face_links_of_run, load_labels, run_cli, segment_argv, write_affinities
 from tests.mongo_server import with_database
 
 THRESHOLDS = (0.4, 0.6)
@@ -39,7 +40,7 @@ def test_sqlite_and_mongodb_backends_give_identical_results(tmp_path, mongodb_ur
     finally:
         client.close()
     fragments = zarr.open_array(str(outputs["mongodb"] / "fragments"))[:]
-    reference = agglomerate_fragments(fragments, affs, "quantile50")
+    reference = agglomerate_fragments(fragments, affs, "quantile50", links=face_links_of_run(outputs["mongodb"]))
     for threshold in THRESHOLDS:
         segmentation = zarr.open_array(str(outputs["mongodb"] / f"segmentation_{threshold:.2f}"))[:]
         assert np.array_equal(segmentation, apply_lookup(fragments, reference.ids, reference.lookup(threshold)))

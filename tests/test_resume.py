@@ -5,6 +5,7 @@ import json
 import signal
 import time
 
+import numpy as np
 import psutil
 
 from blockwise.step import FAULT_ENV
@@ -17,13 +18,19 @@ def summary_of(out) -> dict:
     return json.loads((out.parent / f"{out.stem}.affcons-run" / "summary.json").read_text())
 
 
-def timer_records(out, task: str) -> int:
-    directory = out.parent / f"{out.stem}.affcons-run" / "timers" / task
-    return sum(len(p.read_text().splitlines()) for p in directory.glob("*.jsonl")) if directory.is_dir() else 0
+def done_blocks(out, task: str) -> int:
+    """Blocks of ``task`` with a daisy done marker (0 while the markers do not exist or are being written)."""
+    import zarr
+
+    try:
+        return int(np.count_nonzero(zarr.open_array(str(out.parent / f"{out.stem}.affcons-run" / "tracking" / task
+                                                          / "done"), mode="r")[:]))  # fmt: skip
+    except Exception:  # not created yet, or a chunk in the middle of being rewritten
+        return 0
 
 
 def kill_driver_when(out, task: str, records: int, fault: dict, timeout: float = 120.0):
-    """Start ``affcons segment`` as a child, SIGKILL it once ``task`` has ``records`` finished blocks, then wait
+    """Start ``affcons segment`` as a child, SIGKILL it once ``task`` has ``records`` done markers, then wait
     for its orphaned workers to end (killing those still alive after 30 s, by PID)."""
     driver = run_cli_subprocess(reliability_argv(out), env={FAULT_ENV: json.dumps(fault)})
     deadline = time.monotonic() + timeout
@@ -33,11 +40,11 @@ def kill_driver_when(out, task: str, records: int, fault: dict, timeout: float =
             descendants.update({p.pid: p for p in psutil.Process(driver.pid).children(recursive=True)})
         except psutil.NoSuchProcess:
             break
-        if timer_records(out, task) >= records:
+        if done_blocks(out, task) >= records:
             break
         time.sleep(0.05)
     assert driver.poll() is None, "the driver finished before it could be killed; slow the blocks down more"
-    assert timer_records(out, task) >= records, f"no {records} {task} blocks within {timeout} s"
+    assert done_blocks(out, task) >= records, f"no {records} {task} blocks within {timeout} s"
     driver.send_signal(signal.SIGKILL)
     driver.wait(30)
     _, alive = psutil.wait_procs(list(descendants.values()), timeout=30)

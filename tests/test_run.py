@@ -70,3 +70,16 @@ def test_job_config_rejects_unknown_keys(tmp_path):
 def test_demo_config_is_valid():
     config = load_config(JobConfig, "demo")
     assert config.predict.checkpoint == "models/demo.pt" and config.evaluate is not None
+
+
+def test_job_execution_is_the_execution_section_of_segment_and_predict(tmp_path):
+    from blockwise.commands.run import Job
+
+    path = job_config(tmp_path, execution={"workers": 3, "max_worker_restarts": 4, "launcher": {"type": "slurm"}})
+    job = Job(load_config(JobConfig, path), tmp_path / "run", quiet=True)
+    for options in (job.predict_options(f"{ISBI}:raw"), job.segment_options()):
+        execution = options["execution"]
+        assert execution["workers"] == 3 and execution["max_worker_restarts"] == 4
+        assert execution["launcher"]["type"] == "slurm" and execution["progress"] is False  # --quiet
+    with pytest.raises(ConfigError, match=r"execution\.workers"):
+        load_config(JobConfig, job_config(tmp_path, execution={"workers": 0}))

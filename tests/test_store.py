@@ -1,8 +1,9 @@
 """RAG store tests, each run against SQLite and against a real MongoDB-wire server (``store_url``).
 
 Tests are named after what they prove. Expected tables are built independently of the store (from per-block
-generators) and compared exactly: ids, float64 bits, histograms.
+generators) and compared exactly: ids, float64 bits, histograms, face-link counts.
 """
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -41,6 +42,7 @@ def block_tables(block: int, n: int = 60, bins: int = BINS) -> tuple[NodeTable, 
     edges = EdgeTable(
         u, v, rng.random(len(u)) * 1e3 + 1e-9, rng.integers(1, 2**50, len(u), dtype=np.uint64),
         rng.integers(0, 2**32, (len(u), bins), dtype=np.uint64).astype(np.uint32),
+        rng.integers(0, 2**50, len(u), dtype=np.uint64),
     )  # fmt: skip
     return NodeTable(ids, position, size), edges
 
@@ -64,7 +66,8 @@ def assert_nodes_equal(actual: NodeTable, expected: NodeTable) -> None:
 def assert_edges_equal(actual: EdgeTable, expected: EdgeTable) -> None:
     assert actual.u.dtype == actual.v.dtype == actual.count.dtype == np.uint64
     assert actual.histogram.dtype == np.uint32 and actual.histogram.shape == expected.histogram.shape
-    for name in ("u", "v", "affinity_sum", "count", "histogram"):
+    assert actual.linked.dtype == np.uint64
+    for name in (c.name for c in dataclasses.fields(expected)):
         assert np.array_equal(getattr(actual, name), getattr(expected, name)), name
 
 
@@ -117,7 +120,7 @@ def test_results_come_back_sorted_whatever_the_write_order(store_url):
             store.write_nodes(block, NodeTable(nodes.ids[::-1], nodes.position[::-1], nodes.size[::-1]))
             store.write_edges(
                 block,
-                EdgeTable(*(getattr(edges, c)[reverse] for c in ("u", "v", "affinity_sum", "count", "histogram"))),
+                EdgeTable(*(getattr(edges, c.name)[reverse] for c in dataclasses.fields(edges))),
             )
         assert_nodes_equal(store.read_nodes(), expected_nodes)  # read in batches of 7
         assert_edges_equal(store.read_edges(), expected_edges)

@@ -35,10 +35,16 @@ def apply_lookup(fragments: np.ndarray, ids: np.ndarray, segment_of: np.ndarray)
     return out.reshape(fragments.shape)
 
 
-def agglomerate_fragments(fragments: np.ndarray, affs: np.ndarray, scoring: str = "mean") -> MergeTree:
-    """The merge tree of ``fragments`` under ``affs`` (float32 (C >= 3, z, y, x)), to the end."""
+def agglomerate_fragments(
+    fragments: np.ndarray, affs: np.ndarray, scoring: str = "mean", links: np.ndarray | None = None
+) -> MergeTree:
+    """The merge tree of ``fragments`` under ``affs`` (float32 (C >= 3, z, y, x)), to the end.
+
+    ``links``: optional face-link bits (uint8 (z, y, x)) of a blockwise watershed; fragments they join are
+    stitched first (:mod:`affcons.segment.stitch`).
+    """
     bins = QUANTILE_BINS if parse_scoring(scoring) >= 0 else 0
-    edges = edge_table(fragments, affs, histogram_bins=bins)
+    edges = edge_table(fragments, affs, histogram_bins=bins, links=links)
     return build_merge_tree(edges, scoring, node_ids=np.unique(fragments[fragments != 0]))
 
 

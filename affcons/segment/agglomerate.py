@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from affcons.errors import ConfigError
+from affcons.segment.stitch import relabel_edges, stitch_groups
 from affcons.segment.tables import EdgeTable
 
 _SCORING = re.compile(r"^(mean|quantile(\d{1,2}|100))$")
@@ -37,7 +38,8 @@ class MergeTree:
 
     ``ids`` uint64[N]: the fragment ids (sorted); ``kept``/``absorbed`` int64[K]: indices into ``ids`` of the
     two regions (by their representative fragment) joined by merge k; ``score`` float32[K]: the edge score at
-    merge k; ``level`` float32[K]: the running maximum of popped queue scores (non-decreasing).
+    merge k; ``level`` float32[K]: the running maximum of popped queue scores (non-decreasing; ``-inf`` for the
+    face stitches, which come first).
     """
 
     ids: np.ndarray
@@ -58,7 +60,18 @@ class MergeTree:
 
         A segment is named by its smallest fragment id, so the names do not depend on merge directions.
         """
-        count = self.merges_below(threshold)
+        return self._lookup_prefix(self.merges_below(threshold))
+
+    @property
+    def num_stitches(self) -> int:
+        """Number of face stitches (:mod:`affcons.segment.stitch`): the merges at level ``-inf``, which come first."""
+        return int(np.count_nonzero(np.isneginf(self.level)))
+
+    def stitched_lookup(self) -> np.ndarray:
+        """Stitched fragment per fragment (uint64[N], aligned with ``ids``): the cut after the face stitches only."""
+        return self._lookup_prefix(self.num_stitches)
+
+    def _lookup_prefix(self, count: int) -> np.ndarray:
         root = _cut(len(self.ids), self.kept[:count], self.absorbed[:count])
         smallest = np.full(len(self.ids), np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(smallest, root, np.arange(len(self.ids)))
@@ -276,22 +289,42 @@ def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarr
         scoring: ``"mean"`` (``1 - mean affinity``) or ``"quantileQ"`` (``1 - Q-th percentile`` from the
             histograms, which the table must then have).
         node_ids: all fragment ids, including isolated ones (default: the ids that occur in ``edges``).
+
+    Edges that join two pieces of one watershed basin cut by a block face (``2 * linked > count``, see
+    :mod:`affcons.segment.stitch`) are united first; the tree records those unions as merges at level ``-inf``.
     """
     quantile = parse_scoring(scoring)
     if quantile >= 0 and edges.histogram_bins == 0:
         raise ConfigError(f"scoring {scoring!r} needs edge histograms; compute the RAG with histogram_bins > 0")
     ids = np.union1d(edges.u, edges.v) if node_ids is None else np.unique(np.asarray(node_ids, np.uint64))
+    for endpoint in (edges.u, edges.v):
+        found = np.searchsorted(ids, endpoint)
+        if len(ids) and np.any(ids[np.minimum(found, len(ids) - 1)] != endpoint):
+            raise ValueError("edges refer to fragment ids missing from node_ids")
+    ids = ids.astype(np.uint64)
+    representative = stitch_groups(edges, ids)
+    stitched = representative != np.arange(len(ids))
+    if stitched.any():
+        edges = relabel_edges(edges, ids, representative)
+        roots = np.flatnonzero(~stitched)
+        tree = _agglomerate(edges, ids[roots], quantile)
+        never = np.full(int(stitched.sum()), -np.inf, np.float32)
+        return MergeTree(ids, np.concatenate([representative[stitched], roots[tree.kept]]),
+                         np.concatenate([np.flatnonzero(stitched), roots[tree.absorbed]]),
+                         np.concatenate([never, tree.score]), np.concatenate([never, tree.level]))  # fmt: skip
+    return _agglomerate(edges, ids, quantile)
+
+
+def _agglomerate(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
+    """The merge tree of ``edges`` over the sorted fragment ``ids``, without stitching."""
     u = np.searchsorted(ids, edges.u)
     v = np.searchsorted(ids, edges.v)
-    if len(ids) and (np.any(ids[np.minimum(u, len(ids) - 1)] != edges.u) or np.any(ids[np.minimum(v, len(ids) - 1)]
-                                                                                  != edges.v)):
-        raise ValueError("edges refer to fragment ids missing from node_ids")
     order = np.lexsort((v, u))
     kept, absorbed, score, level = _merge_loop(
         len(ids), u[order].astype(np.int64), v[order].astype(np.int64), edges.affinity_sum[order].copy(),
         edges.count[order].astype(np.float64), edges.histogram[order].astype(np.int64), quantile,
     )  # fmt: skip
-    return MergeTree(ids.astype(np.uint64), kept, absorbed, score, level)
+    return MergeTree(ids, kept, absorbed, score, level)
 
 
 def merge_tree_bytes_per_edge(histogram_bins: int) -> int:
@@ -300,9 +333,11 @@ def merge_tree_bytes_per_edge(histogram_bins: int) -> int:
     Per edge: endpoints (2 x int64) and statistics (sum, count: float64; histogram: int64 per bin) handed to the
     loop; current endpoints (2 x int64); two incidence slots (2 x int64); score (float32), stale and deleted flags;
     one heap entry (float32 + int64); one typed-dict entry of the pair lookup (hash, key, value: 3 x int64, plus about
-    2 x int64 of index table).
+    2 x int64 of index table). Stitching (when a block face cut fragments) adds the relabelled table (endpoints,
+    sum, count, linked: 5 x 8 B, histogram: 4 B per bin) and its sort order (int64).
     """
-    inputs = 2 * 8 + 8 + 8 + 8 * histogram_bins
+    stitched_copy = 5 * 8 + 4 * histogram_bins + 8
+    inputs = 2 * 8 + 8 + 8 + 8 * histogram_bins + stitched_copy
     loop_state = 2 * 8 + 2 * 8 + 4 + 1 + 1 + (4 + 8)
     pair_lookup = 3 * 8 + 2 * 8
     return inputs + loop_state + pair_lookup

@@ -8,6 +8,7 @@ the table of the whole.
 import numpy as np
 
 from affcons.errors import VolumeError
+from affcons.segment.stitch import pair_linked
 from affcons.segment.tables import EdgeTable, NodeTable
 
 
@@ -18,7 +19,8 @@ def histogram_bin(affinities: np.ndarray, bins: int) -> np.ndarray:
 
 
 def edge_table(
-    fragments: np.ndarray, affs: np.ndarray, histogram_bins: int = 0, lower_context=(0, 0, 0)
+    fragments: np.ndarray, affs: np.ndarray, histogram_bins: int = 0, lower_context=(0, 0, 0),
+    links: np.ndarray | None = None,
 ) -> EdgeTable:
     """The RAG of ``fragments`` with statistics of ``affs`` (float in [0, 1], channels 0-2 used).
 
@@ -29,13 +31,17 @@ def edge_table(
         lower_context: per axis 0 or 1: the arrays start with that many voxels of context at the low end, which
             serve only as partners ``p - e_c`` and are never ``p`` themselves (blockwise: the face of the
             neighbouring block below).
+        links: optional uint8 (z, y, x) face-link bits aligned with ``fragments`` (see
+            :func:`affcons.segment.stitch.face_links`); fills the table's ``linked`` column.
     """
     if affs.ndim != 4 or affs.shape[0] < 3 or affs.shape[1:] != fragments.shape:
         raise VolumeError(f"affinities {affs.shape} must be (C >= 3,) + fragments shape {fragments.shape}")
     starts = [int(c) for c in lower_context]
     if any(c not in (0, 1) for c in starts):
         raise ValueError(f"lower_context must be 0 or 1 per axis, got {lower_context}")
-    pieces_u, pieces_v, pieces_aff = [], [], []
+    if links is not None and links.shape != fragments.shape:
+        raise VolumeError(f"face links {links.shape} must have the fragments' shape {fragments.shape}")
+    pieces_u, pieces_v, pieces_aff, pieces_linked = [], [], [], []
     for channel in range(3):
         # p ranges over voxels outside the context whose partner p - e_channel lies inside the array
         low = [max(starts[axis], int(axis == channel)) for axis in range(3)]
@@ -48,6 +54,8 @@ def edge_table(
         pieces_u.append(np.minimum(a, b))
         pieces_v.append(np.maximum(a, b))
         pieces_aff.append(affs[channel][p_slices][crossing].astype(np.float64))
+        if links is not None:
+            pieces_linked.append(pair_linked(links[p_slices], links[q_slices], channel)[crossing])
     u = np.concatenate(pieces_u)
     v = np.concatenate(pieces_v)
     values = np.concatenate(pieces_aff)
@@ -64,8 +72,11 @@ def edge_table(
         histogram = histogram.reshape(len(starts_of_edges), histogram_bins)
     else:
         histogram = np.zeros((len(starts_of_edges), 0), np.uint32)
+    linked = None
+    if links is not None:
+        linked = np.add.reduceat(np.concatenate(pieces_linked)[order].astype(np.uint64), starts_of_edges)
     return EdgeTable(u[starts_of_edges], v[starts_of_edges], np.add.reduceat(values, starts_of_edges), counts,
-                     histogram)  # fmt: skip
+                     histogram, linked)  # fmt: skip
 
 
 def node_table(fragments: np.ndarray, voxel_size=(1, 1, 1), offset=(0, 0, 0)) -> NodeTable:

@@ -51,7 +51,9 @@ class EdgeTable:
 
     ``u < v`` uint64[E] fragment ids; ``affinity_sum`` float64[E] sum of the affinities of all voxel pairs across
     the face between u and v; ``count`` uint64[E] number of such pairs; ``histogram`` uint32[E, B] counts of those
-    affinities in B equal bins over [0, 1] (B = 0 columns when quantile scores are not needed).
+    affinities in B equal bins over [0, 1] (B = 0 columns when quantile scores are not needed); ``linked``
+    uint64[E] how many of those pairs cross a block face and lie in one watershed basin in the views of both blocks
+    (:mod:`affcons.segment.stitch`; zeros when not given, as for a volume segmented in one piece).
     """
 
     u: np.ndarray
@@ -59,6 +61,7 @@ class EdgeTable:
     affinity_sum: np.ndarray
     count: np.ndarray
     histogram: np.ndarray
+    linked: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "u", np.ascontiguousarray(self.u, dtype=ID_DTYPE))
@@ -69,7 +72,10 @@ class EdgeTable:
         if histogram.ndim != 2:
             raise ValueError(f"EdgeTable.histogram must be 2-D (edges, bins), got shape {histogram.shape}")
         object.__setattr__(self, "histogram", histogram)
-        if not len(self.u) == len(self.v) == len(self.affinity_sum) == len(self.count) == len(self.histogram):
+        linked = np.zeros(len(self.u), np.uint64) if self.linked is None else self.linked
+        object.__setattr__(self, "linked", np.ascontiguousarray(linked, dtype=np.uint64))
+        if not (len(self.u) == len(self.v) == len(self.affinity_sum) == len(self.count) == len(self.histogram)
+                == len(self.linked)):
             raise ValueError("EdgeTable columns differ in length")
 
     def __len__(self) -> int:
@@ -79,9 +85,14 @@ class EdgeTable:
     def histogram_bins(self) -> int:
         return self.histogram.shape[1]
 
+    @staticmethod
+    def bytes_per_edge(histogram_bins: int = 0) -> int:
+        """Bytes of one row: u, v, sum, count, linked (8 B each) and the histogram (4 B per bin)."""
+        return 5 * 8 + 4 * histogram_bins
+
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.u, self.v, self.affinity_sum, self.count, self.histogram))
+        return sum(a.nbytes for a in (self.u, self.v, self.affinity_sum, self.count, self.histogram, self.linked))
 
     @staticmethod
     def empty(histogram_bins: int = 0) -> "EdgeTable":
@@ -103,6 +114,7 @@ class EdgeTable:
             np.concatenate([t.affinity_sum for t in tables]),
             np.concatenate([t.count for t in tables]),
             np.concatenate([t.histogram for t in tables]),
+            np.concatenate([t.linked for t in tables]),
         )
 
     def combine(self) -> "EdgeTable":
@@ -122,4 +134,5 @@ class EdgeTable:
             np.add.reduceat(self.affinity_sum[order], starts),
             np.add.reduceat(self.count[order], starts),
             np.add.reduceat(histogram, starts, axis=0) if histogram.shape[1] else np.zeros((len(starts), 0)),
+            np.add.reduceat(self.linked[order], starts),
         )

@@ -23,7 +23,7 @@ from affcons.errors import StoreError
 from affcons.segment.tables import ID_DTYPE, EdgeTable, NodeTable
 
 MODES = ("r", "a", "w")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: edges carry ``linked`` (face stitching)
 DEFAULT_BATCH_SIZE = 1000
 MAX_INT64 = 2**63 - 1
 
@@ -130,6 +130,7 @@ class RagStore(ABC):
         u = self._to_int64(edges.u, "edge u", block)
         v = self._to_int64(edges.v, "edge v", block)
         count = self._to_int64(edges.count, "edge count", block)
+        linked = self._to_int64(edges.linked, "edge linked count", block)
         if (u >= v).any():
             i = int(np.flatnonzero(u >= v)[0])
             raise StoreError(f"{self.url}: block {block}: edge ({u[i]}, {v[i]}) does not have u < v")
@@ -143,7 +144,7 @@ class RagStore(ABC):
                 )
         if not np.isfinite(edges.affinity_sum).all():
             raise StoreError(f"{self.url}: block {block}: edge affinity sums must be finite")
-        self._replace_edges(block, u, v, edges.affinity_sum, count, edges.histogram)
+        self._replace_edges(block, u, v, edges.affinity_sum, count, edges.histogram, linked)
 
     def set_meta(self, key: str, value: dict) -> None:
         """Store the JSON-serialisable mapping ``value`` under ``key`` (e.g. the run config fingerprint)."""
@@ -192,6 +193,7 @@ class RagStore(ABC):
             np.concatenate([b[2] for b in batches])[order],
             np.concatenate([b[3] for b in batches])[order].astype(np.uint64),
             np.concatenate([b[4] for b in batches])[order],
+            np.concatenate([b[5] for b in batches])[order].astype(np.uint64),
         )
 
     def count_nodes(self) -> int:
@@ -268,8 +270,9 @@ class RagStore(ABC):
         """Delete block's nodes, insert int64 ``ids`` [N], float64 ``position`` [N, 3] and int64 ``size`` [N]."""
 
     @abstractmethod
-    def _replace_edges(self, block: int, u, v, affinity_sum, count, histogram) -> None:
-        """Delete block's edges, insert int64 u, v [E], float64 sum [E], int64 count [E], uint32 histogram [E, B]."""
+    def _replace_edges(self, block: int, u, v, affinity_sum, count, histogram, linked) -> None:
+        """Delete block's edges, insert int64 u, v [E], float64 sum [E], int64 count [E], uint32 histogram [E, B],
+        int64 linked [E]."""
 
     @abstractmethod
     def _read_node_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
@@ -277,7 +280,7 @@ class RagStore(ABC):
 
     @abstractmethod
     def _read_edge_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
-        """Batches of (int64 u, int64 v, float64 sum, int64 count, uint32 histogram [n, B])."""
+        """Batches of (int64 u, int64 v, float64 sum, int64 count, uint32 histogram [n, B], int64 linked)."""
 
     @abstractmethod
     def _count(self, table: str) -> int:

@@ -4,7 +4,7 @@ One document per node and per edge, written with unordered ``insert_many`` in ba
 1000) documents, far below MongoDB's 16 MB message limit. Collections in database ``dbname``:
 
 - ``nodes``: ``{_id: id, z, y, x: float nm, size, block}``; indexes (z, y, x) and block.
-- ``edges``: ``{u, v, sum: affinity_sum, count, hist: bytes of B little-endian uint32, block}``; unique (u, v),
+- ``edges``: ``{u, v, sum: affinity_sum, count, hist: bytes of B little-endian uint32, linked, block}``; unique (u, v),
   index on block.
 - ``meta``: ``{_id: key, value: JSON text}``; ``store_info``: ``{_id: "schema", version, histogram_bins}``.
 
@@ -126,11 +126,12 @@ class MongoRagStore(RagStore):
         )
         self._replace(self._db.nodes, block, documents, "nodes", lambda doc: {"_id": doc["_id"]})
 
-    def _replace_edges(self, block, u, v, affinity_sum, count, histogram) -> None:
+    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked) -> None:
         documents = (
-            {"u": a, "v": b, "sum": s, "count": n, "hist": h, "block": block}
-            for a, b, s, n, h in zip(
-                u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram)
+            {"u": a, "v": b, "sum": s, "count": n, "hist": h, "linked": k, "block": block}
+            for a, b, s, n, h, k in zip(
+                u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram),
+                linked.tolist(),
             )
         )
         self._replace(self._db.edges, block, documents, "edges", lambda doc: {"u": doc["u"], "v": doc["v"]})
@@ -168,7 +169,8 @@ class MongoRagStore(RagStore):
 
     def _edge_batches(self, query: dict) -> Iterator[tuple]:
         cursor = self._db.edges.find(
-            query, {"_id": 0, "u": 1, "v": 1, "sum": 1, "count": 1, "hist": 1}, batch_size=self.batch_size
+            query, {"_id": 0, "u": 1, "v": 1, "sum": 1, "count": 1, "hist": 1, "linked": 1},
+            batch_size=self.batch_size,
         )
         for documents in batched(cursor, self.batch_size):
             yield (
@@ -177,6 +179,7 @@ class MongoRagStore(RagStore):
                 np.array([d["sum"] for d in documents], np.float64),
                 np.array([d["count"] for d in documents], np.int64),
                 histogram_from_rows([bytes(d["hist"]) for d in documents], self.histogram_bins, self.url),
+                np.array([d["linked"] for d in documents], np.int64),
             )
 
     def _read_edge_batches(self, bounds) -> Iterator[tuple]:

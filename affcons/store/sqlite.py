@@ -28,7 +28,7 @@ CREATE INDEX IF NOT EXISTS nodes_zyx ON nodes (z, y, x);
 CREATE INDEX IF NOT EXISTS nodes_block ON nodes (block);
 CREATE TABLE IF NOT EXISTS edges (
     u INTEGER NOT NULL, v INTEGER NOT NULL, affinity_sum REAL NOT NULL, count INTEGER NOT NULL,
-    histogram BLOB NOT NULL, block INTEGER NOT NULL);
+    histogram BLOB NOT NULL, linked INTEGER NOT NULL, block INTEGER NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS edges_uv ON edges (u, v);
 CREATE INDEX IF NOT EXISTS edges_block ON edges (block);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,7 +47,7 @@ def sqlite_path(url: str) -> Path:
 
 class SQLiteRagStore(RagStore):
     """RAG store in one SQLite file. Tables: ``nodes(id, z, y, x, size, block)``, ``edges(u, v, affinity_sum,
-    count, histogram, block)`` (unique (u, v)), ``meta(key, value JSON)``, ``store_info(key, value)``.
+    count, histogram, linked, block)`` (unique (u, v)), ``meta(key, value JSON)``, ``store_info(key, value)``.
 
     ``timeout_ms`` is how long a writer waits for another process's transaction (busy timeout; default 60 s).
     """
@@ -135,9 +135,9 @@ class SQLiteRagStore(RagStore):
                         ) from None
             raise StoreError(f"{self.url}: block {block}: a node id is already stored by another block") from None
 
-    def _replace_edges(self, block, u, v, affinity_sum, count, histogram) -> None:
+    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked) -> None:
         rows = zip(
-            u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram),
+            u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram), linked.tolist(),
             itertools.repeat(block),
         )  # fmt: skip
         try:
@@ -145,7 +145,7 @@ class SQLiteRagStore(RagStore):
                 self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
                 for chunk in batched(rows, self.batch_size):
                     self._connection.executemany(
-                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, block) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, block) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         chunk,
                     )
         except _Conflict:
@@ -196,17 +196,18 @@ class SQLiteRagStore(RagStore):
             )  # fmt: skip
 
     def _read_edge_batches(self, bounds) -> Iterator[tuple]:
-        columns = "e.u, e.v, e.affinity_sum, e.count, e.histogram"
+        columns = "e.u, e.v, e.affinity_sum, e.count, e.histogram, e.linked"
         if bounds is None:
             sql, parameters = f"SELECT {columns} FROM edges e", []
         else:
             where, parameters = self._where(bounds, prefix="n.")
             sql = f"SELECT {columns} FROM edges e JOIN nodes n ON n.id = e.u{where}"
         for rows in self._batches(sql, parameters, "reading edges"):
-            u, v, affinity_sum, count, histogram = zip(*rows)
+            u, v, affinity_sum, count, histogram, linked = zip(*rows)
             yield (
                 np.array(u, np.int64), np.array(v, np.int64), np.array(affinity_sum, np.float64),
                 np.array(count, np.int64), histogram_from_rows(list(histogram), self.histogram_bins, self.url),
+                np.array(linked, np.int64),
             )  # fmt: skip
 
     def _count(self, table) -> int:

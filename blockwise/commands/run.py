@@ -35,6 +35,7 @@ import pydantic
 
 from affcons.config import StrictModel
 from affcons.errors import ConfigError
+from blockwise.config import ExecutionConfig
 
 Triple = tuple[int, int, int]
 STAGES = ("import", "predict", "segment", "evaluate")
@@ -98,19 +99,6 @@ class JobEvaluate(StrictModel):
     roi_shape: Triple | None = None
 
 
-class JobExecution(StrictModel):
-    """Workers and reliability of the blockwise stages."""
-
-    #: CPU worker processes per stage (with GPUs, prediction uses one worker per GPU).
-    workers: int = pydantic.Field(1, ge=1)
-    #: Seconds before a block's worker is killed and the block retried.
-    block_timeout_s: float = pydantic.Field(3600.0, gt=0)
-    #: Retries of a failed block.
-    max_retries: int = pydantic.Field(2, ge=0)
-    #: Progress bars.
-    progress: bool = True
-
-
 class JobConfig(StrictModel):
     """A complete ``affcons run``."""
 
@@ -130,7 +118,9 @@ class JobConfig(StrictModel):
     predict: JobPredict
     segment: JobSegment
     evaluate: JobEvaluate | None = None
-    execution: JobExecution = JobExecution()
+    #: Workers, launcher, timeouts and retries of the blockwise stages (``execution`` of affcons segment and
+    #: affcons predict; with GPUs, prediction runs one worker per GPU).
+    execution: ExecutionConfig = ExecutionConfig()
 
 
 def resolve_path(path: str) -> str:
@@ -247,10 +237,16 @@ class Job:
         set_attrs(target, {"complete": True})
         return target
 
+    def execution_options(self) -> dict:
+        """The job's ``execution`` section for the predict and segment stages (no progress bars with --quiet)."""
+        execution = self.config.execution.model_dump(mode="json")
+        execution["progress"] = execution["progress"] and not self.quiet
+        return execution
+
     def predict_options(self, raw: str) -> dict:
         from blockwise.predict import DEFAULT_MAP
 
-        predict, execution = self.config.predict, self.config.execution
+        predict = self.config.predict
         options = {
             "checkpoint": resolve_path(predict.checkpoint), "use_ema": predict.use_ema, "raw": raw,
             "out": f"{self.out}/affs", "disagreement": f"{self.out}/disagreement" if predict.disagreement else None,
@@ -258,9 +254,7 @@ class Job:
             "channels": predict.channels, "batch_size": predict.batch_size, "precision": predict.precision,
             "device": predict.device, "gpus": predict.gpus, "threads": predict.threads,
             "voxel_size": self.config.voxel_size, "roi_offset": self.config.roi_offset,
-            "roi_shape": self.config.roi_shape,
-            "execution": {"workers": execution.workers, "block_timeout_s": execution.block_timeout_s,
-                          "max_retries": execution.max_retries, "progress": execution.progress and not self.quiet},
+            "roi_shape": self.config.roi_shape, "execution": self.execution_options(),
         }  # fmt: skip
         for key in ("patch", "margin", "block_size", "chunk_shape"):
             if getattr(predict, key) is not None:
@@ -268,14 +262,12 @@ class Job:
         return options
 
     def segment_options(self) -> dict:
-        segment, execution = self.config.segment, self.config.execution
+        segment = self.config.segment
         options = {
             "affs": f"{self.out}/affs", "out": str(self.out), "run_dir": str(self.run_dir / "segment"),
             "graph": segment.graph or f"sqlite:///{self.run_dir / 'segment' / 'rag.db'}",
             "extract": {"thresholds": list(segment.thresholds)}, "fragments": dict(segment.fragments),
-            "agglomerate": dict(segment.agglomerate),
-            "execution": {"workers": execution.workers, "block_timeout_s": execution.block_timeout_s,
-                          "max_retries": execution.max_retries, "progress": execution.progress and not self.quiet},
+            "agglomerate": dict(segment.agglomerate), "execution": self.execution_options(),
         }  # fmt: skip
         for key in ("block_size", "context", "chunk_shape"):
             if getattr(segment, key) is not None:
