@@ -13,45 +13,20 @@ to the store in bulk under the block's grid index.
 This step reads the fragments of the neighbouring blocks below, so it runs after them (daisy orders the two tasks
 block by block through their ROIs).
 """
-from funlib.geometry import Roi
+from funlib.geometry import Coordinate, Roi
 
 from blockwise.config import SegmentConfig
-from blockwise.fragments import fragments_box, links_box
-from blockwise.step import BlockwiseStep, Timers, inject_fault
-from blockwise.volumes import box_for
+from blockwise.fragments import GraphStep
+from blockwise.step import Timers, inject_fault
 
 
-class EdgesStep(BlockwiseStep):
+class EdgesStep(GraphStep):
     name = "edges"
 
     def __init__(self, config: SegmentConfig):
-        super().__init__(config)
-        self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
-        self.fragments = fragments_box(config)
-        self.links = links_box(config)
-        self.histogram_bins = config.histogram_bins
-        self.store = None
-
-    def rois(self) -> tuple[Roi, Roi, Roi]:
         # The block reads one voxel below its write ROI; the ROI declared to daisy is grown on both sides, the
         # pattern whose block layout daisy 2.0.0 gets right (see blockwise.pipeline.Pipeline.run_task).
-        total = self.roi.grow(self.voxel_size, self.voxel_size)
-        read = Roi(-self.voxel_size, self.block_shape + self.voxel_size * 2)
-        write = Roi((0, 0, 0), self.block_shape)
-        return total, read, write
-
-    def setup(self) -> None:
-        from affcons.store import open_store
-
-        self.store = open_store(self.config.graph, "a", self.histogram_bins)
-
-    def teardown(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        self.affs.close()
-        self.fragments.close()
-        self.links.close()
+        super().__init__(config, Coordinate(config.voxel_size), writes_fragments=False)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         from affcons.affinities import affinities_to_float
@@ -65,7 +40,7 @@ class EdgesStep(BlockwiseStep):
             affs = self.affs.read(read_roi, channels=slice(0, 3))
             links = self.links.read(read_roi)
         with timers.time("compute"):
-            edges = edge_table(fragments, affinities_to_float(affs), self.histogram_bins, lower_context=lower,
+            edges = edge_table(fragments, affinities_to_float(affs), self.config.histogram_bins, lower_context=lower,
                                links=links)  # fmt: skip
         with timers.time("write"):
             inject_fault(self.name, block_index, "partial-write")

@@ -22,20 +22,21 @@ from blockwise.step import BlockwiseStep, Timers, inject_fault
 from blockwise.volumes import Box, box_for
 
 
-class FragmentsStep(BlockwiseStep):
-    name = "fragments"
+class GraphStep(BlockwiseStep):
+    """A step that reads affinities and writes to the graph store (fragments, edges). A block reads its write ROI
+    grown by ``grow`` (nm) on every side, as declared to daisy; the boxes open lazily in the worker."""
 
-    def __init__(self, config: SegmentConfig):
+    def __init__(self, config: SegmentConfig, grow: Coordinate, writes_fragments: bool):
         super().__init__(config)
-        self.context = Coordinate(config.context)
+        self.grow = grow
         self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
-        self.fragments = fragments_box(config, writable=True)
-        self.links = links_box(config, writable=True)
+        self.fragments = fragments_box(config, writable=writes_fragments)
+        self.links = links_box(config, writable=writes_fragments)
         self.store = None
 
     def rois(self) -> tuple[Roi, Roi, Roi]:
-        total = self.roi.grow(self.context, self.context)
-        read = Roi(-self.context, self.block_shape + self.context * 2)
+        total = self.roi.grow(self.grow, self.grow)
+        read = Roi(-self.grow, self.block_shape + self.grow * 2)
         write = Roi((0, 0, 0), self.block_shape)
         return total, read, write
 
@@ -48,9 +49,15 @@ class FragmentsStep(BlockwiseStep):
         if self.store is not None:
             self.store.close()
             self.store = None
-        self.affs.close()
-        self.fragments.close()
-        self.links.close()
+        for box in (self.affs, self.fragments, self.links):
+            box.close()
+
+
+class FragmentsStep(GraphStep):
+    name = "fragments"
+
+    def __init__(self, config: SegmentConfig):
+        super().__init__(config, Coordinate(config.context), writes_fragments=True)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         import fastremap
@@ -60,7 +67,7 @@ class FragmentsStep(BlockwiseStep):
         from affcons.segment.stitch import face_links
 
         options = self.config.fragments
-        read_roi = write_roi.grow(self.context, self.context).intersect(self.roi)
+        read_roi = write_roi.grow(self.grow, self.grow).intersect(self.roi)
         with timers.time("read"):
             affs = self.affs.read(read_roi, channels=slice(0, 3))
         with timers.time("compute"):

@@ -22,8 +22,8 @@ KASTHURI_EDGE_RANGE = (1e8, 3e9)
 KASTHURI_NODE_RANGE = (3e7, 3e8)
 #: Bytes per stored node in the graph store (id, z, y, x, size, block + index), both backends (order of magnitude).
 STORE_BYTES_PER_NODE = 80.0
-#: Bytes per stored edge without histogram (u, v, sum, count, linked, block + indexes), same order of magnitude.
-STORE_BYTES_PER_EDGE = 82.0
+#: Bytes per stored edge without histogram (u, v, sum, count, linked, block + indexes; SQLite, benchmarks/store.py).
+STORE_BYTES_PER_EDGE = 75.0
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,25 @@ def histogram_from_rows(rows: list[bytes], bins: int, where: str) -> np.ndarray:
     return np.frombuffer(buffer, dtype="<u4").reshape(len(rows), bins).astype(np.uint32)
 
 
+class BackendErrors:
+    """``with BackendErrors(url, action):`` turns a backend's exceptions into :class:`StoreError` naming the URL and
+    the action; a backend implements :meth:`translate` (raise for the errors it knows, return for the others)."""
+
+    def __init__(self, url: str, action: str):
+        self.url, self.action = url, action
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None:
+            self.translate(exc)
+        return False
+
+    def translate(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+
 class RagStore(ABC):
     """A region adjacency graph (fragments and their edge statistics) in a database, written block by block.
 
@@ -262,6 +281,16 @@ class RagStore(ABC):
             return None if value is None or math.isinf(value) else float(value)
 
         return tuple((bound(b), bound(e)) for b, e in zip(begin, end))
+
+    def _check_store_info(self, version, histogram_bins) -> None:
+        """Refuse a store of another schema version or histogram width (as recorded when it was created)."""
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.url}: store schema version {version}, this affcons reads {SCHEMA_VERSION}")
+        if histogram_bins != self.histogram_bins:
+            raise StoreError(
+                f"{self.url}: the store keeps {histogram_bins} histogram bins per edge, opened with "
+                f"histogram_bins={self.histogram_bins}"
+            )
 
     # ------------------------------------------------------------------------------------------------- backends
 

@@ -21,7 +21,7 @@ from pymongo import uri_parser
 
 from affcons.errors import StoreError
 from affcons.store.base import (
-    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
+    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, BackendErrors, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
 )  # fmt: skip
 
 DEFAULT_TIMEOUT_MS = 3000
@@ -87,15 +87,7 @@ class MongoRagStore(RagStore):
             info = self._db.store_info.find_one({"_id": "schema"})
         if info is None:
             raise StoreError(f"{self.url}: no affcons RAG store in database {self._db.name!r} (mode 'r')")
-        if info.get("version") != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.url}: store schema version {info.get('version')}, this affcons reads {SCHEMA_VERSION}"
-            )
-        if info.get("histogram_bins") != self.histogram_bins:
-            raise StoreError(
-                f"{self.url}: the store keeps {info.get('histogram_bins')} histogram bins per edge, opened with "
-                f"histogram_bins={self.histogram_bins}"
-            )
+        self._check_store_info(info.get("version"), info.get("histogram_bins"))
 
     # ---------------------------------------------------------------------------------------------------- writes
 
@@ -205,19 +197,12 @@ class MongoRagStore(RagStore):
         self._client.close()
 
 
-class _MongoErrors:
+class _MongoErrors(BackendErrors):
     """Turn pymongo errors into StoreError naming the URL and the action."""
 
-    def __init__(self, url: str, action: str):
-        self.url, self.action = url, action
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is not None and issubclass(exc_type, pymongo.errors.PyMongoError):
-            detail = str(exc).split(", Topology Description")[0]  # pymongo appends the whole topology
+    def translate(self, error: BaseException) -> None:
+        if isinstance(error, pymongo.errors.PyMongoError):
+            detail = str(error).split(", Topology Description")[0]  # pymongo appends the whole topology
             if len(detail) > 400:
                 detail = detail[:400] + " ..."
-            raise StoreError(f"{self.url}: {self.action} failed: {type(exc).__name__}: {detail}") from None
-        return False
+            raise StoreError(f"{self.url}: {self.action} failed: {type(error).__name__}: {detail}") from None

@@ -13,7 +13,7 @@ import numpy as np
 
 from affcons.errors import StoreError
 from affcons.store.base import (
-    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
+    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, BackendErrors, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
 )  # fmt: skip
 
 SCHEME_PREFIX = "sqlite:///"
@@ -96,15 +96,7 @@ class SQLiteRagStore(RagStore):
             if "store_info" not in tables:
                 raise StoreError(f"{self.url}: {self.path} is not an affcons RAG store (no store_info table)")
             info = dict(self._connection.execute("SELECT key, value FROM store_info"))
-        if info.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.url}: store schema version {info.get('schema_version')}, this affcons reads {SCHEMA_VERSION}"
-            )
-        if info.get("histogram_bins") != self.histogram_bins:
-            raise StoreError(
-                f"{self.url}: the store keeps {info.get('histogram_bins')} histogram bins per edge, opened with "
-                f"histogram_bins={self.histogram_bins}"
-            )
+        self._check_store_info(info.get("schema_version"), info.get("histogram_bins"))
 
     # --------------------------------------------------------------------------------------------------- helpers
 
@@ -145,7 +137,8 @@ class SQLiteRagStore(RagStore):
                 self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
                 for chunk in batched(rows, self.batch_size):
                     self._connection.executemany(
-                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, block) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, block) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         chunk,
                     )
         except _Conflict:
@@ -244,18 +237,11 @@ class _Transaction:
         return False
 
 
-class _SQLiteErrors:
+class _SQLiteErrors(BackendErrors):
     """Turn sqlite3 errors into StoreError naming the URL and the action; a unique-key violation into _Conflict."""
 
-    def __init__(self, url: str, action: str):
-        self.url, self.action = url, action
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is not None and issubclass(exc_type, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
-            raise _Conflict(str(exc)) from None
-        if exc_type is not None and issubclass(exc_type, sqlite3.Error):
-            raise StoreError(f"{self.url}: {self.action} failed: {exc}") from None
-        return False
+    def translate(self, error: BaseException) -> None:
+        if isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error):
+            raise _Conflict(str(error)) from None
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"{self.url}: {self.action} failed: {error}") from None

@@ -355,8 +355,8 @@ class Job:
                    f"{predict_config.device}, {predict_config.execution.workers} worker(s))")  # fmt: skip
         predict_job = PredictJob(predict_config, quiet=self.quiet, stream=self.stream)
         status = predict_job.run()
-        stages["predict"] = {"wall_s": round(time.time() - start, 3), **_pick(predict_job.summary, (
-            "status", "device", "task", "timers", "voxels", "voxels_per_s", "failures"))}  # fmt: skip
+        stages["predict"] = _stage_record(start, predict_job.summary, (
+            "status", "device", "task", "timers", "voxels", "voxels_per_s", "failures"))  # fmt: skip
         if status != 0:
             return status
 
@@ -366,8 +366,8 @@ class Job:
                    f"{list(segment_config.extract.thresholds)}")  # fmt: skip
         pipeline = Pipeline(segment_config, quiet=self.quiet, stream=self.stream)
         status = pipeline.run()
-        stages["segment"] = {"wall_s": round(time.time() - start, 3), **_pick(pipeline.summary, (
-            "status", "stages", "tasks", "nodes", "edges", "segments", "failures"))}  # fmt: skip
+        stages["segment"] = _stage_record(start, pipeline.summary, (
+            "status", "stages", "tasks", "nodes", "edges", "segments", "failures"))  # fmt: skip
         if status != 0:
             return status
 
@@ -424,8 +424,9 @@ class Job:
         tmp.replace(path)
 
 
-def _pick(data: dict, keys) -> dict:
-    return {key: data[key] for key in keys if key in data}
+def _stage_record(start: float, summary: dict, keys) -> dict:
+    """Wall time since ``start`` plus the ``keys`` of a stage's own summary that it has."""
+    return {"wall_s": round(time.time() - start, 3), **{key: summary[key] for key in keys if key in summary}}
 
 
 def format_outputs(outputs: list[dict], script: Path, summary: Path, wall: float) -> str:
