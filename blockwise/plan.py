@@ -55,18 +55,18 @@ class Rates:
 
 
 #: Defaults measured by ``benchmarks/postprocess.py`` on this project's 2-core machine (512^3 mirrored gala volume,
-#: blocks 128^3, context 8^3, 2 workers, load average ~4 from other jobs); densities default to Kasthuri15's
+#: blocks 128^3, context 8^3, 2 workers, load average ~3.4 from other jobs); densities default to Kasthuri15's
 #: typical 8e7 nodes and 4e8 edges (degraded ground-truth affinities give ~3x denser RAGs).
 MEASURED = Rates(
-    fragments_read_voxels_per_s=8.4e5,
-    edges_voxels_per_s=5.9e6,
-    extract_voxels_per_s=1.75e7,
-    store_write_edges_per_s=1.7e5,
-    store_read_edges_per_s=4.7e5,
-    agglomerate_edges_per_s=1.9e5,
+    fragments_read_voxels_per_s=9.96e5,
+    edges_voxels_per_s=3.92e6,
+    extract_voxels_per_s=1.02e7,
+    store_write_edges_per_s=1.26e5,
+    store_read_edges_per_s=6.36e5,
+    agglomerate_edges_per_s=2.16e5,
     worker_bytes_per_read_voxel=125.0,
     worker_base_bytes=250e6,
-    agglomerate_bytes_per_edge=111.0,
+    agglomerate_bytes_per_edge=183.0,
     nodes_per_voxel=KASTHURI_NODES / math.prod(KASTHURI_SHAPE),
     edges_per_voxel=KASTHURI_EDGES / math.prod(KASTHURI_SHAPE),
     worker_startup_s=2.0,
@@ -134,6 +134,7 @@ def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
             "fragments": f"{config.out}/fragments",
             "segmentations": [f"{config.out}/segmentation_{t:.2f}" for t in thresholds],
             "bytes_each_uncompressed": voxels * 8, "run_dir": config.run_dir, "graph": redact(config.graph),
+            "face_links_bytes_uncompressed": voxels,
         },
         "estimate": {
             "workers": workers, "nodes": nodes, "edges": edges, "histogram_bins": bins,
@@ -178,7 +179,8 @@ def format_plan(plan: dict) -> str:
         f"  outputs     {outputs['fragments']} and {len(outputs['segmentations'])} segmentation(s) "
         f"({', '.join(s.rsplit('/', 1)[-1] for s in outputs['segmentations'])}), uint64, "
         f"{human_bytes(outputs['bytes_each_uncompressed'])} each uncompressed, chunks {blocks['chunk_shape']}",
-        f"  run dir     {outputs['run_dir']}; graph {outputs['graph']}",
+        f"  run dir     {outputs['run_dir']} (face links: uint8, {human_bytes(outputs['face_links_bytes_uncompressed'])} "
+        "uncompressed, non-zero only on block faces); graph " + outputs["graph"],
         f"  estimate    {estimate['workers']} worker(s): "
         + ", ".join(f"{k} {human_seconds(v)}" for k, v in estimate["stage_s"].items())
         + f"; total ~{human_seconds(estimate['total_s'])}",
