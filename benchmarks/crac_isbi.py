@@ -13,13 +13,17 @@ affinities are segmented (watershed fragments + mean agglomeration) at threshold
 split/merge (nats) and ARAND; the table shows each map at its best threshold (lowest VOI). For CRAC the implicit map
 is the method's output; the explicit and mean maps are diagnostics.
 
-Default: a REDUCED CPU version (small networks and crops, few iterations, BatchNorm momentum 0.01 instead of 0.001
-so that the running statistics adapt within the run; S2 stays off because its gate, 5000, exceeds the run length).
-``--full --device cuda``: the reference architecture and crops, a pre-training run for the S2 confidence net, longer
-training, and a fp32 vs AMP throughput measurement. Outputs go to --out-dir (default runs/benchmark_crac_isbi under
-the repository root).
+Default: a REDUCED CPU version (small networks and 8x80x80 crops, 600 iterations, lr 1e-3, BatchNorm momentum 0.1
+instead of 0.001 so that the eval-mode running statistics follow the weights within the run; S2 stays off because its
+gate, 5000, exceeds the run length). Why these values (docs/design/crac.md section 10): with per-channel class-balance
+weights the supervised baseline separates boundaries within 100-300 iterations of these crops (sep 0.12 -> 0.29 on
+sections 20-29, the untrained net 0.006); with momentum 0.01 its eval-mode maps lag far behind its train-mode ones
+(sep 0.07 vs 0.32 at 200 iterations); 600 iterations of all three methods plus the evaluations fit in about 45-60
+minutes on a shared 2-core machine with ``--threads 1``. ``--full --device cuda``: the reference architecture and
+crops, a pre-training run for the S2 confidence net, longer training, and a fp32 vs AMP throughput measurement.
+Outputs go to --out-dir (default runs/benchmark_crac_isbi under the repository root).
 
-    nice python benchmarks/crac_isbi.py                       # reduced CPU version (~20-25 minutes on one core)
+    nice python benchmarks/crac_isbi.py                       # reduced CPU version (~45-60 min, shared 2 cores)
     python benchmarks/crac_isbi.py --full --device cuda       # unreduced, on a GPU
 """
 import argparse
@@ -54,7 +58,7 @@ METHODS = ("supervised", "crac-ws", "crac-ema")
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
 
 REDUCED = {"filters": [8, 12, 16, 24, 32], "embedding_channels": 16, "crop": [8, 80, 80], "margin": [0, 24, 24],
-           "batch_size": 2, "iterations": 350, "bn_momentum": 0.01, "pretrain_iterations": 0, "lr": 1e-3,
+           "batch_size": 2, "iterations": 600, "bn_momentum": 0.1, "pretrain_iterations": 0, "lr": 1e-3,
            "adam_eps": 1e-8, "eval_patch": [12, 544, 544], "eval_stride": [12, 512, 512]}
 FULL = {"filters": [28, 36, 48, 64, 80], "embedding_channels": 16, "crop": [18, 160, 160], "margin": [0, 50, 50],
         "batch_size": 2, "iterations": 20000, "bn_momentum": 0.001, "pretrain_iterations": 5000, "lr": 1e-4,
@@ -116,7 +120,7 @@ def train(method: str, config: CRACConfig, device, out_dir: Path, confidence: Pa
     strategy = CRACStrategy(config, device, net)
     trainer = Trainer(strategy, config, dataset, out_dir / method, "crac", config.run.iterations, device)
     summary = trainer.run()
-    return strategy, summary, dataset.sparse_report
+    return strategy, summary, dataset.sparse_report, trainer.history
 
 
 def throughput(method: str, config: CRACConfig, device, out_dir: Path, confidence, amp: str, steps: int) -> float:
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the unreduced version (meant for a GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    parser.add_argument("--iterations", type=int, help="training iterations per method (default 350 / 20000)")
+    parser.add_argument("--iterations", type=int, help="training iterations per method (default 600 / 20000)")
     parser.add_argument("--pretrain-iterations", type=int, help="full mode: iterations of each pre-training stage")
     parser.add_argument("--filters", help="comma-separated widths, overriding the mode's default")
     parser.add_argument("--crop", help="comma-separated z,y,x crop, overriding the mode's default")
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
     print(f"  untrained control: evaluation {scores['seconds']:.0f} s", flush=True)
     for method in methods:
         config = method_config(method, settings, args, confidence if method != "supervised" else None)
-        strategy, summary, report = train(method, config, device, out_dir, confidence if method != "supervised"
+        strategy, summary, report, history = train(method, config, device, out_dir, confidence if method != "supervised"
                                           else None)
         scores = evaluate_method(strategy, method, validation, patch, stride, device)
         speeds[method] = summary["iterations_per_second"]
@@ -261,6 +265,11 @@ def main(argv=None) -> int:
                 rows.append((method, name, summary["iterations_per_second"], scores[name]))
         print(f"  {method}: {summary['iterations']} iterations in {summary['seconds']:.0f} s "
               f"({summary['iterations_per_second']:.2f} it/s), evaluation {scores['seconds']:.0f} s", flush=True)
+        tail = history[-50:]
+        terms = {key.split("/")[1]: float(np.mean([h[key] for h in tail])) for key in tail[0]
+                 if key.startswith("loss/") or key.startswith("pseudo/kept")}
+        print(f"    mean of the last {len(tail)} iterations: "
+              + ", ".join(f"{key} {value:.4g}" for key, value in terms.items()), flush=True)
         if device.type == "cuda":
             for amp in ("none", "bf16"):
                 speeds[f"{method} {amp}"] = throughput(method, config, device, out_dir / "throughput", confidence

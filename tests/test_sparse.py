@@ -87,9 +87,49 @@ def test_class_balance_weights_inside_label_mask():
     # f = 1/4: positives (0.75 / 0.25) = 3, negatives 1
     target = np.array([1, 0, 0, 0], dtype=np.float32)
     assert class_balance_weights(target, np.ones(4, np.float32)).tolist() == [3, 1, 1, 1]
+    # unknown pairs (outside the mask, target 1) weigh 1, not the in-mask positive weight 3: the code's weight there
+    # (its f over the whole crop is > 0.5), and the pseudo terms must not be scaled up by the labelled class ratio
+    target = np.array([1, 0, 0, 0, 1, 1], dtype=np.float32)
+    label_mask = np.array([1, 1, 1, 1, 0, 0], dtype=np.float32)
+    assert class_balance_weights(target, label_mask).tolist() == [3, 1, 1, 1, 1, 1]
     # f clipped to 0.99: negatives weigh 99
     target = np.ones(200, dtype=np.float32)
     target[0] = 0
     weights = class_balance_weights(target, np.ones(200, np.float32))
     assert weights[0] == pytest.approx(99.0, rel=1e-4) and weights[1] == 1.0
     assert class_balance_weights(target, np.zeros(200, np.float32)).tolist() == [1.0] * 200
+
+
+def test_class_balance_weights_per_channel():
+    # channel 0 (nearest neighbour): f = 3/4 inside M_lab; channel 1 (long range): f = 1/4
+    target = np.array([[1, 1, 1, 0, 1], [1, 0, 0, 0, 1]], dtype=np.float32)
+    label_mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]], dtype=np.float32)
+    per_channel = class_balance_weights(target, label_mask, per_channel=True)
+    assert per_channel.tolist() == [[1, 1, 1, 3, 1], [3, 1, 1, 1, 1]]
+    # pooled: f = 4/8 = 0.5 -> positives (0.5 / 0.5) = 1, negatives 1
+    assert class_balance_weights(target, label_mask).tolist() == [[1] * 5, [1] * 5]
+    # a channel without masked entries gets weight 1 while the others keep theirs
+    label_mask[1] = 0
+    assert class_balance_weights(target, label_mask, per_channel=True).tolist() == [[1, 1, 1, 3, 1], [1] * 5]
+
+
+def test_class_balance_weights_pooled_over_crac_channels_inverts_the_short_range_balance():
+    """Regression (reduced ISBI benchmark learned no boundaries): pooled over nearest-neighbour and long-range
+    channels, the long-range channels (mostly boundaries inside M_lab) push f below 0.5, so the majority class of the
+    nearest-neighbour channels (inside-neurite, target 1) is up-weighted instead of its boundaries. Per channel, the
+    nearest-neighbour boundaries get the larger weight."""
+    from affcons.affinities import CRAC_OFFSETS
+
+    labels = np.zeros((6, 64, 64), dtype=np.int64)  # labelled 8 x 8 neurites, 2-voxel membranes, new ids at z = 3
+    for i, y in enumerate(range(0, 64, 10)):
+        for j, x in enumerate(range(0, 64, 10)):
+            labels[:3, y:y + 8, x:x + 8] = 1 + 7 * i + j
+            labels[3:, y:y + 8, x:x + 8] = 100 + 7 * i + j
+    target, _, label_mask = crac_targets(labels, CRAC_OFFSETS)
+    pooled = class_balance_weights(target, label_mask)
+    split = class_balance_weights(target, label_mask, per_channel=True)
+    y = 1  # the (0, -1, 0) channel
+    inside = (label_mask[y] > 0) & (target[y] == 1)
+    boundary = (label_mask[y] > 0) & (target[y] == 0)
+    assert pooled[y][inside].mean() > pooled[y][boundary].mean()  # the defect: positives up-weighted
+    assert split[y][boundary].mean() > split[y][inside].mean() == 1.0  # the fix: boundaries up-weighted

@@ -126,6 +126,10 @@ class DataConfig(StrictModel):
     train: VolumeConfig  # the sparsely labelled training volume
     sparse: SparseConfig = SparseConfig()  # which instances are kept as labels
     widen_border: bool = True  # seg_widen_border: zero voxels whose 3x3 in-plane window holds two labelled ids
+    # class-balance weights inside M_lab (method.md 8.7): per_channel = f of each offset channel; pooled = one f over
+    # all channels (weight_binary_ratio, separate_weight=False), which up-weights positives of the nearest-neighbour
+    # channels ~5x because the long-range channels are mostly 0 inside M_lab (docs/design/crac.md section 2)
+    balance: Literal["per_channel", "pooled"] = "per_channel"
     unlabelled: VolumeConfig | None = None  # optional extra unlabelled sections (u<N>); labels must be null
     batch_size_unlabelled: int = 0  # crops per batch from ``unlabelled`` (0 = none; the code's default)
     crop: Triple = (18, 160, 160)  # network input (z, y, x); y and x multiples of 16

@@ -6,7 +6,7 @@ Loader contract (what the trainer receives per batch, all float32 unless noted, 
 * ``labels`` (N, D, H, W) int64, the sparse, border-widened ids of the crop (0 = unlabelled);
 * ``target`` (N, C, D, H, W) affinity targets at the true offsets;
 * ``label_mask`` (N, C, D, H, W) M_lab, already 0 on invalid (out-of-crop) pairs;
-* ``weight`` (N, C, D, H, W) class-balance weights computed inside M_lab;
+* ``weight`` (N, C, D, H, W) class-balance weights computed inside M_lab (per channel, ``data.balance``; 1 outside it);
 * ``labelled`` (N,) bool: False for crops from the extra unlabelled source (their M_lab is 0 everywhere).
 
 ``N = batch_size + batch_size_unlabelled``; the first ``batch_size`` rows are labelled crops.
@@ -157,7 +157,7 @@ class CropDataset(Dataset):
         else:
             labels = np.ascontiguousarray(labels[inner]).astype(np.int64)
             target, valid, label_mask = crac_targets(labels, self.offsets)
-            weight = class_balance_weights(target, label_mask)
+            weight = class_balance_weights(target, label_mask, per_channel=self.cfg.balance == "per_channel")
         return {
             "raw": raw[None],
             "labels": labels,

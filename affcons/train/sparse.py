@@ -6,7 +6,8 @@
   (reflect-padded) holds two different non-zero ids. Labelled-versus-0 borders are left alone.
 * :func:`crac_targets` gives affinity targets at the true offsets (no long-range z bug), the offset validity and
   the labelled mask ``M_lab = valid AND ((lb(p) > 0) OR (target == 0))``.
-* :func:`class_balance_weights` is ``weight_binary_ratio`` computed inside M_lab only.
+* :func:`class_balance_weights` is ``weight_binary_ratio`` computed inside M_lab only (per channel by default in
+  the data pipeline, ``data.balance``).
 """
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,14 +119,27 @@ def crac_targets(labels: np.ndarray, offsets: Sequence[Sequence[int]]) -> tuple[
     return target, valid, label_mask.astype(np.float32)
 
 
-def class_balance_weights(target: np.ndarray, label_mask: np.ndarray) -> np.ndarray:
-    """``weight_binary_ratio`` over all channels, computed inside ``label_mask`` (method.md section 8, item 7).
+def class_balance_weights(target: np.ndarray, label_mask: np.ndarray, per_channel: bool = False) -> np.ndarray:
+    """``weight_binary_ratio`` computed inside ``label_mask`` (method.md section 8, item 7: "compute f inside M_lab,
+    or per channel").
 
     ``f`` = fraction of target 1 among masked entries, clipped to [0.05, 0.99]. If ``f > 0.5`` positives weigh 1 and
-    negatives ``f / (1 - f)``, otherwise positives weigh ``(1 - f) / f`` and negatives 1. Every entry gets the weight
-    of its target class (unknown pairs have target 1, so they carry the positive weight, as in the code). Without any
-    masked entry all weights are 1. Returns float32 of the shape of ``target``.
+    negatives ``f / (1 - f)``, otherwise positives weigh ``(1 - f) / f`` and negatives 1. Every entry of the mask gets
+    the weight of its target class; entries outside the mask (unknown pairs, which only the pseudo terms use) weigh 1.
+    That is their weight in the code: its ``f`` over the whole crop is dominated by unknown ``0 == 0`` pairs (target
+    1), so ``f > 0.5`` and the positive class, unknown pairs included, weighs 1. Giving them the in-mask positive
+    weight instead (~5 pooled, up to 19 per channel) would scale the pseudo terms up 5-19x against the supervised
+    ones (docs/design/crac.md section 2). Without any masked entry all weights are 1.
+
+    ``per_channel=False`` uses one ``f`` over all entries (the code's ``separate_weight=False``); ``per_channel=True``
+    computes ``f`` separately for each index of axis 0 (the offset channels of a (C, z, y, x) target). Pooled over the
+    12 CRAC channels, ``f`` inside M_lab is dominated by the long-range channels (mostly boundaries: ``f`` ~ 0.05 at
+    27 voxels) and lands near 0.2, so positives get weight ~5 in the nearest-neighbour channels, where they are
+    already the majority (``f`` ~ 0.7): the MSE optimum at any unsure pair is then ~0.93 and no boundary is learned
+    (docs/design/crac.md section 2). Returns float32 of the shape of ``target``.
     """
+    if per_channel and target.ndim >= 2:
+        return np.stack([class_balance_weights(target[c], label_mask[c]) for c in range(target.shape[0])])
     selected = label_mask > 0
     count = int(selected.sum())
     if count == 0:
@@ -135,4 +149,4 @@ def class_balance_weights(target: np.ndarray, label_mask: np.ndarray) -> np.ndar
         positive, negative = 1.0, fraction / (1.0 - fraction)
     else:
         positive, negative = (1.0 - fraction) / fraction, 1.0
-    return np.where(target > 0.5, positive, negative).astype(np.float32)
+    return np.where(selected, np.where(target > 0.5, positive, negative), 1.0).astype(np.float32)
