@@ -55,6 +55,9 @@ from affcons.train.validation import predict_volume, score_segmentations  # noqa
 
 ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
 METHODS = ("supervised", "crac-ws", "crac-ema")
+#: Control, run only when named in --methods: CRAC WS with the consistency terms off (pseudo_weight 0), i.e. both
+#: networks trained on the sparse labels alone -- what the cross-representation terms add.
+CONTROLS = ("crac-ws-no-consistency",)
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
 
 REDUCED = {"filters": [8, 12, 16, 24, 32], "embedding_channels": 16, "crop": [8, 80, 80], "margin": [0, 24, 24],
@@ -86,8 +89,11 @@ def base_config(settings: dict, args) -> dict:
 def method_config(method: str, settings: dict, args, confidence: Path | None) -> CRACConfig:
     data = base_config(settings, args)
     data["kind"] = "crac"
-    data["variant"] = {"supervised": "supervised", "crac-ws": "ws", "crac-ema": "ema"}[method]
+    data["variant"] = {"supervised": "supervised", "crac-ws": "ws", "crac-ema": "ema",
+                       "crac-ws-no-consistency": "ws"}[method]  # fmt: skip
     data["validation"]["output"] = "explicit" if method == "supervised" else "implicit"
+    if method == "crac-ws-no-consistency":
+        data["loss"] = {"pseudo_weight": 0.0}
     data["pseudo"] = {"s2": {"enabled": confidence is not None,
                              "checkpoint": str(confidence) if confidence is not None else None}}
     return validate(CRACConfig, data, f"benchmark config {method}")
@@ -191,7 +197,8 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", help="comma-separated z,y,x crop, overriding the mode's default")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: reduced 1e-3, full 1e-4 as in CRAC)")
     parser.add_argument("--adam-eps", type=float, help="Adam eps (default: reduced 1e-8, full 0.01 as in CRAC)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"subset of {','.join(METHODS + CONTROLS)} (the control only when named)")
     parser.add_argument("--sparse-fraction", type=float, default=0.1, help="fraction of ids labelled (0.1)")
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is best on a shared machine)")
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
         settings["eval_patch"] = [12, args.val_size + 32, args.val_size + 32]
         settings["eval_stride"] = [12, args.val_size, args.val_size]
     methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(METHODS + CONTROLS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}")
     device = select_device(args.device)
