@@ -287,14 +287,15 @@ def main(argv=None) -> int:
     print(f"\nsparse labels: {report.summary()}")
     print(f"validation: sections 20-29 (10 x {args.val_size} x {args.val_size}), dense labels; "
           f"thresholds {THRESHOLDS[0]}..{THRESHOLDS[-1]}")
-    header = (f"{'method':<11} {'map':<9} {'it/s':>6} {'thr':>4} {'VOI split':>9} {'VOI merge':>9} {'VOI':>7} "
+    width = max(len(m) for m in ("untrained", *methods))
+    header = (f"{'method':<{width}} {'map':<9} {'it/s':>6} {'thr':>4} {'VOI split':>9} {'VOI merge':>9} {'VOI':>7} "
               f"{'ARAND':>7} {'sep':>7}")
     print(header)
     print("-" * len(header))
     for method, name, speed, s in rows:
         primary = "*" if (method == "supervised" or name == "implicit") else " "
         primary = " " if method == "untrained" else primary
-        print(f"{method:<11} {name + primary:<9} {speed:>6.2f} {s['threshold']:>4.1f} {s['voi_split']:>9.4f} "
+        print(f"{method:<{width}} {name + primary:<9} {speed:>6.2f} {s['threshold']:>4.1f} {s['voi_split']:>9.4f} "
               f"{s['voi_merge']:>9.4f} {s['voi']:>7.4f} {s['arand']:>7.4f} {s['separation']:>7.3f}")
     print("* = the method's output (CRAC: implicit map); the other maps are diagnostics. VOI, ARAND: lower is better.")
     print("sep = mean in-plane affinity inside neurites minus across boundaries (0: no boundary learned; higher is "
@@ -302,7 +303,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         print("\nthroughput (iterations/s, training step incl. data loading):")
         for method in methods:
-            print(f"  {method:<11} fp32 {speeds[f'{method} none']:.2f}   AMP bf16 {speeds[f'{method} bf16']:.2f}")
+            print(f"  {method:<{width}} fp32 {speeds[f'{method} none']:.2f}   AMP bf16 {speeds[f'{method} bf16']:.2f}")
     else:
         print("throughput: fp32 on CPU as in the it/s column (AMP is CUDA-only)")
     print(f"total time {time.perf_counter() - total_start:.0f} s; outputs in {out_dir}")
