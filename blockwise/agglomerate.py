@@ -2,7 +2,7 @@
 builds the merge tree, saves it in the run directory, and cuts it into lookup tables for ``extract``.
 
 Memory is what decides whether this step fits one machine, so it never builds a graph of Python objects: the store
-returns columnar numpy tables (:class:`affcons.segment.EdgeTable`, 32 B per edge plus 4 B per histogram bin), and
+returns columnar numpy tables (:class:`affcons.segment.EdgeTable`, 40 B per edge plus 4 B per histogram bin), and
 :func:`affcons.segment.build_merge_tree` works on flat arrays (modelled by
 :func:`affcons.segment.agglomerate.merge_tree_bytes_per_edge`). The step measures its own peak resident memory
 (sampled every 20 ms) and reports bytes per edge both ways. Fragments without any edge (isolated) come from the
@@ -25,6 +25,7 @@ import numpy as np
 
 from blockwise.config import SegmentConfig
 from blockwise.extract import lut_paths
+from blockwise.pipeline import write_json
 
 TREE_FILE = "merge_tree.npz"
 INFO_FILE = "agglomerate.json"
@@ -129,7 +130,7 @@ class AgglomerateStep:
             "measured_bytes_per_edge": (memory.peak - memory.baseline) / num_edges if num_edges else 0.0,
             **timings,
         }
-        atomic_save(self.run_dir / INFO_FILE, lambda p: p.write_text(json.dumps(info, indent=2)))
+        write_json(self.run_dir / INFO_FILE, info)
         return info
 
     def write_luts(self, thresholds) -> dict[str, int]:
