@@ -4,6 +4,7 @@ Convention: channel ``c`` with offset ``o`` (z, y, x in voxels, usually non-posi
 voxel ``p`` and voxel ``p + o``. With ``o = (-1, 0, 0), (0, -1, 0), (0, 0, -1)`` the first three channels are the
 nearest-neighbour affinities that waterz expects (channel c links a voxel with its neighbour at -1 along axis c).
 """
+
 import numpy as np
 
 from affcons.errors import VolumeError
@@ -12,11 +13,19 @@ NEAREST_NEIGHBOUR_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -
 
 #: The 12 offsets of CRAC (``DATA.shift_channels``): nearest neighbours, then three long-range groups.
 CRAC_OFFSETS: tuple[tuple[int, int, int], ...] = (
-    (-1, 0, 0), (0, -1, 0), (0, 0, -1),
-    (-2, 0, 0), (0, -3, 0), (0, 0, -3),
-    (-3, 0, 0), (0, -9, 0), (0, 0, -9),
-    (-4, 0, 0), (0, -27, 0), (0, 0, -27),
-)  # fmt: skip
+    (-1, 0, 0),
+    (0, -1, 0),
+    (0, 0, -1),
+    (-2, 0, 0),
+    (0, -3, 0),
+    (0, 0, -3),
+    (-3, 0, 0),
+    (0, -9, 0),
+    (0, 0, -9),
+    (-4, 0, 0),
+    (0, -27, 0),
+    (0, 0, -27),
+)
 
 
 def shifted_pair_slices(shape: tuple[int, ...], offset: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:

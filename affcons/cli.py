@@ -4,6 +4,7 @@ Each command module defines ``configure_parser(parser)`` and ``run(args) -> int`
 :class:`~affcons.errors.AffconsError` are printed as one line on stderr with exit code 2; a run with failed blocks
 exits with code 1.
 """
+
 import argparse
 import importlib
 import logging

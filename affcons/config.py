@@ -4,6 +4,7 @@ Config classes derive from :class:`StrictModel` (pydantic, unknown keys forbidde
 resolves ``NAME`` to ``configs/NAME.yaml`` (current directory first, then the repository's ``configs/``) or takes a
 path, and turns every validation problem into a :class:`~affcons.errors.ConfigError` naming the key and the file.
 """
+
 from pathlib import Path
 from typing import TypeVar
 

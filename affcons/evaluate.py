@@ -5,6 +5,7 @@ ignore_labels=(0,))`` and ``adapted_rand_error(gt, seg, ignore_labels=(0,))`` do
 the tests). ``voi_split = H(seg | gt)``, ``voi_merge = H(gt | seg)``, in nats (natural log, the unit of CRAC's
 numbers); scikit-image 0.26 reports bits (log2), so ``voi_split_bits`` and ``voi_merge_bits`` are given as well.
 """
+
 import json
 
 import numpy as np

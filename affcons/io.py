@@ -5,6 +5,7 @@ A volume path names a dataset inside a container: ``out.zarr/affs`` (zarr, ``/``
 voxels appear only at the array boundary (shapes, chunk shapes). Arrays are :class:`funlib.persistence.Array`s;
 affcons writes zarr v3 only, HDF5 is read-only. Local files only.
 """
+
 import datetime
 import json
 import logging
@@ -189,9 +190,7 @@ def open_volume(path: PathLike, mode: Literal["r", "r+"] = "r", voxel_size: Sequ
         )
     spatial_dims = [len(c) for c in (voxel_size, offset) if c is not None]
     if len(set(spatial_dims)) > 1 or any(dims > len(shape) for dims in spatial_dims):
-        raise VolumeError(
-            f"{volume}: voxel size {voxel_size} and offset {offset} do not fit an array of shape {shape}"
-        )
+        raise VolumeError(f"{volume}: voxel size {voxel_size} and offset {offset} do not fit an array of shape {shape}")
     if volume.is_hdf5:
         types = None
         if voxel_size is not None:
@@ -303,7 +302,7 @@ def create_volume(
         "units": list(UNITS),
         "types": list(types),
         "affcons_version": affcons.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **(attrs or {}),
     }
     zarr.create_array(

@@ -10,6 +10,7 @@ All maps are ``(B, C, D, H, W)``. Weights are explicit products, never updated i
 :func:`weighted_mse` is the reference ``WeightedMSE`` evaluated per channel on the channel's valid region:
 ``sum(W * (x - y)^2) / (B * N_c)`` with ``N_c`` the number of valid voxels of channel c, summed over channels.
 """
+
 from collections.abc import Sequence
 
 import torch
@@ -32,8 +33,10 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
         valid: (C, D, H, W) bool, the offset validity of each channel (only its voxel count is used).
     """
     if pred.shape != target.shape or pred.shape != weight.shape:
-        raise ConfigError(f"weighted_mse: shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
-                          f"weight {tuple(weight.shape)}")
+        raise ConfigError(
+            f"weighted_mse: shapes differ: pred {tuple(pred.shape)}, target {tuple(target.shape)}, "
+            f"weight {tuple(weight.shape)}"
+        )
     per_channel = (weight * (pred.float() - target.float()) ** 2).sum(dim=(0, 2, 3, 4))
     counts = valid.reshape(valid.shape[0], -1).sum(dim=1).clamp(min=1).to(per_channel.dtype)
     return (per_channel / (pred.shape[0] * counts)).sum()
@@ -95,9 +98,13 @@ def confidence_loss(
     return loss, {"error_fraction": float(n_wrong / n_mask.clamp(min=1)), "wrong_weight": float(wrong_weight)}
 
 
-def loss_terms_total(terms: dict[str, torch.Tensor], emb_weight: float, pseudo_weight: float,
-                     supervised: Sequence[str] = ("sup_imp", "sup_exp"),
-                     pseudo: Sequence[str] = ("pse_imp", "pse_exp")) -> torch.Tensor:
+def loss_terms_total(
+    terms: dict[str, torch.Tensor],
+    emb_weight: float,
+    pseudo_weight: float,
+    supervised: Sequence[str] = ("sup_imp", "sup_exp"),
+    pseudo: Sequence[str] = ("pse_imp", "pse_exp"),
+) -> torch.Tensor:
     """``L = emb_weight * (sum of supervised terms) + pseudo_weight * (sum of pseudo terms)``; absent terms count 0."""
     zero = next(iter(terms.values())).new_zeros(())
     sup = sum((terms[name] for name in supervised if name in terms), zero)

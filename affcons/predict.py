@@ -18,6 +18,7 @@ where ``p + o`` leaves the patch, so writing them requires ``margin >= |o|`` per
 array covering a region plus context into uint8 (or float16) affinities of the chosen map and, optionally, the
 disagreement map ``mean_c<3 |implicit_c - explicit_c|`` (uint8).
 """
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,10 +145,20 @@ class Predictor:
         channels_last: run the networks in the ``channels_last_3d`` memory format (may help cuDNN on GPUs).
     """
 
-    def __init__(self, networks, grid: PatchGrid, prediction_map: str = "implicit", channels: int | None = None,
-                 disagreement: bool = False, dtype: str = "uint8", device: str | torch.device = "cpu",
-                 precision: str = "auto", batch_size: int = 4, raw_scale: float = 255.0,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        networks,
+        grid: PatchGrid,
+        prediction_map: str = "implicit",
+        channels: int | None = None,
+        disagreement: bool = False,
+        dtype: str = "uint8",
+        device: str | torch.device = "cpu",
+        precision: str = "auto",
+        batch_size: int = 4,
+        raw_scale: float = 255.0,
+        channels_last: bool = False,
+    ):
         if prediction_map not in MAPS:
             raise ConfigError(f"map {prediction_map!r} is not one of {MAPS}")
         if dtype not in DTYPES:
@@ -185,8 +196,15 @@ class Predictor:
         self.outputs = tuple(name for name in ("implicit", "explicit") if name in needs)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, use_ema: bool = False, patch: Sequence[int] | None = None,
-                        margin: Sequence[int] | None = None, device: str | torch.device = "auto", **options):
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        use_ema: bool = False,
+        patch: Sequence[int] | None = None,
+        margin: Sequence[int] | None = None,
+        device: str | torch.device = "auto",
+        **options,
+    ):
         """Load ``checkpoint`` (:func:`affcons.nets.load_model`); ``patch`` defaults to the training crop and
         ``margin`` to :func:`default_margin`. Returns ``(predictor, config)``."""
         from affcons.nets import load_model, select_device
@@ -250,12 +268,17 @@ class Predictor:
         dtype = np.uint8 if self.dtype == "uint8" else np.float16
         affs = np.empty((self.channels, *covered), dtype=dtype)
         disagreement = np.empty(covered, dtype=np.uint8) if self.disagreement else None
-        starts = [(z * tile[0], y * tile[1], x * tile[2])
-                  for z in range(tiles[0]) for y in range(tiles[1]) for x in range(tiles[2])]  # fmt: skip
+        starts = [
+            (z * tile[0], y * tile[1], x * tile[2])
+            for z in range(tiles[0])
+            for y in range(tiles[1])
+            for x in range(tiles[2])
+        ]
         for first in range(0, len(starts), self.batch_size):
             batch = starts[first : first + self.batch_size]
-            patches = np.stack([raw[s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]]
-                                for s in batch])  # fmt: skip
+            patches = np.stack(
+                [raw[s[0] : s[0] + patch[0], s[1] : s[1] + patch[1], s[2] : s[2] + patch[2]] for s in batch]
+            )
             result = self.predict_patches(patches)
             tiles_affs = result["affs"].cpu().numpy()
             tiles_dis = result["disagreement"].cpu().numpy() if self.disagreement else None

@@ -12,6 +12,7 @@ only on valid, unlabelled affinities that pass S1 (and S2 after the gate).
 * S2: a frozen confidence net predicts, for every channel of every sample (batched as B*C samples), the probability
   that the binarised affinity is wrong from ``(raw, H_c, p_c)``; keep ``E < threshold``. Active for ``t > gate``.
 """
+
 import torch
 
 from affcons.errors import ConfigError
@@ -57,8 +58,9 @@ def percentile(values: torch.Tensor, q: float, max_elements: int = 16_000_000, s
     return low_value + (position - lower) * (high_value - low_value)
 
 
-def s1_mask(entropy: torch.Tensor, candidates: torch.Tensor, alpha: float, max_elements: int = 16_000_000,
-            seed: int = 0) -> tuple[torch.Tensor, float]:
+def s1_mask(
+    entropy: torch.Tensor, candidates: torch.Tensor, alpha: float, max_elements: int = 16_000_000, seed: int = 0
+) -> tuple[torch.Tensor, float]:
     """S1 keep-mask ``H < gamma`` (bool, like ``entropy``) and ``gamma``; the percentile uses ``candidates`` only.
 
     With ``alpha == 0`` or no candidates every entry is kept (gamma = +inf).
@@ -71,8 +73,9 @@ def s1_mask(entropy: torch.Tensor, candidates: torch.Tensor, alpha: float, max_e
 
 
 @torch.no_grad()
-def confidence_error_maps(confidence_net: torch.nn.Module, raw: torch.Tensor, prob: torch.Tensor,
-                          entropy: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+def confidence_error_maps(
+    confidence_net: torch.nn.Module, raw: torch.Tensor, prob: torch.Tensor, entropy: torch.Tensor, chunk: int = 8
+) -> torch.Tensor:
     """Predicted error probabilities ``E`` (B, C, D, H, W) for every channel of ``prob``.
 
     Inputs per (sample, channel): ``[raw, H_c, p_c]`` in that order (the code's ``SCPNNetwork`` input), run as
@@ -103,9 +106,18 @@ class PseudoLabeler:
     ``kept_fraction`` of the valid unlabelled entries, ``s2_active``) are in :attr:`last_stats`.
     """
 
-    def __init__(self, alpha0: float = 0.005, total_iterations: int = 300000, power: float = 1.5,
-                 detach: bool = True, confidence_net: torch.nn.Module | None = None, gate: int = 5000,
-                 s2_threshold: float = 0.5, chunk: int = 8, max_elements: int = 16_000_000):
+    def __init__(
+        self,
+        alpha0: float = 0.005,
+        total_iterations: int = 300000,
+        power: float = 1.5,
+        detach: bool = True,
+        confidence_net: torch.nn.Module | None = None,
+        gate: int = 5000,
+        s2_threshold: float = 0.5,
+        chunk: int = 8,
+        max_elements: int = 16_000_000,
+    ):
         if alpha0 < 0 or alpha0 >= 1:
             raise ConfigError(f"alpha0 must lie in [0, 1), got {alpha0}")
         self.alpha0, self.total_iterations, self.power = alpha0, total_iterations, power
@@ -113,14 +125,21 @@ class PseudoLabeler:
         self.s2_threshold, self.chunk, self.max_elements = s2_threshold, chunk, max_elements
         self.last_stats: dict[str, float] = {}
 
-    def __call__(self, teacher: torch.Tensor, valid: torch.Tensor, label_mask: torch.Tensor, iteration: int,
-                 implicit: bool = False, raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        teacher: torch.Tensor,
+        valid: torch.Tensor,
+        label_mask: torch.Tensor,
+        iteration: int,
+        implicit: bool = False,
+        raw: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Args:
-            teacher: (B, C, D, H, W); cosine similarities if ``implicit`` (relu is applied), else probabilities.
-            valid: (C, D, H, W) bool offset validity.
-            label_mask: (B, C, D, H, W) 0/1 M_lab (labelled pairs are never pseudo-labelled).
-            iteration: t, counted from 1.
-            raw: (B, 1, D, H, W), needed by S2.
+        teacher: (B, C, D, H, W); cosine similarities if ``implicit`` (relu is applied), else probabilities.
+        valid: (C, D, H, W) bool offset validity.
+        label_mask: (B, C, D, H, W) 0/1 M_lab (labelled pairs are never pseudo-labelled).
+        iteration: t, counted from 1.
+        raw: (B, 1, D, H, W), needed by S2.
         """
         prob = torch.relu(teacher.float()) if implicit else teacher.float()
         if self.detach:

@@ -2,6 +2,7 @@
 
 Synthetic volumes are for unit tests only; quality claims use the real volumes in ``data/``.
 """
+
 import numpy as np
 from scipy import ndimage
 

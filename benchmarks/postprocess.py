@@ -3,14 +3,16 @@
     nice .venv/bin/python benchmarks/postprocess.py [--sizes 256 512] [--block 128 128 128] [--context 8 8 8]
 
 For each size S, an S^3 volume is made by mirroring the gala FIB-SEM ground truth (50 x 100 x 200 at 10 nm, reflected
-at its faces until it covers S^3; then one id per connected piece), with network-like affinities from :func:`affcons.synthetic.degraded_affinities`
-(the foundation benchmark's recipe). At the largest size it times monolithic ``waterz.agglomerate`` (its own
-watershed + mean-affinity agglomeration, in a child process), then ``affcons segment`` with 1 and 2 workers, each as a
-child process whose process tree is sampled with psutil (peak RSS per worker process). It prints throughput
-(Mvoxel/s), parallel efficiency, peak RSS per worker, VOI and ARAND of each, the scheduling overhead, worker memory
-at each size (independent of the volume size), the merge tree's bytes per edge checked on a large synthetic RAG,
+at its faces until it covers S^3; then one id per connected piece), with network-like affinities from
+:func:`affcons.synthetic.degraded_affinities` (the foundation benchmark's recipe). At the largest size it times
+monolithic ``waterz.agglomerate`` (its own watershed + mean-affinity agglomeration, in a child process), then
+``affcons segment`` with 1 and 2 workers, each as a child process whose process tree is sampled with psutil (peak RSS
+per worker process). It prints throughput (Mvoxel/s), parallel efficiency, peak RSS per worker, VOI and ARAND of each,
+the scheduling overhead, worker memory at each size (independent of the volume size), the merge tree's bytes per edge
+checked on a large synthetic RAG,
 and a Kasthuri15 projection of time and memory per stage from the measured rates.
 """
+
 import argparse
 import json
 import os
@@ -78,8 +80,11 @@ class TreeSampler:
         self._thread.join()
         workers = [peak for role, peak in self.peaks.values() if role == "worker"]
         driver = [peak for role, peak in self.peaks.values() if role == "driver"]
-        return {"worker_peak_rss": max(workers, default=0), "workers_seen": len(workers),
-                "driver_peak_rss": max(driver, default=0)}  # fmt: skip
+        return {
+            "worker_peak_rss": max(workers, default=0),
+            "workers_seen": len(workers),
+            "driver_peak_rss": max(driver, default=0),
+        }
 
 
 def run_sampled(command: list[str], log: Path) -> tuple[float, dict, int]:
@@ -118,16 +123,34 @@ def monolithic_waterz(affs_path: str, work: Path, thresholds) -> dict:
     if code != 0:
         raise RuntimeError(f"waterz failed, see {log}")
     inner = json.loads(log.read_text().strip().splitlines()[-1])["seconds"]
-    return {"wall_s": wall, "agglomerate_s": inner, "peak_rss": memory["driver_peak_rss"],
-            "segmentations": {t: work / f"waterz_{t:.2f}.npy" for t in thresholds}}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "agglomerate_s": inner,
+        "peak_rss": memory["driver_peak_rss"],
+        "segmentations": {t: work / f"waterz_{t:.2f}.npy" for t in thresholds},
+    }
 
 
 def blockwise(affs_path: str, out: Path, thresholds, block, context, workers: int) -> dict:
     command = [
-        sys.executable, "-m", "affcons.cli", "segment", "--affs", affs_path, "--out", str(out), "--thresholds",
-        *map(str, thresholds), "--block-size", *map(str, block), "--context", *map(str, context), "--workers",
-        str(workers), "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "affcons.cli",
+        "segment",
+        "--affs",
+        affs_path,
+        "--out",
+        str(out),
+        "--thresholds",
+        *map(str, thresholds),
+        "--block-size",
+        *map(str, block),
+        "--context",
+        *map(str, context),
+        "--workers",
+        str(workers),
+        "--quiet",
+    ]
     wall, memory, code = run_sampled(command, out.parent / f"{out.stem}.log")
     if code != 0:
         raise RuntimeError(f"affcons segment failed ({code}), see {out.parent / f'{out.stem}.log'}")
@@ -138,13 +161,20 @@ def blockwise(affs_path: str, out: Path, thresholds, block, context, workers: in
 def overhead(summary: dict, workers: int) -> dict:
     """Wall time of the blockwise stages not explained by block work spread over the workers."""
     stages = summary["stages"]
-    busy = {s: stages[s]["read_s"] + stages[s]["compute_s"] + stages[s]["write_s"] for s in ("fragments", "edges", "extract")}
+    busy = {
+        s: stages[s]["read_s"] + stages[s]["compute_s"] + stages[s]["write_s"]
+        for s in ("fragments", "edges", "extract")
+    }
     walls = {s: stages[s]["wall_s"] for s in busy}
     ideal = sum(b / workers for b in busy.values())
     blockwise_wall = sum(walls.values())
-    return {"busy_s": busy, "stage_wall_s": walls, "overhead_s": blockwise_wall - ideal,
-            "overhead_fraction": (blockwise_wall - ideal) / summary["wall_s"],
-            "startup_and_tail_s": {s: walls[s] - stages[s]["span_s"] for s in walls}}  # fmt: skip
+    return {
+        "busy_s": busy,
+        "stage_wall_s": walls,
+        "overhead_s": blockwise_wall - ideal,
+        "overhead_fraction": (blockwise_wall - ideal) / summary["wall_s"],
+        "startup_and_tail_s": {s: walls[s] - stages[s]["span_s"] for s in walls},
+    }
 
 
 TREE_SCRIPT = textwrap.dedent(
@@ -154,7 +184,8 @@ TREE_SCRIPT = textwrap.dedent(
     from affcons.segment.agglomerate import merge_tree_bytes_per_edge
     n_edges = int(float(sys.argv[1])); n_nodes = n_edges // 5
     rng = np.random.default_rng(0)
-    warm = EdgeTable(np.array([1, 2], np.uint64), np.array([2, 3], np.uint64), np.ones(2), np.ones(2, np.uint64), np.zeros((2, 0), np.uint32))
+    pair = np.array([1, 2], np.uint64)
+    warm = EdgeTable(pair, pair + 1, np.ones(2), np.ones(2, np.uint64), np.zeros((2, 0), np.uint32))
     build_merge_tree(warm)
     # a random sparse graph with a 3-D-like degree (~10): neighbours near in id
     u = rng.integers(1, n_nodes, n_edges).astype(np.uint64)
@@ -171,7 +202,8 @@ TREE_SCRIPT = textwrap.dedent(
     start = time.perf_counter(); tree = build_merge_tree(edges); seconds = time.perf_counter() - start
     stop.set(); thread.join()
     print(json.dumps({"edges": len(u), "seconds": seconds, "growth_bytes_per_edge": (peak[0] - base) / len(u),
-                      "input_bytes_per_edge": edges.nbytes / len(u), "model_bytes_per_edge": merge_tree_bytes_per_edge(0)}))
+                      "input_bytes_per_edge": edges.nbytes / len(u),
+                      "model_bytes_per_edge": merge_tree_bytes_per_edge(0)}))
     """
 )
 
@@ -185,7 +217,12 @@ def merge_tree_check(edges: float) -> dict:
 
 def scores(segmentation: np.ndarray, labels: np.ndarray) -> dict:
     metrics = evaluate(segmentation, labels)
-    return {"voi": metrics["voi"], "voi_split": metrics["voi_split"], "voi_merge": metrics["voi_merge"], "arand": metrics["arand"]}
+    return {
+        "voi": metrics["voi"],
+        "voi_split": metrics["voi_split"],
+        "voi_merge": metrics["voi_merge"],
+        "arand": metrics["arand"],
+    }
 
 
 def main() -> None:
@@ -231,12 +268,15 @@ def main() -> None:
             if workers == worker_counts[-1]:
                 import zarr
 
-                run["metrics"] = {t: scores(zarr.open_array(str(out / f"segmentation_{t:.2f}"))[:], labels)
-                                  for t in args.thresholds}  # fmt: skip
+                run["metrics"] = {
+                    t: scores(zarr.open_array(str(out / f"segmentation_{t:.2f}"))[:], labels) for t in args.thresholds
+                }
             entry[f"blockwise_{workers}"] = run
             print(f"{size}^3: blockwise {workers} worker(s) {run['wall_s']:.1f} s", flush=True)
             shutil.rmtree(out.parent / f"{out.stem}.affcons-run" / "luts", ignore_errors=True)
-        entry["identical_outputs_1_vs_2_workers"] = len(set(map(lambda d: json.dumps(d, sort_keys=True), digests.values()))) == 1
+        entry["identical_outputs_1_vs_2_workers"] = (
+            len(set(map(lambda d: json.dumps(d, sort_keys=True), digests.values()))) == 1
+        )
         results["sizes"][size] = entry
         del labels
     results["merge_tree"] = merge_tree_check(args.tree_edges)
@@ -247,14 +287,23 @@ def main() -> None:
 
 
 def report(results: dict, args, largest: int) -> None:
-    from blockwise.plan import KASTHURI_EDGES, KASTHURI_NODES, LARGE_MACHINE_BYTES, human_bytes, human_seconds, project
-    from blockwise.plan import with_measurements
+    from blockwise.plan import (
+        KASTHURI_EDGES,
+        KASTHURI_NODES,
+        LARGE_MACHINE_BYTES,
+        human_bytes,
+        human_seconds,
+        project,
+        with_measurements,
+    )
 
     entry = results["sizes"][largest]
     voxels = entry["voxels"]
     mega = voxels / 1e6
-    print(f"\n=== {largest}^3 ({mega:.0f} Mvoxel, mirrored gala, degraded GT affinities), block {args.block}, "
-          f"context {args.context}, thresholds {args.thresholds} ===")  # fmt: skip
+    print(
+        f"\n=== {largest}^3 ({mega:.0f} Mvoxel, mirrored gala, degraded GT affinities), block {args.block}, "
+        f"context {args.context}, thresholds {args.thresholds} ==="
+    )
     rows = []
     if "waterz" in entry:
         w = entry["waterz"]
@@ -265,35 +314,48 @@ def report(results: dict, args, largest: int) -> None:
             metrics = run.get("metrics") or entry["blockwise_2"]["metrics"]
             rows.append((f"affcons blockwise, {workers} worker(s)", run["wall_s"], run["worker_peak_rss"], metrics))
     header = f"{'run':34} {'wall s':>8} {'Mvox/s':>8} {'peak RSS/worker':>16}  " + "  ".join(
-        f"VOI@{t:.1f}  ARAND@{t:.1f}" for t in args.thresholds)  # fmt: skip
+        f"VOI@{t:.1f}  ARAND@{t:.1f}" for t in args.thresholds
+    )
     print(header)
     for name, wall, rss, metrics in rows:
         cells = "  ".join(f"{metrics[t]['voi']:7.3f}  {metrics[t]['arand']:9.3f}" for t in args.thresholds)
         print(f"{name:34} {wall:8.1f} {mega / wall:8.2f} {human_bytes(rss):>16}  {cells}")
     one, two = entry.get("blockwise_1"), entry.get("blockwise_2")
     if one and two:
-        print(f"parallel efficiency (2 workers): {one['wall_s'] / (2 * two['wall_s']):.2f}; "
-              f"outputs of 1 and 2 workers byte-identical: {entry['identical_outputs_1_vs_2_workers']}")  # fmt: skip
+        print(
+            f"parallel efficiency (2 workers): {one['wall_s'] / (2 * two['wall_s']):.2f}; "
+            f"outputs of 1 and 2 workers byte-identical: {entry['identical_outputs_1_vs_2_workers']}"
+        )
     if "waterz" in entry and two:
         ratio = entry["waterz"]["wall_s"] / two["wall_s"]
         print(f"throughput blockwise 2 workers / monolithic waterz: {ratio:.2f}x (target >= 1.6x)")
     if two:
         o = two["overhead"]
-        print(f"scheduling overhead (2 workers): {o['overhead_s']:.1f} s = {100 * o['overhead_fraction']:.1f} % of wall "
-              f"(stage wall - block work / workers; startup+tail per stage "
-              f"{ {k: round(v, 1) for k, v in o['startup_and_tail_s'].items()} })")  # fmt: skip
+        print(
+            f"scheduling overhead (2 workers): {o['overhead_s']:.1f} s = {100 * o['overhead_fraction']:.1f} % of wall "
+            f"(stage wall - block work / workers; startup+tail per stage "
+            f"{ {k: round(v, 1) for k, v in o['startup_and_tail_s'].items()} })"
+        )
         stages = two["summary"]["stages"]
         print("stage wall s (2 workers): " + ", ".join(f"{k} {v['wall_s']:.1f}" for k, v in stages.items()))
         a = stages["agglomerate"]
-        print(f"agglomerate: {a['nodes']} nodes, {a['edges']} edges, edge table {a['edge_table_bytes_per_edge']:.0f} "
-              f"B/edge, merge tree model {a['merge_tree_model_bytes_per_edge']} B/edge, measured peak growth "
-              f"{a['measured_bytes_per_edge']:.0f} B/edge")  # fmt: skip
-    print("\nworker memory vs volume size (2 workers): " + ", ".join(
-        f"{s}^3 {human_bytes(e['blockwise_2']['worker_peak_rss'])}" for s, e in sorted(results["sizes"].items())))  # fmt: skip
+        print(
+            f"agglomerate: {a['nodes']} nodes, {a['edges']} edges, edge table {a['edge_table_bytes_per_edge']:.0f} "
+            f"B/edge, merge tree model {a['merge_tree_model_bytes_per_edge']} B/edge, measured peak growth "
+            f"{a['measured_bytes_per_edge']:.0f} B/edge"
+        )
+    print(
+        "\nworker memory vs volume size (2 workers): "
+        + ", ".join(
+            f"{s}^3 {human_bytes(e['blockwise_2']['worker_peak_rss'])}" for s, e in sorted(results["sizes"].items())
+        )
+    )
     tree = results["merge_tree"]
-    print(f"merge tree on a synthetic RAG of {tree['edges']:.2g} edges: {tree['seconds']:.1f} s, peak growth "
-          f"{tree['growth_bytes_per_edge']:.0f} B/edge (+ input table {tree['input_bytes_per_edge']:.0f} B/edge); "
-          f"merge_tree_bytes_per_edge(0) = {tree['model_bytes_per_edge']}")  # fmt: skip
+    print(
+        f"merge tree on a synthetic RAG of {tree['edges']:.2g} edges: {tree['seconds']:.1f} s, peak growth "
+        f"{tree['growth_bytes_per_edge']:.0f} B/edge (+ input table {tree['input_bytes_per_edge']:.0f} B/edge); "
+        f"merge_tree_bytes_per_edge(0) = {tree['model_bytes_per_edge']}"
+    )
 
     if not two:
         return
@@ -308,33 +370,50 @@ def report(results: dict, args, largest: int) -> None:
     rates = with_measurements(
         fragments_read_voxels_per_s=read_total / frag_read,
         edges_voxels_per_s=voxels / max(edges_busy, 1e-9),
-        extract_voxels_per_s=voxels * len(args.thresholds) / max(
-            stages["extract"]["read_s"] + stages["extract"]["compute_s"] + stages["extract"]["write_s"], 1e-9),
+        extract_voxels_per_s=voxels
+        * len(args.thresholds)
+        / max(stages["extract"]["read_s"] + stages["extract"]["compute_s"] + stages["extract"]["write_s"], 1e-9),
         store_write_edges_per_s=a["edges"] / max(stages["edges"]["write_s"], 1e-9),
         store_read_edges_per_s=a["edges"] / max(a["read_s"], 1e-9),
         agglomerate_edges_per_s=tree["edges"] / tree["seconds"],
-        worker_bytes_per_read_voxel=two["worker_peak_rss"] / np.prod([b + 2 * c for b, c in zip(args.block, args.context)]),
+        worker_bytes_per_read_voxel=two["worker_peak_rss"]
+        / np.prod([b + 2 * c for b, c in zip(args.block, args.context)]),
         worker_base_bytes=0.0,
-        agglomerate_bytes_per_edge=max(tree["growth_bytes_per_edge"] + tree["input_bytes_per_edge"],
-                                       a["measured_bytes_per_edge"] if a["edges"] > 1e6 else 0),
-    )  # fmt: skip
-    print("\nmeasured rates per worker: " + ", ".join(
-        f"{k} {v:.3g}" for k, v in rates.__dict__.items() if k not in ("nodes_per_voxel", "edges_per_voxel")))  # fmt: skip
-    print(f"measured RAG density here: {a['nodes'] / voxels:.2e} nodes/voxel, {a['edges'] / voxels:.2e} edges/voxel "
-          f"(Kasthuri15 typical: {KASTHURI_NODES / 2.56e11:.1e}, {KASTHURI_EDGES / 2.56e11:.1e})")  # fmt: skip
+        agglomerate_bytes_per_edge=max(
+            tree["growth_bytes_per_edge"] + tree["input_bytes_per_edge"],
+            a["measured_bytes_per_edge"] if a["edges"] > 1e6 else 0,
+        ),
+    )
+    print(
+        "\nmeasured rates per worker: "
+        + ", ".join(
+            f"{k} {v:.3g}" for k, v in rates.__dict__.items() if k not in ("nodes_per_voxel", "edges_per_voxel")
+        )
+    )
+    print(
+        f"measured RAG density here: {a['nodes'] / voxels:.2e} nodes/voxel, {a['edges'] / voxels:.2e} edges/voxel "
+        f"(Kasthuri15 typical: {KASTHURI_NODES / 2.56e11:.1e}, {KASTHURI_EDGES / 2.56e11:.1e})"
+    )
     for edges, label in ((KASTHURI_EDGES, "typical"), (3e9, "upper range")):
         for bins, scoring in ((0, "mean"), (256, "quantile50")):
             projection = project(rates, edges=edges, workers=100, histogram_bins=bins)
-            print(f"\nKasthuri15 projection ({label}: 8e7 nodes, {edges:.0e} edges; {scoring}; 100 workers of this "
-                  f"machine's speed; block 64x256x256, context 8x32x32, context overhead "
-                  f"{projection['context_overhead']:.2f}x):")  # fmt: skip
+            print(
+                f"\nKasthuri15 projection ({label}: 8e7 nodes, {edges:.0e} edges; {scoring}; 100 workers of this "
+                f"machine's speed; block 64x256x256, context 8x32x32, context overhead "
+                f"{projection['context_overhead']:.2f}x):"
+            )
             for stage, value in projection["stages"].items():
                 memory = value.get("bytes_per_worker")
-                memory_text = (f"{human_bytes(memory)} per worker" if memory is not None
-                               else f"{human_bytes(value['bytes'])} total")  # fmt: skip
+                memory_text = (
+                    f"{human_bytes(memory)} per worker"
+                    if memory is not None
+                    else f"{human_bytes(value['bytes'])} total"
+                )
                 fit = ""
                 if "fits_128GB" in value:
-                    fit = " -> fits one 128 GB machine" if value["fits_128GB"] else " -> DOES NOT FIT one 128 GB machine"
+                    fit = (
+                        " -> fits one 128 GB machine" if value["fits_128GB"] else " -> DOES NOT FIT one 128 GB machine"
+                    )
                 print(f"  {stage:28} {human_seconds(value['s']):>10}  {memory_text}{fit}")
             if bins == 0 and label == "upper range":
                 break

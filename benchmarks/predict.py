@@ -22,6 +22,7 @@ The network is the paper's CRAC architecture (filters 28-80, 16-dim embeddings, 
 ``--checkpoint`` is given; speed does not depend on the weights. ``--map implicit`` (the default map) needs only the
 embedding net; ``mean`` or a disagreement map also runs the explicit net (twice the FLOP).
 """
+
 import argparse
 import json
 import math
@@ -42,8 +43,17 @@ from funlib.geometry import Roi  # noqa: E402
 KASTHURI = (1850, 12895, 10747)  # z, y, x voxels
 TARGET_VOXELS_PER_S = 1e8
 #: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by device-name fragment.
-GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
-                        "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "RTX 4090": 165.0}  # fmt: skip
+GPU_BF16_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A6000": 155.0,
+    "RTX 4090": 165.0,
+}
 
 
 def parse_args(argv=None):
@@ -53,25 +63,36 @@ def parse_args(argv=None):
     parser.add_argument("--filters", nargs=5, type=int, default=[28, 36, 48, 64, 80], help="random network widths")
     parser.add_argument("--patch", nargs=3, type=int, default=[18, 160, 160])
     parser.add_argument("--margin", nargs=3, type=int, default=[4, 16, 16])
-    parser.add_argument("--channels", choices=("all", "short"), default="short",
-                        help="written channels (all 12 need margin >= 4 x 27 x 27 for the implicit map)")
+    parser.add_argument(
+        "--channels",
+        choices=("all", "short"),
+        default="short",
+        help="written channels (all 12 need margin >= 4 x 27 x 27 for the implicit map)",
+    )
     parser.add_argument("--map", default="implicit", choices=("implicit", "explicit", "mean"))
-    parser.add_argument("--volume", nargs=3, type=int,
-                        help="volume in voxels (default: CPU 10x256x256, GPU 80x1024x1024)")
+    parser.add_argument(
+        "--volume", nargs=3, type=int, help="volume in voxels (default: CPU 10x256x256, GPU 80x1024x1024)"
+    )
     parser.add_argument("--block", nargs=3, type=int, help="block in voxels (default: CPU 10x128x256, GPU 40x512x512)")
     parser.add_argument("--batch-size", type=int, help="patches per forward (default CPU 4, GPU 8)")
     parser.add_argument("--workers", type=int, help="CPU workers for the blockwise run (default 1, all threads)")
     parser.add_argument("--gpus", help="GPU indices for the blockwise run (default: all)")
     parser.add_argument("--peak-tflops", type=float, help="peak of the device for the fraction-of-peak line")
     parser.add_argument("--keep", help="keep the benchmark's files in this directory")
-    parser.add_argument("--compare-maps", action="store_true",
-                        help="instead: VOI / ARAND of the implicit, explicit and mean maps of --checkpoint on the ISBI "
-                             "validation sections 20-29 (how DEFAULT_MAP was chosen)")
+    parser.add_argument(
+        "--compare-maps",
+        action="store_true",
+        help="instead: VOI / ARAND of the implicit, explicit and mean maps of --checkpoint on the ISBI "
+        "validation sections 20-29 (how DEFAULT_MAP was chosen)",
+    )
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
     parser.add_argument("--per-slice", action="store_true", help="--compare-maps: 2-D fragments per section")
-    parser.add_argument("--compare-margins", action="store_true",
-                        help="instead: how the implicit short-range affinities of --checkpoint on ISBI sections 20-29 "
-                             "change with the margin (same 10 x 128 x 128 tiles, growing patches)")
+    parser.add_argument(
+        "--compare-margins",
+        action="store_true",
+        help="instead: how the implicit short-range affinities of --checkpoint on ISBI sections 20-29 "
+        "change with the margin (same 10 x 128 x 128 tiles, growing patches)",
+    )
     return parser.parse_args(argv)
 
 
@@ -101,14 +122,18 @@ def compare_margins(args) -> int:
         start = time.perf_counter()
         outputs[margin] = predict_volume(predictor, raw, roi)["affs"].astype(np.int16)
         overhead = math.prod(patch) / math.prod(tile)
-        print(f"margin {list(margin)}: patch {list(patch)}, {overhead:.2f} input voxels per output voxel, "
-              f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+        print(
+            f"margin {list(margin)}: patch {list(patch)}, {overhead:.2f} input voxels per output voxel, "
+            f"{time.perf_counter() - start:.0f} s"
+        )
     reference = outputs[MARGINS[-1]]
     print(f"difference to margin {list(MARGINS[-1])} (uint8 affinities, implicit, 3 short-range channels):")
     for margin in MARGINS[:-1]:
         difference = np.abs(outputs[margin] - reference)
-        print(f"  margin {str(list(margin)):>13}: mean {difference.mean():.3f}/255, max {difference.max()}/255, "
-              f"> 5/255 at {np.mean(difference > 5):.3%} of the values")  # fmt: skip
+        print(
+            f"  margin {str(list(margin)):>13}: mean {difference.mean():.3f}/255, max {difference.max()}/255, "
+            f"> 5/255 at {np.mean(difference > 5):.3%} of the values"
+        )
     return 0
 
 
@@ -137,25 +162,32 @@ def compare_maps(args) -> int:
         predictor = Predictor(networks, grid, name, 3, dtype="float16", batch_size=args.batch_size or 4)
         maps[name] = predict_volume(predictor, raw, roi)["affs"].astype(np.float32)
     maps["mean"] = 0.5 * (maps["implicit"] + maps["explicit"])
-    print(f"predicted sections 20-29 with patch {list(grid.patch)}, margin {list(grid.margin)} in "
-          f"{time.perf_counter() - start:.0f} s; segmenting ({'2' if args.per_slice else '3'}-D fragments, mean "
-          "agglomeration)")  # fmt: skip
+    print(
+        f"predicted sections 20-29 with patch {list(grid.patch)}, margin {list(grid.margin)} in "
+        f"{time.perf_counter() - start:.0f} s; segmenting ({'2' if args.per_slice else '3'}-D fragments, mean "
+        "agglomeration)"
+    )
     gt = np.asarray(labels[roi]).astype(np.uint64)
     print(f"{'map':>9} {'threshold':>9} {'voi_split':>9} {'voi_merge':>9} {'voi':>7} {'arand':>7}")
     best = {}
     for name, affs in maps.items():
         affs = affinities_to_float(affinities_to_uint8(affs))  # what the pipeline stores and reads back
-        segmentations = segment_affinities(affs, args.thresholds, scoring="mean", per_slice=args.per_slice,
-                                           voxel_size=(50, 4, 4))  # fmt: skip
+        segmentations = segment_affinities(
+            affs, args.thresholds, scoring="mean", per_slice=args.per_slice, voxel_size=(50, 4, 4)
+        )
         rows = []
         for threshold, segmentation in segmentations.items():
             scores = evaluate(segmentation, gt)
             rows.append((threshold, scores))
-            print(f"{name:>9} {threshold:>9.2f} {scores['voi_split']:>9.4f} {scores['voi_merge']:>9.4f} "
-                  f"{scores['voi']:>7.4f} {scores['arand']:>7.4f}")  # fmt: skip
+            print(
+                f"{name:>9} {threshold:>9.2f} {scores['voi_split']:>9.4f} {scores['voi_merge']:>9.4f} "
+                f"{scores['voi']:>7.4f} {scores['arand']:>7.4f}"
+            )
         best[name] = min(rows, key=lambda row: row[1]["voi"])
-    print("best per map (lowest VOI): " + "; ".join(
-        f"{n} {t:.2f}: VOI {s['voi']:.4f} ARAND {s['arand']:.4f}" for n, (t, s) in best.items()))
+    print(
+        "best per map (lowest VOI): "
+        + "; ".join(f"{n} {t:.2f}: VOI {s['voi']:.4f} ARAND {s['arand']:.4f}" for n, (t, s) in best.items())
+    )
     print(f"best map: {min(best, key=lambda n: best[n][1]['voi'])}")
     return 0
 
@@ -167,14 +199,24 @@ def make_checkpoint(path: Path, filters) -> Path:
     from affcons.train.config import CRACConfig
 
     isbi = Path(__file__).resolve().parents[1] / "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
-    config = validate(CRACConfig, {"data": {"train": {"raw": f"{isbi}:raw"}},
-                                   "model": {"filters": list(filters)}}, "benchmark")  # fmt: skip
+    config = validate(
+        CRACConfig, {"data": {"train": {"raw": f"{isbi}:raw"}}, "model": {"filters": list(filters)}}, "benchmark"
+    )
     torch.manual_seed(0)
     networks = CRACNetworks.from_config(config.model)
-    save_checkpoint(path, {"stage": "crac", "iteration": 0, "config_kind": "crac",
-                           "config": config.model_dump(mode="json"),
-                           "models": {"embedding": networks.embedding_net.state_dict(),
-                                      "affinity": networks.affinity_net.state_dict()}})  # fmt: skip
+    save_checkpoint(
+        path,
+        {
+            "stage": "crac",
+            "iteration": 0,
+            "config_kind": "crac",
+            "config": config.model_dump(mode="json"),
+            "models": {
+                "embedding": networks.embedding_net.state_dict(),
+                "affinity": networks.affinity_net.state_dict(),
+            },
+        },
+    )
     return path
 
 
@@ -221,8 +263,9 @@ def cpu_peak_estimate() -> tuple[float | None, str]:
     if not mhz:
         return None, "unknown"
     peak = cores * max(mhz) / 1e3 * per_cycle * 1e9
-    return peak, (f"~{peak / 1e9:.0f} GFLOP/s fp32 estimate ({cores} cores x {max(mhz) / 1e3:.2f} GHz x {per_cycle} "
-                  "FLOP/cycle)")
+    return peak, (
+        f"~{peak / 1e9:.0f} GFLOP/s fp32 estimate ({cores} cores x {max(mhz) / 1e3:.2f} GHz x {per_cycle} FLOP/cycle)"
+    )
 
 
 def main(argv=None) -> int:
@@ -263,35 +306,52 @@ def main(argv=None) -> int:
             name = torch.cuda.get_device_name(0)
             device_text = f"{name} (CUDA {torch.version.cuda}, torch {torch.__version__})"
         else:
-            device_text = (f"CPU {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-                           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")  # fmt: skip
+            device_text = (
+                f"CPU {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+                f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+            )
         print(f"device: {device_text}")
-        print(f"network: {'checkpoint ' + str(checkpoint) if args.checkpoint else 'CRAC paper size, random weights'}, "
-              f"map {args.map} ({channels} channels written), patch {list(grid.patch)}, margin {list(grid.margin)} -> "
-              f"tile {list(grid.tile)} ({grid.overhead:.2f} input voxels per output voxel), batch {batch}")  # fmt: skip
+        print(
+            f"network: {'checkpoint ' + str(checkpoint) if args.checkpoint else 'CRAC paper size, random weights'}, "
+            f"map {args.map} ({channels} channels written), patch {list(grid.patch)}, margin {list(grid.margin)} -> "
+            f"tile {list(grid.tile)} ({grid.overhead:.2f} input voxels per output voxel), batch {batch}"
+        )
         print(f"volume: {list(volume)} voxels ({voxels / 1e6:.1f} Mvoxel), blocks {list(block)} voxels")
 
         results = {}
         predictors = {}
         for precision in ("fp32", "bf16"):
-            predictors[precision] = Predictor(networks, grid, args.map, channels, device=device, precision=precision,
-                                              batch_size=batch)  # fmt: skip
+            predictors[precision] = Predictor(
+                networks, grid, args.map, channels, device=device, precision=precision, batch_size=batch
+            )
         flops = count_flops(predictors["fp32"])
         per_input = flops / math.prod(grid.patch)
         per_output = per_input * grid.overhead
-        print(f"FLOP: {flops / 1e9:.1f} GFLOP per patch = {per_input:.3g} per input voxel (same padding) = "
-              f"{per_output:.3g} per output voxel with the margin's context")  # fmt: skip
+        print(
+            f"FLOP: {flops / 1e9:.1f} GFLOP per patch = {per_input:.3g} per input voxel (same padding) = "
+            f"{per_output:.3g} per output voxel with the margin's context"
+        )
 
         for precision, predictor in predictors.items():
             seconds = time_whole_volume(predictor, raw)
             results[f"whole_{precision}"] = voxels / seconds
             label = "bf16 autocast" + (" (CPU autocast)" if not gpu else "")
-            print(f"whole-volume sliding window, {precision if precision == 'fp32' else label}: "
-                  f"{voxels / seconds:,.0f} output voxels/s ({seconds:.1f} s)")  # fmt: skip
+            print(
+                f"whole-volume sliding window, {precision if precision == 'fp32' else label}: "
+                f"{voxels / seconds:,.0f} output voxels/s ({seconds:.1f} s)"
+            )
         print(f"mixed precision speed-up (whole volume): {results['whole_bf16'] / results['whole_fp32']:.2f}x")
         if gpu:
-            tuned = Predictor(networks, grid, args.map, channels, device=device, precision="bf16", batch_size=batch,
-                              channels_last=True)  # fmt: skip
+            tuned = Predictor(
+                networks,
+                grid,
+                args.map,
+                channels,
+                device=device,
+                precision="bf16",
+                batch_size=batch,
+                channels_last=True,
+            )
             seconds = time_whole_volume(tuned, raw)
             results["whole_bf16_channels_last"] = voxels / seconds
             print(f"whole-volume sliding window, bf16 + channels_last_3d: {voxels / seconds:,.0f} output voxels/s")
@@ -299,13 +359,21 @@ def main(argv=None) -> int:
         from blockwise.predict import PredictJob, resolve
 
         options = {
-            "checkpoint": str(checkpoint), "raw": raw_path, "out": str(workdir / "out.zarr/affs"),
-            "run_dir": str(workdir / "run"), "map": args.map, "channels": args.channels, "patch": tuple(grid.patch),
-            "margin": tuple(grid.margin), "batch_size": batch, "device": args.device,
-            "block_size": tuple(b * v for b, v in zip(block, voxel_size)), "chunk_shape": tuple(grid.tile),
+            "checkpoint": str(checkpoint),
+            "raw": raw_path,
+            "out": str(workdir / "out.zarr/affs"),
+            "run_dir": str(workdir / "run"),
+            "map": args.map,
+            "channels": args.channels,
+            "patch": tuple(grid.patch),
+            "margin": tuple(grid.margin),
+            "batch_size": batch,
+            "device": args.device,
+            "block_size": tuple(b * v for b, v in zip(block, voxel_size)),
+            "chunk_shape": tuple(grid.tile),
             "execution": {"workers": args.workers or 1, "progress": False},
             "channels_last": bool(gpu and results.get("whole_bf16_channels_last", 0) > results["whole_bf16"]),
-        }  # fmt: skip
+        }
         if gpu and args.gpus:
             options["gpus"] = [int(g) for g in args.gpus.split(",")]
         if not gpu:
@@ -323,32 +391,42 @@ def main(argv=None) -> int:
         results["blockwise_span"] = voxels / span
         results["blockwise_wall"] = voxels / wall
         workers = config.execution.workers
-        print(f"blockwise ({workers} {'GPU' if gpu else 'CPU'} worker(s), {config.precision}): "
-              f"{voxels / span:,.0f} output voxels/s over the block span ({span:.1f} s), "
-              f"{voxels / wall:,.0f} including "
-              f"worker start-up ({wall:.1f} s); per block: read {timers['read_s']:.1f} s, compute "
-              f"{timers['compute_s']:.1f} s, write {timers['write_s']:.1f} s (reads/writes overlap compute), "
-              f"waiting for input {timers.get('stall_s', 0):.1f} s")  # fmt: skip
+        print(
+            f"blockwise ({workers} {'GPU' if gpu else 'CPU'} worker(s), {config.precision}): "
+            f"{voxels / span:,.0f} output voxels/s over the block span ({span:.1f} s), "
+            f"{voxels / wall:,.0f} including "
+            f"worker start-up ({wall:.1f} s); per block: read {timers['read_s']:.1f} s, compute "
+            f"{timers['compute_s']:.1f} s, write {timers['write_s']:.1f} s (reads/writes overlap compute), "
+            f"waiting for input {timers.get('stall_s', 0):.1f} s"
+        )
         key = "whole_bf16" if config.precision == "bf16" else "whole_fp32"
         again = voxels / time_whole_volume(predictors[config.precision], raw)
-        print(f"whole-volume sliding window, {config.precision}, again after the blockwise run (the machine's load "
-              f"may vary): {again:,.0f} output voxels/s")  # fmt: skip
+        print(
+            f"whole-volume sliding window, {config.precision}, again after the blockwise run (the machine's load "
+            f"may vary): {again:,.0f} output voxels/s"
+        )
         results[key] = reference = max(results[key], again)
-        print(f"blockwise / best whole-volume ({config.precision}): {results['blockwise_span'] / reference:.2f} (span), "
-              f"{results['blockwise_wall'] / reference:.2f} (wall)")  # fmt: skip
+        print(
+            f"blockwise / best whole-volume ({config.precision}): {results['blockwise_span'] / reference:.2f} (span), "
+            f"{results['blockwise_wall'] / reference:.2f} (wall)"
+        )
 
         rate = results["blockwise_span"]
         kasthuri = math.prod(KASTHURI)
         hours = kasthuri / rate / 3600
         size = f"{' x '.join(map(str, reversed(KASTHURI)))} voxels = {kasthuri / 1e9:.0f} Gvoxel"
         if gpu:
-            print(f"Kasthuri15 ({size}) at the blockwise rate: {hours:,.2f} h on {workers} GPU(s) = "
-                  f"{hours * workers:,.2f} GPU-hours")  # fmt: skip
+            print(
+                f"Kasthuri15 ({size}) at the blockwise rate: {hours:,.2f} h on {workers} GPU(s) = "
+                f"{hours * workers:,.2f} GPU-hours"
+            )
         else:
             print(f"Kasthuri15 ({size}) at the blockwise rate: {hours:,.0f} hours on this CPU machine")
-        print(f"target: {TARGET_VOXELS_PER_S:.0e} output voxels/s on one H100 = Kasthuri15 in "
-              f"{kasthuri / TARGET_VOXELS_PER_S / 60:.0f} minutes; measured {rate / TARGET_VOXELS_PER_S:.2%} of it"
-              + ("" if gpu else " (on a CPU; run with --device cuda on a GPU)"))  # fmt: skip
+        print(
+            f"target: {TARGET_VOXELS_PER_S:.0e} output voxels/s on one H100 = Kasthuri15 in "
+            f"{kasthuri / TARGET_VOXELS_PER_S / 60:.0f} minutes; measured {rate / TARGET_VOXELS_PER_S:.2%} of it"
+            + ("" if gpu else " (on a CPU; run with --device cuda on a GPU)")
+        )
         achieved = rate * per_output
         best_precision = "bf16" if gpu else max(("fp32", "bf16"), key=lambda p: results[f"whole_{p}"])
         whole_achieved = results[f"whole_{best_precision}"] * per_output
@@ -361,13 +439,21 @@ def main(argv=None) -> int:
             peak_text = f"{GPU_BF16_PEAK_TFLOPS[key]} TFLOP/s dense bf16 ({key})" if key else "unknown (--peak-tflops)"
         else:
             peak, peak_text = cpu_peak_estimate()
-        line = (f"achieved: {achieved / 1e12:.3f} TFLOP/s blockwise, {whole_achieved / 1e12:.3f} TFLOP/s whole-volume "
-                f"{best_precision}; peak {peak_text}")  # fmt: skip
+        line = (
+            f"achieved: {achieved / 1e12:.3f} TFLOP/s blockwise, {whole_achieved / 1e12:.3f} TFLOP/s whole-volume "
+            f"{best_precision}; peak {peak_text}"
+        )
         if peak:
             line += f" -> {achieved / peak:.2%} (blockwise), {whole_achieved / peak:.2%} (whole-volume) of peak"
         print(line)
-        results.update(flop_per_patch=flops, flop_per_output_voxel=per_output, device=device_text,
-                       kasthuri_hours=hours, achieved_flops=achieved, peak_flops=peak)  # fmt: skip
+        results.update(
+            flop_per_patch=flops,
+            flop_per_output_voxel=per_output,
+            device=device_text,
+            kasthuri_hours=hours,
+            achieved_flops=achieved,
+            peak_flops=peak,
+        )
         (workdir / "results.json").write_text(json.dumps(results, indent=1))
     finally:
         if not args.keep:

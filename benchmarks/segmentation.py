@@ -8,6 +8,7 @@ fragments (one ``waterz.agglomerate`` call over all thresholds). Then the merge-
 
     python benchmarks/segmentation.py [--scoring mean|quantile50]
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ VOLUMES = {
     "gala test (50x100x200, FIB-SEM)": (DATA / "gala_fibsem/test-gt.lzf.h5", "stack"),
 }
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
 def mirrored(labels: np.ndarray, shape) -> np.ndarray:
     """Tile ``labels`` by mirroring to ``shape``; each mirrored copy gets its own ids."""
     out = labels
@@ -62,15 +65,21 @@ def compare(name: str, labels: np.ndarray, scoring: str) -> None:
     reference = waterz_segmentations(affs, fragments, THRESHOLDS, scoring)
     t_waterz = time.perf_counter() - start
     print(f"\n## {name}: {labels.size / 1e6:.1f} Mvoxel, {count} fragments, {len(edges)} edges, scoring {scoring}")
-    print(f"time: watershed {t_fragments:.2f} s | affcons RAG {t_rag:.2f} s + merge tree {t_tree:.3f} s + "
-          f"{len(THRESHOLDS)} cuts and relabels {t_cuts:.2f} s | waterz agglomerate (same fragments) {t_waterz:.2f} s")
-    print(f"{'threshold':>9} | {'affcons split':>13} {'merge':>6} {'arand':>6} | {'waterz split':>12} {'merge':>6} "
-          f"{'arand':>6} | VOI(affcons, waterz)")
+    print(
+        f"time: watershed {t_fragments:.2f} s | affcons RAG {t_rag:.2f} s + merge tree {t_tree:.3f} s + "
+        f"{len(THRESHOLDS)} cuts and relabels {t_cuts:.2f} s | waterz agglomerate (same fragments) {t_waterz:.2f} s"
+    )
+    print(
+        f"{'threshold':>9} | {'affcons split':>13} {'merge':>6} {'arand':>6} | {'waterz split':>12} {'merge':>6} "
+        f"{'arand':>6} | VOI(affcons, waterz)"
+    )
     for threshold, a, w in zip(THRESHOLDS, ours, reference):
         ma, mw = evaluate(a, labels), evaluate(w, labels)
         between = evaluate(a, w.astype(np.uint64) + 1)["voi"]
-        print(f"{threshold:>9.2f} | {ma['voi_split']:>13.3f} {ma['voi_merge']:>6.3f} {ma['arand']:>6.3f} | "
-              f"{mw['voi_split']:>12.3f} {mw['voi_merge']:>6.3f} {mw['arand']:>6.3f} | {between:.2e}")
+        print(
+            f"{threshold:>9.2f} | {ma['voi_split']:>13.3f} {ma['voi_merge']:>6.3f} {ma['arand']:>6.3f} | "
+            f"{mw['voi_split']:>12.3f} {mw['voi_merge']:>6.3f} {mw['arand']:>6.3f} | {between:.2e}"
+        )
 
 
 def merge_tree_scale(scoring: str) -> None:
@@ -91,10 +100,14 @@ def merge_tree_scale(scoring: str) -> None:
         start = time.perf_counter()
         tree.lookup(0.5)
         cut_timings.append(time.perf_counter() - start)
-    print(f"\n## merge tree at the 250^3 scale (gala test mirrored to 250^3, min fragment size 500): "
-          f"{count} fragments, {len(edges)} edges, scoring {scoring}")
-    print(f"merge tree: best of 3 {min(timings):.3f} s (target < 1 s); cut at one threshold: best of 5 "
-          f"{min(cut_timings) * 1e3:.2f} ms (target < 100 ms)")
+    print(
+        f"\n## merge tree at the 250^3 scale (gala test mirrored to 250^3, min fragment size 500): "
+        f"{count} fragments, {len(edges)} edges, scoring {scoring}"
+    )
+    print(
+        f"merge tree: best of 3 {min(timings):.3f} s (target < 1 s); cut at one threshold: best of 5 "
+        f"{min(cut_timings) * 1e3:.2f} ms (target < 100 ms)"
+    )
 
 
 def main() -> None:

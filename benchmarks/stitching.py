@@ -10,6 +10,7 @@ threshold:
 
     python benchmarks/stitching.py [--volumes gala gala-test] [--thresholds 0.3 0.5 0.7]
 """
+
 import argparse
 import sys
 import tempfile
@@ -76,9 +77,12 @@ def main(argv=None) -> int:
                 for method, scores in (("stitched", stitched), ("unstitched", unstitched)):
                     differences = [scores[t] - reference[t] for t in thresholds]
                     worst[method] = max(worst[method], *(abs(d) for d in differences))
-                    print(f"{volume:<10} {'x'.join(map(str, block)):<14} {'x'.join(map(str, context)):<10} "
-                          f"{method:<11}" + "".join(f" {d:+.4f} " for d in differences)
-                          + (f"  ({seconds:.0f} s)" if method == "stitched" else ""))  # fmt: skip
+                    print(
+                        f"{volume:<10} {'x'.join(map(str, block)):<14} {'x'.join(map(str, context)):<10} "
+                        f"{method:<11}"
+                        + "".join(f" {d:+.4f} " for d in differences)
+                        + (f"  ({seconds:.0f} s)" if method == "stitched" else "")
+                    )
             print(f"{volume}: monolithic VOI " + ", ".join(f"t={t}: {reference[t]:.4f}" for t in thresholds))
     print(f"largest |difference|: stitched {worst['stitched']:.4f}, unstitched {worst['unstitched']:.4f}")
     return 0

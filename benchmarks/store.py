@@ -7,6 +7,7 @@ Without ``--mongodb-url`` it starts ``nx-27017`` (next to ``sys.executable``), a
 SQLite: its numbers measure *the protocol stand-in*, not MongoDB. It also times a prototype of the alternative
 design (one document per block holding binary edge columns) on the same server, for the ratio. Under 2 minutes.
 """
+
 import argparse
 import shutil
 import socket
@@ -36,10 +37,15 @@ def edge_blocks(n_edges: int, bins: int, per_block: int = EDGES_PER_BLOCK) -> li
     for start in range(0, n_edges, per_block):
         n = min(per_block, n_edges - start)
         u = np.uint64(2**40) + np.arange(start, start + n, dtype=np.uint64)
-        blocks.append(EdgeTable(
-            u, u + rng.integers(1, 1000, n, dtype=np.uint64), rng.random(n) * 100, rng.integers(1, 10**6, n),
-            rng.integers(0, 2**16, (n, bins)),
-        ))  # fmt: skip
+        blocks.append(
+            EdgeTable(
+                u,
+                u + rng.integers(1, 1000, n, dtype=np.uint64),
+                rng.random(n) * 100,
+                rng.integers(1, 10**6, n),
+                rng.integers(0, 2**16, (n, bins)),
+            )
+        )
     return blocks
 
 
@@ -71,10 +77,22 @@ def start_nx(directory: Path) -> tuple[subprocess.Popen, int]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [str(executable), "--data-dir", str(directory / "data"), "--host", "127.0.0.1", "--port", str(port),
-         "--log-file", str(directory / "nx.log"), "--pid-file", str(directory / "nx.pid")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(executable),
+            "--data-dir",
+            str(directory / "data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-file",
+            str(directory / "nx.log"),
+            "--pid-file",
+            str(directory / "nx.pid"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while True:
         client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=300)
@@ -101,11 +119,16 @@ def measure_block_documents(server_url: str, database: str, n_edges: int) -> flo
     blocks = edge_blocks(n_edges, 0)
     start = time.perf_counter()
     for block_id, edges in enumerate(blocks):
-        collection.insert_one({
-            "_id": block_id, "n": len(edges), "u": Binary(edges.u.astype("<i8").tobytes()),
-            "v": Binary(edges.v.astype("<i8").tobytes()), "sum": Binary(edges.affinity_sum.astype("<f8").tobytes()),
-            "count": Binary(edges.count.astype("<i8").tobytes()),
-        })  # fmt: skip
+        collection.insert_one(
+            {
+                "_id": block_id,
+                "n": len(edges),
+                "u": Binary(edges.u.astype("<i8").tobytes()),
+                "v": Binary(edges.v.astype("<i8").tobytes()),
+                "sum": Binary(edges.affinity_sum.astype("<f8").tobytes()),
+                "count": Binary(edges.count.astype("<i8").tobytes()),
+            }
+        )
     rate = n_edges / (time.perf_counter() - start)
     client.close()
     return rate
@@ -156,25 +179,35 @@ def main() -> None:
 
     short = "nx-27017" if not args.mongodb_url else "MongoDB"
     print(f"RAG store benchmark on this machine: edges in blocks of {EDGES_PER_BLOCK}, bulk batches of 1000")
-    print(f"{'backend':<40} {'edges':>8} {'write edges/s':>14} {'read edges/s':>13} {'bytes/edge':>11} "
-          f"{'4e8 edges write':>16}")  # fmt: skip
+    print(
+        f"{'backend':<40} {'edges':>8} {'write edges/s':>14} {'read edges/s':>13} {'bytes/edge':>11} "
+        f"{'4e8 edges write':>16}"
+    )
     for name, r in rows.items():
         n = args.sqlite_edges if name.startswith("SQLite") else args.mongo_edges
-        print(f"{name:<40} {n:>8,} {r['write']:>14,.0f} {r['read']:>13,.0f} {r['bytes']:>11.1f} "
-              f"{hours(KASTHURI_EDGES, r['write']):>16}")  # fmt: skip
-    print(f"{short + ' per-block binary docs (proto)':<40} {args.mongo_edges * 10:>8,} {block_rate:>14,.0f} "
-          f"{'-':>13} {'32.0*':>11} {hours(KASTHURI_EDGES, block_rate):>16}")  # fmt: skip
+        print(
+            f"{name:<40} {n:>8,} {r['write']:>14,.0f} {r['read']:>13,.0f} {r['bytes']:>11.1f} "
+            f"{hours(KASTHURI_EDGES, r['write']):>16}"
+        )
+    print(
+        f"{short + ' per-block binary docs (proto)':<40} {args.mongo_edges * 10:>8,} {block_rate:>14,.0f} "
+        f"{'-':>13} {'32.0*':>11} {hours(KASTHURI_EDGES, block_rate):>16}"
+    )
     print("  * raw column bytes (u, v, sum, count); the prototype is not part of the store")
     print("  one run each, on a machine shared with other work: expect run-to-run spread of about 2x")
     per_edge = rows[f"{label}, B=0"]["write"]
     print(f"ratio per-block binary / per-edge documents, write, on {short}: {block_rate / per_edge:,.0f}x")
-    print(f"ratio SQLite / {short} per-edge documents, write: "
-          f"{rows['SQLite file, B=0']['write'] / rows[f'{label}, B=0']['write']:,.0f}x")
+    print(
+        f"ratio SQLite / {short} per-edge documents, write: "
+        f"{rows['SQLite file, B=0']['write'] / rows[f'{label}, B=0']['write']:,.0f}x"
+    )
     if not args.mongodb_url:
         print("NOTE: nx-27017 is a pure-Python protocol stand-in on SQLite; its rates say nothing about MongoDB.")
-    print(f"ASSUMPTION (not measured): a real MongoDB server inserts ~{ASSUMED_MONGODB_DOCS_PER_S:.0e} docs/s; "
-          f"4e8 per-edge documents then take {hours(KASTHURI_EDGES, ASSUMED_MONGODB_DOCS_PER_S).strip()} per server "
-          f"(~{KASTHURI_EDGES / ASSUMED_MONGODB_DOCS_PER_S:,.0f} s), before index build-up slows inserts.")  # fmt: skip
+    print(
+        f"ASSUMPTION (not measured): a real MongoDB server inserts ~{ASSUMED_MONGODB_DOCS_PER_S:.0e} docs/s; "
+        f"4e8 per-edge documents then take {hours(KASTHURI_EDGES, ASSUMED_MONGODB_DOCS_PER_S).strip()} per server "
+        f"(~{KASTHURI_EDGES / ASSUMED_MONGODB_DOCS_PER_S:,.0f} s), before index build-up slows inserts."
+    )
 
 
 if __name__ == "__main__":

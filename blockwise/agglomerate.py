@@ -15,6 +15,7 @@ not depend on the block size: the stored edge table is exactly the whole volume'
 the tree of the whole volume. ``merge_tree.npz`` and the tables are
 written to a temporary name and renamed, so a driver killed here leaves either nothing or a complete file.
 """
+
 import json
 import os
 import threading

@@ -10,6 +10,7 @@ unknown ones by name. :meth:`SegmentConfig.fingerprint_fields` lists what decide
 merge tree): a different value for an existing run directory or output is refused, nothing is overwritten. The
 thresholds, the worker count, the launcher and the timeouts may change between runs of the same output.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -223,11 +224,22 @@ class SegmentConfig(StrictModel):
         return {
             "affs": str(Path(self.affs).absolute()),
             "graph": redact(self.graph),
-            **{key: data[key] for key in (
-                "voxel_size", "roi_offset", "roi_shape", "block_size", "context", "chunk_shape", "compression",
-                "fragments", "edges", "agglomerate",
-            )},
-        }  # fmt: skip
+            **{
+                key: data[key]
+                for key in (
+                    "voxel_size",
+                    "roi_offset",
+                    "roi_shape",
+                    "block_size",
+                    "context",
+                    "chunk_shape",
+                    "compression",
+                    "fragments",
+                    "edges",
+                    "agglomerate",
+                )
+            },
+        }
 
     def fingerprint(self) -> str:
         text = json.dumps(self.fingerprint_fields(), sort_keys=True)

@@ -13,6 +13,7 @@ to the store in bulk under the block's grid index.
 This step reads the fragments of the neighbouring blocks below, so it runs after them (daisy orders the two tasks
 block by block through their ROIs).
 """
+
 from funlib.geometry import Coordinate, Roi
 
 from blockwise.config import SegmentConfig
@@ -40,8 +41,9 @@ class EdgesStep(GraphStep):
             affs = self.affs.read(read_roi, channels=slice(0, 3))
             links = self.links.read(read_roi)
         with timers.time("compute"):
-            edges = edge_table(fragments, affinities_to_float(affs), self.config.histogram_bins, lower_context=lower,
-                               links=links)  # fmt: skip
+            edges = edge_table(
+                fragments, affinities_to_float(affs), self.config.histogram_bins, lower_context=lower, links=links
+            )
         with timers.time("write"):
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_edges(block_index, edges)

@@ -11,6 +11,7 @@ A later run with new thresholds reuses the merge tree: it only cuts and relabels
 it writes (``extract_0.50_0.70``), so done markers are kept per set of thresholds and thresholds completed earlier
 are not touched.
 """
+
 from pathlib import Path
 
 import numpy as np

@@ -12,6 +12,7 @@ with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.f
 ``RUN_DIR/face_links.zarr/links`` (uint8, the fragments' grid). The edges step turns them into the ``linked``
 counts that stitch fragments cut by a face back together.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +109,13 @@ def fragments_box(config: SegmentConfig, writable: bool = False) -> Box:
 
 def links_box(config: SegmentConfig, writable: bool = False) -> Box:
     """``RUN_DIR/face_links.zarr/links``: uint8 face-link bits, the fragments' grid (run-internal state)."""
-    return Box(str(Path(config.run_dir) / LINKS_CONTAINER), "links", tuple(config.roi_offset), tuple(config.voxel_size),
-               writable)  # fmt: skip
+    return Box(
+        str(Path(config.run_dir) / LINKS_CONTAINER),
+        "links",
+        tuple(config.roi_offset),
+        tuple(config.voxel_size),
+        writable,
+    )
 
 
 LINKS_CONTAINER = "face_links.zarr"

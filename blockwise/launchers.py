@@ -9,6 +9,7 @@
   environment, so the remote worker finds the scheduler. A non-zero exit of the job is a dirty worker exit: daisy
   starts a replacement (up to ``max_worker_restarts``) and retries the block it held.
 """
+
 import functools
 import shlex
 import subprocess
@@ -33,8 +34,9 @@ def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
 SEGMENT_WORKER = "blockwise.worker"
 
 
-def worker_command(launcher: LauncherConfig, config_path: str, step: BlockwiseStep, module: str = SEGMENT_WORKER
-                   ) -> list[str]:  # fmt: skip
+def worker_command(
+    launcher: LauncherConfig, config_path: str, step: BlockwiseStep, module: str = SEGMENT_WORKER
+) -> list[str]:
     """The command that starts one cluster worker for ``step``: ``PYTHON -m MODULE --config CONFIG_PATH``, plus
     ``--step NAME`` (and the extract thresholds) for the segmentation worker."""
     python = launcher.python or sys.executable

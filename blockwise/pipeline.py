@@ -18,6 +18,7 @@ Re-running resumes through daisy's done markers (``RUN_DIR/tracking/<task_id>``)
 overwrites its own chunks and store rows, so a resumed run -- also after SIGKILL of this driver -- ends with the
 same bytes as an uninterrupted one.
 """
+
 import datetime
 import json
 import shutil
@@ -32,7 +33,11 @@ import affcons
 from affcons.config import dump_config, load_config
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
 from blockwise.config import (
-    AFFINITY_DTYPES, ExecutionConfig, SegmentConfig, fingerprint_differences, threshold_name,
+    AFFINITY_DTYPES,
+    ExecutionConfig,
+    SegmentConfig,
+    fingerprint_differences,
+    threshold_name,
 )
 from blockwise.extract import segmentation_name
 
@@ -164,14 +169,22 @@ class TaskReport:
     def as_dict(self) -> dict:
         """The task's entry in ``summary.json``."""
         return {
-            "blocks": self.total, "completed": self.completed, "skipped": self.skipped,
-            "processed": self.completed - self.skipped, "failed": self.failed, "orphaned": self.orphaned,
-            "worker_restarts": self.worker_restarts, "failed_blocks": self.failed_blocks, "error": self.error,
-        }  # fmt: skip
+            "blocks": self.total,
+            "completed": self.completed,
+            "skipped": self.skipped,
+            "processed": self.completed - self.skipped,
+            "failed": self.failed,
+            "orphaned": self.orphaned,
+            "worker_restarts": self.worker_restarts,
+            "failed_blocks": self.failed_blocks,
+            "error": self.error,
+        }
 
     def failure_line(self) -> str:
         """``task T: 1 failed, 0 orphaned, 3/4 done; failed blocks ...; error ...`` (for stderr and the summary)."""
-        line = f"task {self.task_id}: {self.failed} failed, {self.orphaned} orphaned, {self.completed}/{self.total} done"
+        line = (
+            f"task {self.task_id}: {self.failed} failed, {self.orphaned} orphaned, {self.completed}/{self.total} done"
+        )
         if self.failed_blocks:
             line += "; failed blocks (grid index @ write ROI nm): " + ", ".join(
                 f"{b['block']} @ {b['roi']}" for b in self.failed_blocks
@@ -212,9 +225,14 @@ def make_task(step, process_function, execution: ExecutionConfig, run_dir: Path,
 
 
 def run_task(
-    step, process_function, execution: ExecutionConfig, run_dir: Path, requires: dict | None = None,
-    reset: bool = False, progress: bool | None = None,
-) -> TaskReport:  # fmt: skip
+    step,
+    process_function,
+    execution: ExecutionConfig,
+    run_dir: Path,
+    requires: dict | None = None,
+    reset: bool = False,
+    progress: bool | None = None,
+) -> TaskReport:
     """Run one blockwise step as one daisy task (:func:`make_task`) with ``requires`` per worker and
     ``execution.workers`` times that in resources; ``reset`` voids its done markers first; ``progress`` defaults
     to ``execution.progress``. Returns what happened to its blocks: counts, failed blocks by grid index and ROI,
@@ -255,8 +273,7 @@ def run_task(
         failed = []
         report.error = (report.error or "") + f" (failed blocks unavailable: {exception})"
     report.failed_blocks = [
-        {"block": step.block_index(b.write_roi), "roi": str(b.write_roi), "daisy_id": list(b.block_id)}
-        for b in failed
+        {"block": step.block_index(b.write_roi), "roi": str(b.write_roi), "daisy_id": list(b.block_id)} for b in failed
     ]
     report.failed = max(report.failed, len(report.failed_blocks))
     return report
@@ -321,7 +338,7 @@ class Driver:
                 "fingerprint_fields": self.config.fingerprint_fields(),
                 "config": self.public_config(),
                 "affcons_version": affcons.__version__,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 **extra,
             },
             "complete": False,
@@ -427,7 +444,7 @@ class Pipeline(Driver):
         self.summary = {
             "fingerprint": self.fingerprint,
             "affcons_version": affcons.__version__,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "config": self.public_config(),
             "stages": {},
             "tasks": {},
@@ -507,8 +524,9 @@ class Pipeline(Driver):
         self.summary["status"] = "complete"
         self.say(
             f"done in {time.time() - started:.1f} s: "
-            + ", ".join(f"{self.out / segmentation_name(t)} ({segments[threshold_name(t)]} segments)"
-                        for t in thresholds)  # fmt: skip
+            + ", ".join(
+                f"{self.out / segmentation_name(t)} ({segments[threshold_name(t)]} segments)" for t in thresholds
+            )
             + f"; summary: {self.run_dir / SUMMARY_FILE}"
         )
         return 0
@@ -530,11 +548,20 @@ class Pipeline(Driver):
         execution = self.config.execution
         if reset:
             shutil.rmtree(step.timers_dir(), ignore_errors=True)
-        self.say(f"{step.task_id}: {step.num_blocks} blocks, {execution.workers} worker(s), launcher "
-                 f"{execution.launcher.type}")  # fmt: skip
+        self.say(
+            f"{step.task_id}: {step.num_blocks} blocks, {execution.workers} worker(s), launcher "
+            f"{execution.launcher.type}"
+        )
         function = process_function(step, execution.launcher, str(self.run_dir / CONFIG_FILE))
-        report = run_task(step, function, execution, self.run_dir, {"cpu": 1}, reset=reset,
-                          progress=execution.progress and not self.quiet)  # fmt: skip
+        report = run_task(
+            step,
+            function,
+            execution,
+            self.run_dir,
+            {"cpu": 1},
+            reset=reset,
+            progress=execution.progress and not self.quiet,
+        )
         if report.ok:
             report.error = self.check_coverage(step, report)
         self.summary["tasks"][step.task_id] = report.as_dict()
@@ -557,8 +584,11 @@ class Pipeline(Driver):
 
     def stage_record(self, start: float, step) -> dict:
         """Wall time of a stage plus the block timers of its step summed over blocks (last attempt per block)."""
-        return {"wall_s": round(time.time() - start, 3), "task": step.task_id,
-                **summarise_timers(step.timers_dir(), since=start)}  # fmt: skip
+        return {
+            "wall_s": round(time.time() - start, 3),
+            "task": step.task_id,
+            **summarise_timers(step.timers_dir(), since=start),
+        }
 
     # ----------------------------------------------------------------------------------------------- outputs
 
@@ -643,4 +673,3 @@ def summarise_timers(directory: Path, since: float | None = None) -> dict:
     for key in ("read_s", "compute_s", "write_s"):
         totals[key] = round(totals[key], 3)
     return totals
-

@@ -8,6 +8,7 @@ edge. Rates and densities default to :data:`MEASURED` (this repository's benchma
 Any global step (agglomerate: the whole RAG in one process) whose estimated memory exceeds
 :data:`LARGE_MACHINE_BYTES` (128 GB) is flagged ``DOES NOT FIT``.
 """
+
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -121,23 +122,35 @@ def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
     }
     return {
         "volume": {
-            "affs": config.affs, "roi_offset_nm": list(config.roi_offset), "roi_shape_nm": list(config.roi_shape),
-            "voxel_size_nm": list(config.voxel_size), "shape_voxels": list(roi_voxels), "voxels": voxels,
+            "affs": config.affs,
+            "roi_offset_nm": list(config.roi_offset),
+            "roi_shape_nm": list(config.roi_shape),
+            "voxel_size_nm": list(config.voxel_size),
+            "shape_voxels": list(roi_voxels),
+            "voxels": voxels,
         },
         "blocks": {
-            "block_voxels": list(block_voxels), "context_voxels": list(context_voxels), "grid": list(grid),
+            "block_voxels": list(block_voxels),
+            "context_voxels": list(context_voxels),
+            "grid": list(grid),
             "per_task": {"fragments": math.prod(grid), "edges": math.prod(grid), "extract": math.prod(grid)},
-            "fragments_read_voxels": fragments_read, "context_overhead": round(overhead, 3),
+            "fragments_read_voxels": fragments_read,
+            "context_overhead": round(overhead, 3),
             "chunk_shape": list(config.chunk_shape),
         },
         "outputs": {
             "fragments": f"{config.out}/fragments",
             "segmentations": [f"{config.out}/segmentation_{t:.2f}" for t in thresholds],
-            "bytes_each_uncompressed": voxels * 8, "run_dir": config.run_dir, "graph": redact(config.graph),
+            "bytes_each_uncompressed": voxels * 8,
+            "run_dir": config.run_dir,
+            "graph": redact(config.graph),
             "face_links_bytes_uncompressed": voxels,
         },
         "estimate": {
-            "workers": workers, "nodes": nodes, "edges": edges, "histogram_bins": bins,
+            "workers": workers,
+            "nodes": nodes,
+            "edges": edges,
+            "histogram_bins": bins,
             "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
             "total_s": round(sum(stage_s.values()) + 3 * rates.worker_startup_s, 1),
             "worker_peak_bytes": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block,
@@ -147,7 +160,7 @@ def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
             "agglomerate_fits_128GB": agglomerate_bytes <= LARGE_MACHINE_BYTES,
             "rates": asdict(rates),
         },
-    }  # fmt: skip
+    }
 
 
 def human_bytes(value: float) -> str:
@@ -179,7 +192,8 @@ def format_plan(plan: dict) -> str:
         f"  outputs     {outputs['fragments']} and {len(outputs['segmentations'])} segmentation(s) "
         f"({', '.join(s.rsplit('/', 1)[-1] for s in outputs['segmentations'])}), uint64, "
         f"{human_bytes(outputs['bytes_each_uncompressed'])} each uncompressed, chunks {blocks['chunk_shape']}",
-        f"  run dir     {outputs['run_dir']} (face links: uint8, {human_bytes(outputs['face_links_bytes_uncompressed'])} "
+        f"  run dir     {outputs['run_dir']} (face links: uint8, "
+        f"{human_bytes(outputs['face_links_bytes_uncompressed'])} "
         "uncompressed, non-zero only on block faces); graph " + outputs["graph"],
         f"  estimate    {estimate['workers']} worker(s): "
         + ", ".join(f"{k} {human_seconds(v)}" for k, v in estimate["stage_s"].items())
@@ -194,28 +208,54 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def project(rates: Rates, shape=KASTHURI_SHAPE, nodes=KASTHURI_NODES, edges=KASTHURI_EDGES, workers: int = 100,
-            block=(64, 256, 256), context=(8, 32, 32), thresholds: int = 3, histogram_bins: int = 0) -> dict:
+def project(
+    rates: Rates,
+    shape=KASTHURI_SHAPE,
+    nodes=KASTHURI_NODES,
+    edges=KASTHURI_EDGES,
+    workers: int = 100,
+    block=(64, 256, 256),
+    context=(8, 32, 32),
+    thresholds: int = 3,
+    histogram_bins: int = 0,
+) -> dict:
     """Time and memory per stage for a volume of ``shape`` voxels with ``nodes``/``edges`` RAG, from ``rates``."""
     voxels = math.prod(shape)
     fragments_read, overhead = read_voxels(shape, block, context)
     read_block = math.prod(b + 2 * c for b, c in zip(block, context))
     bytes_per_edge = agglomerate_bytes_per_edge(rates, histogram_bins)
     stages = {
-        "fragments": {"s": fragments_read / rates.fragments_read_voxels_per_s / workers,
-                      "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block},
-        "edges": {"s": voxels / rates.edges_voxels_per_s / workers,
-                  "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block / 2},
-        "store writes (one server)": {"s": edges / rates.store_write_edges_per_s,
-                                      "bytes": edges * (STORE_BYTES_PER_EDGE + 4 * histogram_bins) + nodes * STORE_BYTES_PER_NODE},
-        "agglomerate (global)": {"s": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
-                                 "bytes": edges * bytes_per_edge + nodes * 64},
-        "extract": {"s": voxels * thresholds / rates.extract_voxels_per_s / workers,
-                    "bytes_per_worker": rates.worker_base_bytes + 40 * math.prod(block)},  # LUTs are memory-mapped
-    }  # fmt: skip
+        "fragments": {
+            "s": fragments_read / rates.fragments_read_voxels_per_s / workers,
+            "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block,
+        },
+        "edges": {
+            "s": voxels / rates.edges_voxels_per_s / workers,
+            "bytes_per_worker": rates.worker_base_bytes + rates.worker_bytes_per_read_voxel * read_block / 2,
+        },
+        "store writes (one server)": {
+            "s": edges / rates.store_write_edges_per_s,
+            "bytes": edges * (STORE_BYTES_PER_EDGE + 4 * histogram_bins) + nodes * STORE_BYTES_PER_NODE,
+        },
+        "agglomerate (global)": {
+            "s": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
+            "bytes": edges * bytes_per_edge + nodes * 64,
+        },
+        "extract": {
+            "s": voxels * thresholds / rates.extract_voxels_per_s / workers,
+            "bytes_per_worker": rates.worker_base_bytes + 40 * math.prod(block),
+        },  # LUTs are memory-mapped
+    }
     stages["agglomerate (global)"]["fits_128GB"] = stages["agglomerate (global)"]["bytes"] <= LARGE_MACHINE_BYTES
-    return {"voxels": voxels, "nodes": nodes, "edges": edges, "workers": workers, "context_overhead": overhead,
-            "bytes_per_edge": bytes_per_edge, "stages": stages}  # fmt: skip
+    return {
+        "voxels": voxels,
+        "nodes": nodes,
+        "edges": edges,
+        "workers": workers,
+        "context_overhead": overhead,
+        "bytes_per_edge": bytes_per_edge,
+        "stages": stages,
+    }
 
 
 def with_measurements(**changes) -> Rates:

@@ -24,6 +24,7 @@ or output is refused (:class:`~affcons.errors.OutputExistsError`, listing the di
 retried ``max_retries`` times and then listed, with exit code 1; outputs are marked ``complete: true`` only when
 every block succeeded.
 """
+
 import datetime
 import hashlib
 import json
@@ -138,10 +139,26 @@ class PredictConfig(StrictModel):
     def fingerprint_fields(self) -> dict:
         """What decides the bytes of the outputs (workers, GPUs, batch size, threads and timeouts do not)."""
         data = self.model_dump(mode="json")
-        fields = {key: data[key] for key in (
-            "checkpoint_sha256", "use_ema", "map", "dtype", "channels", "patch", "margin", "precision", "voxel_size",
-            "raw_offset", "roi_offset", "roi_shape", "block_size", "chunk_shape", "compression",
-        )}  # fmt: skip
+        fields = {
+            key: data[key]
+            for key in (
+                "checkpoint_sha256",
+                "use_ema",
+                "map",
+                "dtype",
+                "channels",
+                "patch",
+                "margin",
+                "precision",
+                "voxel_size",
+                "raw_offset",
+                "roi_offset",
+                "roi_shape",
+                "block_size",
+                "chunk_shape",
+                "compression",
+            )
+        }
         fields["raw"] = str(Path(self.raw).absolute())
         fields["out"] = str(Path(self.out).absolute())
         fields["disagreement"] = str(Path(self.disagreement).absolute()) if self.disagreement else None
@@ -325,8 +342,9 @@ def resolve(options: dict, block_voxels=None) -> tuple[PredictConfig, object]:
 
     device, gpus = detect_gpus(validate(PredictConfig, {**options, "run_dir": "."}, "affcons predict"))
     options["device"], options["gpus"] = device, gpus
-    from affcons.predict import resolve_precision
     import torch
+
+    from affcons.predict import resolve_precision
 
     options["precision"] = resolve_precision(options.get("precision", "auto"), torch.device(device))
     options["batch_size"] = options.get("batch_size") or (8 if device == "cuda" else 4)
@@ -363,14 +381,16 @@ class PredictStep(BlockwiseStep):
         self.out = box_for(config.out, config.roi_offset, config.voxel_size, writable=True)
         self.disagreement = (
             box_for(config.disagreement, config.roi_offset, config.voxel_size, writable=True)
-            if config.disagreement else None
+            if config.disagreement
+            else None
         )
         chunk = config.chunk_shape
         block = config.block_voxels
         # sub-blocks: whole tiles and whole chunks in z and y, the full block in x
-        self.sub_block = Coordinate(
-            (math.lcm(self.grid.tile[0], chunk[0]), math.lcm(self.grid.tile[1], chunk[1]), block[2])
-        ) * self.voxel_size
+        self.sub_block = (
+            Coordinate((math.lcm(self.grid.tile[0], chunk[0]), math.lcm(self.grid.tile[1], chunk[1]), block[2]))
+            * self.voxel_size
+        )
         self._runtime: dict = {}
 
     def __getstate__(self):
@@ -411,14 +431,23 @@ class PredictStep(BlockwiseStep):
         networks, model_config = load_model(config.checkpoint, use_ema=config.use_ema, map_location="cpu")
         channels = SHORT_RANGE if config.channels == "short" else len(networks.offsets)
         self._runtime["predictor"] = Predictor(
-            networks, self.grid, config.map, channels, disagreement=config.disagreement is not None,
-            dtype=config.dtype, device=device, precision=config.precision, batch_size=config.batch_size,
-            raw_scale=model_config.data.train.raw_scale, channels_last=config.channels_last,
-        )  # fmt: skip
+            networks,
+            self.grid,
+            config.map,
+            channels,
+            disagreement=config.disagreement is not None,
+            dtype=config.dtype,
+            device=device,
+            precision=config.precision,
+            batch_size=config.batch_size,
+            raw_scale=model_config.data.train.raw_scale,
+            channels_last=config.channels_last,
+        )
         self._runtime["reader"] = ThreadPoolExecutor(1, thread_name_prefix="predict-read")
         self._runtime["writer"] = ThreadPoolExecutor(config.writer_threads, thread_name_prefix="predict-write")
-        self._runtime["device"] = f"{device}" + (f" (GPU {gpu}: {torch.cuda.get_device_name(0)})" if gpu is not None
-                                                 or device.type == "cuda" else "")
+        self._runtime["device"] = f"{device}" + (
+            f" (GPU {gpu}: {torch.cuda.get_device_name(0)})" if gpu is not None or device.type == "cuda" else ""
+        )
 
     def teardown(self) -> None:
         for key in ("reader", "writer"):
@@ -579,10 +608,16 @@ class PredictJob(Driver):
             if channels is None and path == self.config.out:
                 num_channels = self.num_channels()
             create_volume(
-                path, Roi(self.config.roi_offset, self.config.roi_shape), self.config.voxel_size, dtype,
-                num_channels=num_channels, chunk_shape=self.config.chunk_shape, compression=self.config.compression,
-                mode="w-", attrs=self.provenance(),
-            )  # fmt: skip
+                path,
+                Roi(self.config.roi_offset, self.config.roi_shape),
+                self.config.voxel_size,
+                dtype,
+                num_channels=num_channels,
+                chunk_shape=self.config.chunk_shape,
+                compression=self.config.compression,
+                mode="w-",
+                attrs=self.provenance(),
+            )
             created = True
         return created
 
@@ -604,10 +639,12 @@ class PredictJob(Driver):
         started = time.time()
         config = self.config
         self.summary = {
-            "fingerprint": self.fingerprint, "affcons_version": affcons.__version__,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": self.public_config(), "device": describe_device(config),
-        }  # fmt: skip
+            "fingerprint": self.fingerprint,
+            "affcons_version": affcons.__version__,
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "config": self.public_config(),
+            "device": describe_device(config),
+        }
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.run_dir / CONFIG_FILE)
         from daisy import logging as daisy_logging
@@ -623,23 +660,37 @@ class PredictJob(Driver):
             f"{config.precision}"
         )
         function = process_function(step, execution.launcher, str(self.run_dir / CONFIG_FILE), "blockwise.predict")
-        report = run_task(step, function, execution, self.run_dir, {self.resource: 1}, reset=fresh,
-                          progress=execution.progress and not self.quiet)  # fmt: skip
+        report = run_task(
+            step,
+            function,
+            execution,
+            self.run_dir,
+            {self.resource: 1},
+            reset=fresh,
+            progress=execution.progress and not self.quiet,
+        )
         wall = time.time() - started
         timers = summarise_timers(step.timers_dir(), since=started)
         voxels = math.prod(config.roi_shape) // math.prod(config.voxel_size)
         processed = voxels_processed(step.timers_dir(), since=started)
-        self.summary.update({
-            "task": report.as_dict(), "timers": timers, "wall_s": round(wall, 3), "voxels": voxels,
-            "voxels_per_s": round(processed / timers["span_s"], 1) if timers["span_s"] else None,
-        })  # fmt: skip
+        self.summary.update(
+            {
+                "task": report.as_dict(),
+                "timers": timers,
+                "wall_s": round(wall, 3),
+                "voxels": voxels,
+                "voxels_per_s": round(processed / timers["span_s"], 1) if timers["span_s"] else None,
+            }
+        )
         status = 0
         if report.ok:
             for path, _, _ in self.outputs():
                 set_attrs(path, {"complete": True})
             self.summary["status"] = "complete"
-            self.say(f"predict: done in {wall:.1f} s ({report.skipped} of {report.total} blocks were already "
-                     f"done); {config.out}" + (f", {config.disagreement}" if config.disagreement else ""))  # fmt: skip
+            self.say(
+                f"predict: done in {wall:.1f} s ({report.skipped} of {report.total} blocks were already "
+                f"done); {config.out}" + (f", {config.disagreement}" if config.disagreement else "")
+            )
         else:
             status = self.fail([report])
         self.write_summary()
@@ -676,7 +727,8 @@ def format_plan(config: PredictConfig) -> str:
         f"  outputs     {config.out} ({channels or 'all'} channels, {config.dtype})"
         + (f", {config.disagreement} (uint8)" if config.disagreement else ""),
         f"  workers     {config.execution.workers} on {config.device}"
-        + (f" (GPUs {config.gpus})" if config.gpus else "") + f"; run dir {config.run_dir}",
+        + (f" (GPUs {config.gpus})" if config.gpus else "")
+        + f"; run dir {config.run_dir}",
     ]
     return "\n".join(lines)
 

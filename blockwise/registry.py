@@ -1,10 +1,11 @@
 """Steps by type tag: the ``step_type`` of a config section picks the class; unknown tags are refused by name."""
+
+from affcons.errors import ConfigError
 from blockwise.agglomerate import AgglomerateStep
 from blockwise.config import SegmentConfig
 from blockwise.edges import EdgesStep
 from blockwise.extract import ExtractStep
 from blockwise.fragments import FragmentsStep
-from affcons.errors import ConfigError
 
 STEP_TYPES = {
     "fragments": FragmentsStep,

@@ -19,6 +19,7 @@ fragment ids (``local_id + grid_index * (voxels_per_block + 1)``) and graph-stor
 ``RUN_DIR/timers/<task_id>/<host>-<pid>.jsonl`` (one JSON line per block; the summary keeps the last line per
 block), and the test-only fault injection of :func:`inject_fault`.
 """
+
 import atexit
 import json
 import math

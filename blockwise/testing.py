@@ -5,6 +5,7 @@ Real data only: ``data/gala_fibsem/*-gt.lzf.h5`` (50 x 100 x 200, ~10 nm isotrop
 labels (30 x 512 x 512 at 50 x 4 x 4 nm). Affinities follow the foundation benchmark's recipe,
 :func:`affcons.synthetic.degraded_affinities` (widened boundaries, blur 1, noise 0.15, fixed seed).
 """
+
 import hashlib
 import os
 import subprocess
@@ -57,19 +58,33 @@ def write_affinities(path: str, affs: np.ndarray, voxel_size, dtype=np.float32, 
 
     data = affinities_to_uint8(affs) if np.dtype(dtype) == np.uint8 else affs.astype(dtype)
     roi = Roi(offset, Coordinate(affs.shape[1:]) * Coordinate(voxel_size))
-    array = create_volume(path, roi, voxel_size, data.dtype, num_channels=data.shape[0], chunk_shape=chunk_shape,
-                          mode="w")  # fmt: skip
+    array = create_volume(
+        path, roi, voxel_size, data.dtype, num_channels=data.shape[0], chunk_shape=chunk_shape, mode="w"
+    )
     array[roi] = data
     return array
 
 
-def segment_argv(affs: str, out: str, thresholds=(0.3, 0.5, 0.7), block=(25, 50, 100), context=(8, 8, 8),
-                 workers: int = 2, extra=()) -> list[str]:  # fmt: skip
+def segment_argv(
+    affs: str, out: str, thresholds=(0.3, 0.5, 0.7), block=(25, 50, 100), context=(8, 8, 8), workers: int = 2, extra=()
+) -> list[str]:
     return [
-        "segment", "--affs", affs, "--out", out, "--thresholds", *map(str, thresholds),
-        "--block-size", *map(str, block), "--context", *map(str, context), "--workers", str(workers), "--quiet",
+        "segment",
+        "--affs",
+        affs,
+        "--out",
+        out,
+        "--thresholds",
+        *map(str, thresholds),
+        "--block-size",
+        *map(str, block),
+        "--context",
+        *map(str, context),
+        "--workers",
+        str(workers),
+        "--quiet",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def face_links_of_run(out) -> np.ndarray:
@@ -164,8 +179,9 @@ def reliability_volume() -> str:
 
 
 def reliability_argv(out, thresholds=RELIABILITY_THRESHOLDS, workers: int = 2, extra=()) -> list[str]:
-    return segment_argv(reliability_volume(), str(out), thresholds, RELIABILITY_BLOCK, RELIABILITY_CONTEXT, workers,
-                        extra)  # fmt: skip
+    return segment_argv(
+        reliability_volume(), str(out), thresholds, RELIABILITY_BLOCK, RELIABILITY_CONTEXT, workers, extra
+    )
 
 
 def reference_run() -> tuple[Path, dict[str, str]]:

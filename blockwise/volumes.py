@@ -5,6 +5,7 @@ workers only need those two numbers, so they skip funlib's import cost (~2 s per
 overhead. A :class:`Box` is picklable (a path and two coordinates) and opens its array lazily in the process that
 uses it.
 """
+
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -5,6 +5,7 @@ Rebuilds the step from the run's resolved config alone, connects to the daisy sc
 An exception fails the block (daisy records it and retries it elsewhere) and ends this worker with a non-zero
 exit, as daisy's own local workers do.
 """
+
 import argparse
 import sys
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"step {args.step!r} does not run on workers; blockwise steps: {', '.join(BLOCKWISE_STEPS)}")
     parameters = {"thresholds": args.thresholds} if args.step == "extract" and args.thresholds else {}
     return serve_blocks(build_step(config, args.step, **parameters))
+
 
 if __name__ == "__main__":
     sys.exit(main())

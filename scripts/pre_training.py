@@ -3,6 +3,7 @@
 A thin wrapper around ``affcons pretrain`` (see affcons/commands/train.py); options are the same, e.g. ``--run-dir``,
 ``--resume``, ``--iterations``, ``--device``.
 """
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Test-wide fixtures: the MongoDB-wire server plugin, and isolation of worker logs and outputs in tmp_path."""
+
 import os
 
 # one BLAS/OpenMP thread per process: tests start several worker processes on a 2-core machine, and oversubscribed

@@ -1,4 +1,5 @@
 """Paths of the real EM volumes bundled in ``data/`` (see data/README.md), and small loaders for tests."""
+
 from pathlib import Path
 
 import h5py

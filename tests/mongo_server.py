@@ -8,6 +8,7 @@ skipped. nx-27017 proves protocol-level correctness of the pymongo code, not Mon
 ``store_url`` (per test, parametrized ``sqlite`` / ``mongodb``): a fresh SQLite file or a fresh MongoDB database.
 Enable with ``pytest_plugins = ["tests.mongo_server"]`` in ``tests/conftest.py`` or in a test module.
 """
+
 import itertools
 import os
 import socket
@@ -98,11 +99,22 @@ def start_nx_27017(directory: Path, attempts: int = 3) -> NxServer:
         with open(directory / "nx.stdout", "ab") as output:
             process = subprocess.Popen(
                 [
-                    str(executable), "--data-dir", str(directory / "data"), "--host", "127.0.0.1", "--port",
-                    str(port), "--log-file", str(directory / "nx.log"), "--pid-file", str(directory / "nx.pid"),
+                    str(executable),
+                    "--data-dir",
+                    str(directory / "data"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-file",
+                    str(directory / "nx.log"),
+                    "--pid-file",
+                    str(directory / "nx.pid"),
                 ],
-                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         server = NxServer(process, port, directory)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:

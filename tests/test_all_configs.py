@@ -1,4 +1,5 @@
 """Every YAML file in configs/ loads into its typed config (the README and the docs name them)."""
+
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,5 @@
 """Each augmentation: shapes, dtypes, value range, label consistency, and its specific effect."""
+
 import numpy as np
 import pytest
 
@@ -27,16 +28,16 @@ def _crop(shape=(3, 24, 24)):
 
 
 GEOMETRIC = [
-    lambda r, l, g: flip_transpose(r, l, g),
-    lambda r, l, g: rotate(r, l, g),
-    lambda r, l, g: elastic(r, l, g, 16.0, 4.0),
-    lambda r, l, g: misalignment(r, l, g, 4),
+    lambda r, lab, g: flip_transpose(r, lab, g),
+    lambda r, lab, g: rotate(r, lab, g),
+    lambda r, lab, g: elastic(r, lab, g, 16.0, 4.0),
+    lambda r, lab, g: misalignment(r, lab, g, 4),
 ]
 INTENSITY = [
-    lambda r, l, g: grayscale(r, l, g),
-    lambda r, l, g: noise(r, l, g, 0.1),
-    lambda r, l, g: blur(r, l, g, 1.5),
-    lambda r, l, g: missing_section(r, l, g, 2),
+    lambda r, lab, g: grayscale(r, lab, g),
+    lambda r, lab, g: noise(r, lab, g, 0.1),
+    lambda r, lab, g: blur(r, lab, g, 1.5),
+    lambda r, lab, g: missing_section(r, lab, g, 2),
 ]
 
 
@@ -71,7 +72,7 @@ def test_geometric_moves_raw_and_labels_together():
     labels[:, 9:, 3:] = 2
     raw = (labels / 2.0).astype(np.float32)
     for seed in range(8):
-        for function in (flip_transpose, lambda r, l, g: misalignment(r, l, g, 3)):
+        for function in (flip_transpose, lambda r, lab, g: misalignment(r, lab, g, 3)):
             out_raw, out_labels = function(raw, labels, np.random.default_rng(seed))
             assert np.array_equal(out_raw, (out_labels / 2.0).astype(np.float32))
 
@@ -80,9 +81,11 @@ def test_rotate_by_90_degrees_is_exact():
     raw, labels = _crop((1, 24, 24))
     out_raw, out_labels = rotate(raw, labels, np.random.default_rng(0), angle=90.0)
     assert np.array_equal(out_labels[0], np.rot90(labels[0], k=1)) or np.array_equal(
-        out_labels[0], np.rot90(labels[0], k=-1))
+        out_labels[0], np.rot90(labels[0], k=-1)
+    )
     assert np.allclose(out_raw[0], np.rot90(raw[0], k=1), atol=1e-5) or np.allclose(
-        out_raw[0], np.rot90(raw[0], k=-1), atol=1e-5)
+        out_raw[0], np.rot90(raw[0], k=-1), atol=1e-5
+    )
 
 
 def test_elastic_uses_one_field_for_all_sections():
@@ -113,8 +116,9 @@ def test_augment_mix_probability_zero_and_one():
     raw, labels = _crop()
     off = AugmentConfig(probability=0.0)
     assert augment(raw, labels, off, np.random.default_rng(0))[0] is raw
-    on = AugmentConfig(probability=1.0, p_each=1.0, noise=True, blur=True, missing_section=True, misalignment=True,
-                       misalignment_max=2)
+    on = AugmentConfig(
+        probability=1.0, p_each=1.0, noise=True, blur=True, missing_section=True, misalignment=True, misalignment_max=2
+    )
     out_raw, out_labels = augment(raw, labels, on, np.random.default_rng(0))
     assert out_raw.shape == raw.shape and out_labels.dtype == labels.dtype
     assert not np.array_equal(out_raw, raw)

@@ -2,6 +2,7 @@
 ``$AFFCONS_TEST_MONGODB_URL``) give byte-identical outputs and the same merge tree, with quantile scoring (so edge
 histograms travel through the store too), equal to the monolithic agglomeration of the same fragments (stitched by
 the same face links)."""
+
 import numpy as np
 import pymongo
 import zarr
@@ -25,8 +26,15 @@ def test_sqlite_and_mongodb_backends_give_identical_results(tmp_path, mongodb_ur
     outputs = {}
     for backend, graph in graphs.items():
         out = tmp_path / f"{backend}.zarr"
-        argv = segment_argv(path, str(out), THRESHOLDS, (25, 50, 50), (8, 8, 8), workers=1,
-                            extra=["--graph", graph, "--scoring", "quantile50"])  # fmt: skip
+        argv = segment_argv(
+            path,
+            str(out),
+            THRESHOLDS,
+            (25, 50, 50),
+            (8, 8, 8),
+            workers=1,
+            extra=["--graph", graph, "--scoring", "quantile50"],
+        )
         assert run_cli(argv) == 0, backend
         outputs[backend] = out
     digests = {backend: chunk_digests(out) for backend, out in outputs.items()}

@@ -2,6 +2,7 @@
 srun (SLURM), sbatch --wait (SLURM) or bsub -K (LSF). Stand-ins in ``tests/bin`` put on PATH run the command
 locally; the worker rebuilds its step from ``RUN_DIR/config.yaml`` alone and connects back through
 ``DAISY_CONTEXT``. The result is byte-identical to the local launcher's."""
+
 import os
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The daisy task runner shared by ``affcons segment`` and ``affcons predict`` (``blockwise.pipeline.run_task``):
 resources per worker, and the failure report."""
+
 import daisy.v2 as daisy
 from funlib.geometry import Roi
 
@@ -35,8 +36,14 @@ def test_run_task_asks_for_requires_times_workers(tmp_path, monkeypatch):
 
 
 def test_failure_line_names_blocks_and_error():
-    report = TaskReport("predict", total=4, completed=3, failed=1,
-                        failed_blocks=[{"block": 2, "roi": "[0:10, 0:10, 10:20] (10, 10, 10)"}], error="abandoned: x")
+    report = TaskReport(
+        "predict",
+        total=4,
+        completed=3,
+        failed=1,
+        failed_blocks=[{"block": 2, "roi": "[0:10, 0:10, 10:20] (10, 10, 10)"}],
+        error="abandoned: x",
+    )
     assert report.failure_line() == (
         "task predict: 1 failed, 0 orphaned, 3/4 done; failed blocks (grid index @ write ROI nm): "
         "2 @ [0:10, 0:10, 10:20] (10, 10, 10); error: abandoned: x"

@@ -8,6 +8,7 @@
    within 0.01 of :func:`affcons.segment.segment_affinities` at every threshold. Without stitching, small blocks
    split more at a low threshold (0.3: +0.013 to +0.052 here); the stitched run is within 0.005.
 """
+
 import numpy as np
 import pytest
 import zarr
@@ -52,8 +53,10 @@ def test_blockwise_equals_monolithic_agglomeration_and_voi(gala, block, context,
         voi_blockwise = evaluate(blockwise, gala["labels"])["voi"]
         voi_monolithic = evaluate(gala["monolithic"][threshold], gala["labels"])["voi"]
         difference = voi_blockwise - voi_monolithic
-        print(f"block {block} context {context} threshold {threshold}: VOI blockwise {voi_blockwise:.4f}, "
-              f"monolithic {voi_monolithic:.4f}, difference {difference:+.4f}")  # fmt: skip
+        print(
+            f"block {block} context {context} threshold {threshold}: VOI blockwise {voi_blockwise:.4f}, "
+            f"monolithic {voi_monolithic:.4f}, difference {difference:+.4f}"
+        )
         assert abs(difference) <= 0.01
 
 

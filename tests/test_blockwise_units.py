@@ -1,5 +1,6 @@
 """Pieces of the blockwise pipeline that need no workers: config validation and fingerprints, the step registry,
 the block grid and fragment id ranges, the dense node table, the dry-run plan and its memory verdicts."""
+
 import math
 
 import numpy as np
@@ -17,10 +18,19 @@ from blockwise.testing import load_labels, mirror_to, run_cli, segment_argv, tre
 
 def config(**changes) -> SegmentConfig:
     data = dict(
-        affs="/data/in.zarr/affs", out="/data/out.zarr", run_dir="/data/out.affcons-run", graph="sqlite:////r.db",
-        voxel_size=(10, 4, 4), affs_offset=(0, 0, 0), roi_offset=(0, 0, 0), roi_shape=(500, 400, 400),
-        block_size=(200, 128, 128), context=(20, 16, 16), chunk_shape=(10, 16, 16), extract={"thresholds": [0.7, 0.3]},
-    )  # fmt: skip
+        affs="/data/in.zarr/affs",
+        out="/data/out.zarr",
+        run_dir="/data/out.affcons-run",
+        graph="sqlite:////r.db",
+        voxel_size=(10, 4, 4),
+        affs_offset=(0, 0, 0),
+        roi_offset=(0, 0, 0),
+        roi_shape=(500, 400, 400),
+        block_size=(200, 128, 128),
+        context=(20, 16, 16),
+        chunk_shape=(10, 16, 16),
+        extract={"thresholds": [0.7, 0.3]},
+    )
     data.update(changes)
     return SegmentConfig.model_validate(data)
 
@@ -35,14 +45,17 @@ def test_config_sorts_thresholds_and_fingerprint_ignores_what_does_not_change_re
     assert config(agglomerate={"scoring": "quantile50"}).histogram_bins == 256
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"chunk_shape": (3, 16, 16)}, "not a multiple of the output chunk shape"),
-    ({"block_size": (205, 128, 128)}, "not a multiple of the voxel size"),
-    ({"extract": {"thresholds": [1.2]}}, "outside [0, 1]"),
-    ({"extract": {"thresholds": [0.5, 0.50]}}, "thresholds repeat"),
-    ({"agglomerate": {"scoring": "median"}}, "unknown scoring"),
-    ({"fragments": {"step_type": "fragments", "seeds": 3}}, "Extra inputs are not permitted"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"chunk_shape": (3, 16, 16)}, "not a multiple of the output chunk shape"),
+        ({"block_size": (205, 128, 128)}, "not a multiple of the voxel size"),
+        ({"extract": {"thresholds": [1.2]}}, "outside [0, 1]"),
+        ({"extract": {"thresholds": [0.5, 0.50]}}, "thresholds repeat"),
+        ({"agglomerate": {"scoring": "median"}}, "unknown scoring"),
+        ({"fragments": {"step_type": "fragments", "seeds": 3}}, "Extra inputs are not permitted"),
+    ],
+)
 def test_config_rejects_inconsistent_values(changes, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config(**changes)
@@ -112,8 +125,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     affs = np.random.default_rng(0).random((3, 20, 40, 40)).astype(np.float32)
     write_affinities(str(tmp_path / "in.zarr" / "affs"), affs, (10, 10, 10))
     before = tree_snapshot(tmp_path)
-    argv = segment_argv(str(tmp_path / "in.zarr" / "affs"), str(tmp_path / "out.zarr"), block=(10, 20, 20),
-                        extra=["--dry-run", "--scoring", "quantile50"])  # fmt: skip
+    argv = segment_argv(
+        str(tmp_path / "in.zarr" / "affs"),
+        str(tmp_path / "out.zarr"),
+        block=(10, 20, 20),
+        extra=["--dry-run", "--scoring", "quantile50"],
+    )
     assert run_cli(argv) == 0
     plan = capsys.readouterr().out
     assert "grid [2, 2, 2]: fragments 8, edges 8, extract 8 blocks" in plan

@@ -1,5 +1,6 @@
 """``blockwise.volumes.Box``: the workers' block I/O, on real zarr v3 arrays written by funlib.persistence, with and
 without a leading channel axis, with a voxel size and an offset that are not 1 and 0."""
+
 import pickle
 
 import numpy as np

@@ -1,4 +1,5 @@
 """``affcons import`` and ``affcons info`` on the bundled HDF5 data and on zarr and TIFF files written in tmp_path."""
+
 import json
 import os
 import subprocess
@@ -52,10 +53,25 @@ def test_import_isbi_raw_and_labels(tmp_path, capsys):
 
 def test_import_gala_with_voxel_size_offset_and_chunks(tmp_path):
     destination = tmp_path / "gala.zarr/train/gt"
-    code = main([
-        "import", f"{GALA / 'train-gt.lzf.h5'}:stack", str(destination),
-        "--voxel-size", "10", "10", "10", "--offset", "100", "0", "50", "--chunks", "16", "32", "64",
-    ])  # fmt: skip
+    code = main(
+        [
+            "import",
+            f"{GALA / 'train-gt.lzf.h5'}:stack",
+            str(destination),
+            "--voxel-size",
+            "10",
+            "10",
+            "10",
+            "--offset",
+            "100",
+            "0",
+            "50",
+            "--chunks",
+            "16",
+            "32",
+            "64",
+        ]
+    )
     expect(code == 0, f"exit code {code}")
     array = open_volume(destination)
     expect(array.roi == Roi((100, 0, 50), (500, 1000, 2000)), f"roi {array.roi}")
@@ -67,9 +83,13 @@ def test_import_gala_with_voxel_size_offset_and_chunks(tmp_path):
 def test_import_zarr_v2_uses_resolution_and_offset(tmp_path):
     data = np.random.default_rng(1).random((3, 6, 10, 12), dtype=np.float32)
     zarr.create_array(
-        str(tmp_path / "old.zarr"), name="affs", data=data, chunks=(3, 2, 5, 5), zarr_format=2,
+        str(tmp_path / "old.zarr"),
+        name="affs",
+        data=data,
+        chunks=(3, 2, 5, 5),
+        zarr_format=2,
         attributes={"resolution": [40, 8, 8], "offset": [400, 80, 0]},
-    )  # fmt: skip
+    )
     expect(main(["import", str(tmp_path / "old.zarr/affs"), str(tmp_path / "new.zarr/affs")]) == 0, "import failed")
     array = open_volume(tmp_path / "new.zarr/affs")
     expect(array.voxel_size == Coordinate(40, 8, 8), f"voxel size {array.voxel_size}")
@@ -188,10 +208,14 @@ def test_info_text_fields(tmp_path, capsys):
     fields = dict(line.split(":", 1) for line in capsys.readouterr().out.strip().splitlines())
     fields = {key: value.strip() for key, value in fields.items()}
     expected = {
-        "shape": "(30, 512, 512) voxels", "dtype": "uint8", "axis names": "z, y, x", "voxel size": "(50, 4, 4) nm",
-        "offset": "(0, 0, 0) nm", "ROI": "[0:1500, 0:2048, 0:2048] (1500, 2048, 2048) nm",
+        "shape": "(30, 512, 512) voxels",
+        "dtype": "uint8",
+        "axis names": "z, y, x",
+        "voxel size": "(50, 4, 4) nm",
+        "offset": "(0, 0, 0) nm",
+        "ROI": "[0:1500, 0:2048, 0:2048] (1500, 2048, 2048) nm",
         "chunk shape": "(10, 128, 128) voxels",
-    }  # fmt: skip
+    }
     for key, value in expected.items():
         expect(fields.get(key) == value, f"{key}: {fields.get(key)!r} != {value!r}")
     raw = h5_read(ISBI, "raw")
@@ -223,9 +247,12 @@ def test_info_hdf5_and_zarr_v2(tmp_path, capsys):
     expect(info["format"] == "hdf5" and info["voxel_size_stored"] is False, f"{info}")
     expect([info["value_range"]["min"], info["value_range"]["max"]] == [image.min(), image.max()], f"{info}")
     zarr.create_array(
-        str(tmp_path / "old.zarr"), name="raw", data=np.arange(64, dtype=np.int16).reshape(4, 4, 4) - 10,
-        zarr_format=2, attributes={"resolution": [40, 4, 4], "offset": [40, 0, 0]},
-    )  # fmt: skip
+        str(tmp_path / "old.zarr"),
+        name="raw",
+        data=np.arange(64, dtype=np.int16).reshape(4, 4, 4) - 10,
+        zarr_format=2,
+        attributes={"resolution": [40, 4, 4], "offset": [40, 0, 0]},
+    )
     expect(main(["info", str(tmp_path / "old.zarr/raw"), "--json"]) == 0, "info on zarr v2 failed")
     info = json.loads(capsys.readouterr().out)
     expect(info["format"] == "zarr v2" and info["voxel_size"] == [40, 4, 4] and info["offset"] == [40, 0, 0], f"{info}")

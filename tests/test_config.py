@@ -1,6 +1,8 @@
 """Config loading: strict keys, typed values, NAME resolution, and every config in configs/ loads."""
+
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from affcons.config import StrictModel, load_config, resolve_config_path
@@ -59,5 +61,5 @@ def test_name_resolution_prefers_cwd_configs(tmp_path, monkeypatch):
 
 def test_configs_are_frozen(tmp_path):
     config = load_config(Example, write(tmp_path, "section: {size: 3}\n"))
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         config.rate = 1.0

@@ -1,4 +1,5 @@
 """The training-crop stream: contract, determinism, worker processes, resume position, zarr and HDF5 sources."""
+
 import h5py
 import numpy as np
 import pytest
@@ -17,10 +18,13 @@ ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
 
 def _data_config(**changes) -> DataConfig:
     values = dict(
-        train=VolumeConfig(raw=f"{ISBI}:raw", labels=f"{ISBI}:labels/neurites_3dcc",
-                           roi=RoiConfig(begin=(0, 0, 0), end=(6, 96, 96))),
+        train=VolumeConfig(
+            raw=f"{ISBI}:raw", labels=f"{ISBI}:labels/neurites_3dcc", roi=RoiConfig(begin=(0, 0, 0), end=(6, 96, 96))
+        ),
         sparse={"mode": "fraction", "value": 0.5, "seed": 1},
-        crop=(4, 32, 32), margin=(0, 8, 8), num_workers=0,
+        crop=(4, 32, 32),
+        margin=(0, 8, 8),
+        num_workers=0,
         augment=AugmentConfig(probability=1.0),
     )
     values.update(changes)
@@ -29,7 +33,7 @@ def _data_config(**changes) -> DataConfig:
 
 def test_repository_relative_paths():
     assert resolve_path(f"{ISBI}:raw") == REPO_ROOT / f"{ISBI}:raw"
-    assert resolve_path("/abs/file.h5:a/b") .as_posix() == "/abs/file.h5:a/b"
+    assert resolve_path("/abs/file.h5:a/b").as_posix() == "/abs/file.h5:a/b"
 
 
 def test_sample_contract():
@@ -62,17 +66,19 @@ def test_loader_workers_and_resume_position():
     in_process = iter(make_loader(dataset, start_iteration=0, num_workers=0))
     batches = [next(in_process) for _ in range(2)]
     with_worker = next(iter(make_loader(dataset, start_iteration=0, num_workers=1)))
-    assert torch.equal(with_worker["raw"], batches[0]["raw"]) and torch.equal(with_worker["target"],
-                                                                                batches[0]["target"])
+    assert torch.equal(with_worker["raw"], batches[0]["raw"]) and torch.equal(
+        with_worker["target"], batches[0]["target"]
+    )
     resumed = next(iter(make_loader(dataset, start_iteration=1, num_workers=0)))
     assert all(torch.equal(resumed[k], batches[1][k]) for k in resumed)
     assert batches[0]["raw"].shape == (2, 1, 4, 32, 32) and batches[0]["labelled"].tolist() == [True, True]
 
 
 def test_unlabelled_source_rows():
-    config = _data_config(unlabelled=VolumeConfig(raw=f"{ISBI}:raw", roi=RoiConfig(begin=(20, 0, 0),
-                                                                                    end=(24, 64, 64))),
-                          batch_size_unlabelled=1)
+    config = _data_config(
+        unlabelled=VolumeConfig(raw=f"{ISBI}:raw", roi=RoiConfig(begin=(20, 0, 0), end=(24, 64, 64))),
+        batch_size_unlabelled=1,
+    )
     dataset = CropDataset(config, CRAC_OFFSETS, seed=3, batch_size=2)
     batch = next(iter(make_loader(dataset, 0, 0)))
     assert batch["labelled"].tolist() == [True, True, False]
@@ -87,9 +93,10 @@ def test_zarr_volumes_work(tmp_path):
     for name, data in (("raw", raw), ("labels", labels)):
         array = create_volume(tmp_path / f"vol.zarr/{name}", roi, (50, 4, 4), data.dtype)
         array[roi] = data
-    config = _data_config(train=VolumeConfig(raw=str(tmp_path / "vol.zarr/raw"),
-                                             labels=str(tmp_path / "vol.zarr/labels")),
-                          sparse={"mode": "all"})
+    config = _data_config(
+        train=VolumeConfig(raw=str(tmp_path / "vol.zarr/raw"), labels=str(tmp_path / "vol.zarr/labels")),
+        sparse={"mode": "all"},
+    )
     dataset = CropDataset(config, CRAC_OFFSETS, seed=0, batch_size=1)
     assert dataset.voxel_size == (50, 4, 4)
     assert np.array_equal(dataset.raw, raw.astype(np.float32) / 255)

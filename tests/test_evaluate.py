@@ -4,13 +4,13 @@ import sys
 
 import numpy as np
 import pytest
+from funlib.geometry import Roi
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from affcons.cli import main
 from affcons.errors import VolumeError
 from affcons.evaluate import best_row, evaluate, format_table
 from affcons.io import create_volume
-from funlib.geometry import Roi
 from tests.data_paths import ISBI, gala_labels
 
 
@@ -48,15 +48,18 @@ def test_bad_inputs():
 
 
 def test_table_helpers():
-    rows = [{"threshold": 0.5, "segments": 3, "voi_split": 0.1, "voi_merge": 0.2, "voi": 0.3, "arand": 0.1},
-            {"threshold": 0.7, "segments": 2, "voi_split": 0.1, "voi_merge": 0.1, "voi": 0.2, "arand": 0.2}]
+    rows = [
+        {"threshold": 0.5, "segments": 3, "voi_split": 0.1, "voi_merge": 0.2, "voi": 0.3, "arand": 0.1},
+        {"threshold": 0.7, "segments": 2, "voi_split": 0.1, "voi_merge": 0.1, "voi": 0.2, "arand": 0.2},
+    ]
     assert best_row(rows)["threshold"] == 0.7
     assert "0.3000" in format_table(rows)
 
 
 def _zarr_labels(path, data, voxel_size=(50, 4, 4)):
-    array = create_volume(path, Roi((0, 0, 0), tuple(s * v for s, v in zip(data.shape, voxel_size))), voxel_size,
-                          data.dtype)  # fmt: skip
+    array = create_volume(
+        path, Roi((0, 0, 0), tuple(s * v for s, v in zip(data.shape, voxel_size))), voxel_size, data.dtype
+    )
     array[array.roi] = data
     return path
 
@@ -81,7 +84,8 @@ def test_evaluate_command_refuses_different_rois(tmp_path):
     seg_path = _zarr_labels(f"{tmp_path}/out.zarr/seg", np.ones((30, 512, 256), np.uint32))
     result = subprocess.run(
         [sys.executable, "-m", "affcons.cli", "evaluate", "--seg", seg_path, "--gt", f"{ISBI}:labels/neurites_3dcc"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "differs from ground truth ROI" in result.stderr and result.stdout == ""

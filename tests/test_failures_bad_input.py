@@ -1,6 +1,7 @@
 """Bad input is refused before anything is written: exit code 2, a message naming the problem, no file created or
 changed -- affinities with the wrong channel count, dtype or voxel size, a block size that is not a multiple of the
 chunk shape, thresholds outside [0, 1], and an existing output or run directory from a different config."""
+
 import numpy as np
 import pytest
 from funlib.geometry import Coordinate, Roi

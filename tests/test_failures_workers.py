@@ -2,6 +2,7 @@
 block retried with no trace left; a block that keeps failing makes the command exit 1, name the block, and mark no
 segmentation complete -- and a re-run then completes with the bytes of an uninterrupted run; a block that hangs
 past the block timeout is killed by daisy's watchdog and retried."""
+
 import json
 
 from blockwise.step import FAULT_ENV

@@ -1,4 +1,5 @@
 """Volume I/O on real files: HDF5 from the bundled data, zarr v2 and v3 written in tmp_path."""
+
 import json
 import logging
 from pathlib import Path
@@ -171,17 +172,26 @@ def test_read_hdf5_without_voxel_size():
 def test_create_volume_writes_v3_metadata_codecs_and_parents(tmp_path):
     roi = Roi((100, 40, 0), (500, 400, 200))
     affs = create_volume(
-        tmp_path / "out.zarr/volumes/affs", roi, (50, 4, 4), "float32", num_channels=3, chunk_shape=(5, 50, 25),
+        tmp_path / "out.zarr/volumes/affs",
+        roi,
+        (50, 4, 4),
+        "float32",
+        num_channels=3,
+        chunk_shape=(5, 50, 25),
         attrs={"config": {"step": "predict"}},
-    )  # fmt: skip
+    )
     if (affs.shape, tuple(affs.chunk_shape), affs.roi) != ((3, 10, 100, 50), (3, 5, 50, 25), roi):
         pytest.fail(f"shape {affs.shape}, chunks {affs.chunk_shape}, roi {affs.roi}")
     metadata = json.loads((tmp_path / "out.zarr/volumes/affs/zarr.json").read_text())
     attrs = metadata["attributes"]
     expected = {
-        "voxel_size": [50, 4, 4], "offset": [100, 40, 0], "axis_names": ["c^", "z", "y", "x"],
-        "units": ["nm", "nm", "nm"], "types": ["channel", "space", "space", "space"], "config": {"step": "predict"},
-    }  # fmt: skip
+        "voxel_size": [50, 4, 4],
+        "offset": [100, 40, 0],
+        "axis_names": ["c^", "z", "y", "x"],
+        "units": ["nm", "nm", "nm"],
+        "types": ["channel", "space", "space", "space"],
+        "config": {"step": "predict"},
+    }
     if any(attrs.get(key) != value for key, value in expected.items()) or "affcons_version" not in attrs:
         pytest.fail(f"attributes: {attrs}")
     if "created" not in attrs or [codec["name"] for codec in metadata["codecs"]] != ["bytes", "blosc"]:
@@ -304,7 +314,7 @@ def test_copy_volume_in_slabs_with_an_offset_shift(tmp_path):
     source[source.roi] = data
     target = create_volume(
         tmp_path / "t.zarr/affs", target_roi, (10, 2, 2), "uint16", num_channels=3, chunk_shape=(4, 6, 5)
-    )  # fmt: skip
+    )
     plane_bytes = 3 * 12 * 10 * 2
     slabs = copy_volume(source, target, max_slab_bytes=8 * plane_bytes)
     if slabs != 3:  # slabs of 8 z-planes (two chunk rows): 8 + 8 + 7

@@ -1,4 +1,5 @@
 """Losses against hand-computed values."""
+
 import math
 
 import pytest
@@ -42,8 +43,12 @@ def test_weighted_mse_divides_by_batch_size():
 
 def test_weighted_mse_rejects_mismatched_shapes():
     with pytest.raises(ConfigError, match="shapes differ"):
-        weighted_mse(torch.ones(1, 2, 1, 1, 1), torch.ones(1, 1, 1, 1, 1), torch.ones(1, 2, 1, 1, 1),
-                     torch.ones(2, 1, 1, 1, dtype=torch.bool))
+        weighted_mse(
+            torch.ones(1, 2, 1, 1, 1),
+            torch.ones(1, 1, 1, 1, 1),
+            torch.ones(1, 2, 1, 1, 1),
+            torch.ones(2, 1, 1, 1, dtype=torch.bool),
+        )
 
 
 def test_supervised_and_pseudo_loss_apply_weights_once():

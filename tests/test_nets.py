@@ -1,4 +1,5 @@
 """Networks: shapes, init, perturbation flag, and implicit affinities against hand-computed values."""
+
 import math
 
 import pytest
@@ -76,16 +77,21 @@ def test_implicit_affinities_hand_computed():
     embedding = vectors.T.reshape(1, 2, 1, 1, 4) * 3.0  # scale must not matter
     affs = implicit_affinities(embedding, [(0, 0, -1), (0, 0, -2), (0, 0, -5), (0, 0, 1)])
     s = 1 / math.sqrt(2)
-    expected = torch.tensor([
-        [0.0, 0.0, s, -s],      # <e(x), e(x-1)>, x = 0 invalid
-        [0.0, 0.0, s, 0.0],     # <e(x), e(x-2)>
-        [0.0, 0.0, 0.0, 0.0],   # longer than the crop: nothing valid
-        [0.0, s, -s, 0.0],      # positive offset: <e(x), e(x+1)>, last invalid
-    ])
+    expected = torch.tensor(
+        [
+            [0.0, 0.0, s, -s],  # <e(x), e(x-1)>, x = 0 invalid
+            [0.0, 0.0, s, 0.0],  # <e(x), e(x-2)>
+            [0.0, 0.0, 0.0, 0.0],  # longer than the crop: nothing valid
+            [0.0, s, -s, 0.0],  # positive offset: <e(x), e(x+1)>, last invalid
+        ]
+    )
     assert torch.allclose(affs[0, :, 0, 0], expected, atol=1e-6)
     valid = offset_validity((1, 1, 4), [(0, 0, -1), (0, 0, -2), (0, 0, -5), (0, 0, 1)])
     assert valid[:, 0, 0].tolist() == [
-        [False, True, True, True], [False, False, True, True], [False] * 4, [True, True, True, False]
+        [False, True, True, True],
+        [False, False, True, True],
+        [False] * 4,
+        [True, True, True, False],
     ]
 
 

@@ -1,5 +1,6 @@
 """The in-memory prediction core (affcons/predict.py): grid geometry, margins, uint8 conversion, and that a region on
 the tile grid gets exactly the values the whole-volume pass gives it. Tiny random networks, real ISBI raw."""
+
 import math
 from pathlib import Path
 
@@ -27,10 +28,14 @@ FILTERS = [4, 8, 8, 16, 16]
 def tiny_config(crop=PATCH, filters=FILTERS, embedding_channels=4):
     from affcons.train.config import CRACConfig
 
-    return validate(CRACConfig, {
-        "data": {"train": {"raw": f"{ISBI}:raw"}, "crop": list(crop)},
-        "model": {"filters": list(filters), "embedding_channels": embedding_channels, "bn_momentum": 0.1},
-    }, "test")  # fmt: skip
+    return validate(
+        CRACConfig,
+        {
+            "data": {"train": {"raw": f"{ISBI}:raw"}, "crop": list(crop)},
+            "model": {"filters": list(filters), "embedding_channels": embedding_channels, "bn_momentum": 0.1},
+        },
+        "test",
+    )
 
 
 def tiny_networks(seed: int = 0, config=None) -> CRACNetworks:
@@ -52,10 +57,19 @@ def make_checkpoint(path: Path, seed: int = 0, config=None, networks=None) -> Pa
 
     config = config or tiny_config()
     networks = networks or tiny_networks(seed, config)
-    save_checkpoint(Path(path), {
-        "stage": "crac", "iteration": 0, "config_kind": "crac", "config": config.model_dump(mode="json"),
-        "models": {"embedding": networks.embedding_net.state_dict(), "affinity": networks.affinity_net.state_dict()},
-    })  # fmt: skip
+    save_checkpoint(
+        Path(path),
+        {
+            "stage": "crac",
+            "iteration": 0,
+            "config_kind": "crac",
+            "config": config.model_dump(mode="json"),
+            "models": {
+                "embedding": networks.embedding_net.state_dict(),
+                "affinity": networks.affinity_net.state_dict(),
+            },
+        },
+    )
     return Path(path)
 
 
@@ -85,11 +99,14 @@ def test_grid_tiles_cover_the_region_and_input_adds_the_margin():
     assert math.isclose(grid.overhead, 6 * 64 * 64 / (4 * 32 * 32))
 
 
-@pytest.mark.parametrize("patch,margin,message", [
-    ((6, 60, 64), (1, 16, 16), "multiples of 16"),
-    ((6, 64, 64), (3, 16, 16), "leaves no output tile"),
-    ((6, 64, 64), (1, -1, 16), "must not be negative"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "patch,margin,message",
+    [
+        ((6, 60, 64), (1, 16, 16), "multiples of 16"),
+        ((6, 64, 64), (3, 16, 16), "leaves no output tile"),
+        ((6, 64, 64), (1, -1, 16), "must not be negative"),
+    ],
+)
 def test_bad_grid_is_a_config_error(patch, margin, message):
     with pytest.raises(ConfigError, match=message):
         PatchGrid(patch, margin)
@@ -111,8 +128,9 @@ def test_predictor_refuses_a_margin_that_would_zero_implicit_long_range_channels
 
 
 def test_tensor_uint8_conversion_equals_affinities_to_uint8():
-    values = np.concatenate([np.linspace(-0.1, 1.1, 10001, dtype=np.float32),
-                             (np.arange(256, dtype=np.float32) + 0.5) / 255.0])  # fmt: skip
+    values = np.concatenate(
+        [np.linspace(-0.1, 1.1, 10001, dtype=np.float32), (np.arange(256, dtype=np.float32) + 0.5) / 255.0]
+    )
     assert np.array_equal(to_uint8(torch.from_numpy(values)).numpy(), affinities_to_uint8(values))
 
 

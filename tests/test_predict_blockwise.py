@@ -1,5 +1,6 @@
 """``affcons predict`` on real daisy workers and real zarr: blockwise equals whole-volume prediction, resume after a
 kill gives identical bytes, failures are retried, listed and exit non-zero, and bad inputs are refused clearly."""
+
 import json
 import os
 import signal
@@ -29,11 +30,34 @@ RAW_SHAPE = (10, 64, 80)
 
 def predict_args(workdir: Path, out: str, block=(4, 32, 32), *extra: str) -> list[str]:
     return [
-        "predict", "--checkpoint", str(workdir / "model.pt"), "--raw", str(workdir / "in.zarr/raw"),
-        "--out", str(workdir / out), "--block-size", *map(str, block), "--workers", "1",
-        "--patch", *map(str, PATCH), "--margin", *map(str, MARGIN), "--channels", "short",
-        "--chunk-shape", "4", "32", "32", "--batch-size", "3", "--threads", "1", "--quiet", *extra,
-    ]  # fmt: skip
+        "predict",
+        "--checkpoint",
+        str(workdir / "model.pt"),
+        "--raw",
+        str(workdir / "in.zarr/raw"),
+        "--out",
+        str(workdir / out),
+        "--block-size",
+        *map(str, block),
+        "--workers",
+        "1",
+        "--patch",
+        *map(str, PATCH),
+        "--margin",
+        *map(str, MARGIN),
+        "--channels",
+        "short",
+        "--chunk-shape",
+        "4",
+        "32",
+        "32",
+        "--batch-size",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def chunk_bytes(dataset: Path) -> dict[str, bytes]:
@@ -98,11 +122,15 @@ def test_rerun_of_a_finished_run_skips_every_block_and_keeps_the_bytes(workdir):
 def test_killed_driver_resumes_to_identical_bytes(workdir):
     """SIGKILL the whole run (driver and workers) after the first finished block, re-run: same bytes as the
     uninterrupted reference run, and the re-run skips the blocks that were done."""
-    env = {**os.environ, FAULT_ENV: json.dumps({"step": "predict", "action": "sleep", "seconds": 0.7}),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        FAULT_ENV: json.dumps({"step": "predict", "action": "sleep", "seconds": 0.7}),
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, "-m", "affcons.cli", *predict_args(workdir, "killed.zarr/affs")]
-    process = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=workdir, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     timers = workdir / "killed.affs.predict-run" / "timers" / "predict"
     deadline = time.time() + 120
     try:
@@ -166,10 +194,17 @@ def test_existing_output_of_another_config_is_refused_and_untouched(workdir, cap
 
 
 def _options(workdir: Path, **changes) -> dict:
-    options = {"checkpoint": str(workdir / "model.pt"), "raw": str(workdir / "in.zarr/raw"),
-               "out": str(workdir / "x.zarr/affs"), "patch": PATCH, "margin": MARGIN, "channels": "short",
-               "chunk_shape": (4, 32, 32), "block_size": (200, 128, 128),
-               "run_dir": str(workdir / "x-run")}  # fmt: skip
+    options = {
+        "checkpoint": str(workdir / "model.pt"),
+        "raw": str(workdir / "in.zarr/raw"),
+        "out": str(workdir / "x.zarr/affs"),
+        "patch": PATCH,
+        "margin": MARGIN,
+        "channels": "short",
+        "chunk_shape": (4, 32, 32),
+        "block_size": (200, 128, 128),
+        "run_dir": str(workdir / "x-run"),
+    }
     options.update(changes)
     return options
 
@@ -192,16 +227,21 @@ def test_checkpoint_that_does_not_match_its_config_is_a_checkpoint_error(workdir
 def test_raw_with_a_channel_axis_or_another_voxel_size_is_a_volume_error(workdir, tmp_path):
     from funlib.geometry import Roi
 
-    create_volume(str(tmp_path / "bad.zarr/raw4d"), Roi((0, 0, 0), (400, 256, 256)), (50, 4, 4),
-                           np.uint8, num_channels=2)  # fmt: skip
+    create_volume(
+        str(tmp_path / "bad.zarr/raw4d"), Roi((0, 0, 0), (400, 256, 256)), (50, 4, 4), np.uint8, num_channels=2
+    )
     with pytest.raises(VolumeError, match=r"expected 3 axes \(z, y, x\) of grey values, got 4"):
         resolve(_options(workdir, raw=str(tmp_path / "bad.zarr/raw4d")))
     create_volume(str(tmp_path / "bad.zarr/raw40"), Roi((0, 0, 0), (320, 256, 256)), (40, 4, 4), np.uint8)
-    with pytest.raises(VolumeError, match=r"voxel size \(40, 4, 4\) nm differs from the model's training voxel size "
-                                          r"\(50, 4, 4\) nm"):  # fmt: skip
+    with pytest.raises(
+        VolumeError,
+        match=r"voxel size \(40, 4, 4\) nm differs from the model's training voxel size "
+        r"\(50, 4, 4\) nm",
+    ):
         resolve(_options(workdir, raw=str(tmp_path / "bad.zarr/raw40"), block_size=(160, 128, 128)))
-    config, _ = resolve(_options(workdir, raw=str(tmp_path / "bad.zarr/raw40"), model_voxel_size=(40, 4, 4),
-                                 block_size=(160, 128, 128)))
+    config, _ = resolve(
+        _options(workdir, raw=str(tmp_path / "bad.zarr/raw40"), model_voxel_size=(40, 4, 4), block_size=(160, 128, 128))
+    )
     assert config.voxel_size == (40, 4, 4)
 
 

@@ -1,4 +1,5 @@
 """Entropy, the S1 schedule and percentile, S2, and the (pseudo_labels, filter_mask) contract."""
+
 import math
 
 import numpy as np

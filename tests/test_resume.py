@@ -1,6 +1,7 @@
 """Resume: a re-run skips done blocks and ends with the same bytes as an uninterrupted run -- after success, after
 the driver was SIGKILLed in the blockwise steps or in extract, and when new thresholds are added later (which
 reuses the merge tree and touches nothing that is complete)."""
+
 import json
 import signal
 import time
@@ -10,8 +11,13 @@ import psutil
 
 from blockwise.step import FAULT_ENV
 from blockwise.testing import (
-    chunk_digests, reference_run, reliability_argv, run_cli, run_cli_subprocess, tree_snapshot,
-)  # fmt: skip
+    chunk_digests,
+    reference_run,
+    reliability_argv,
+    run_cli,
+    run_cli_subprocess,
+    tree_snapshot,
+)
 
 
 def summary_of(out) -> dict:
@@ -23,8 +29,11 @@ def done_blocks(out, task: str) -> int:
     import zarr
 
     try:
-        return int(np.count_nonzero(zarr.open_array(str(out.parent / f"{out.stem}.affcons-run" / "tracking" / task
-                                                          / "done"), mode="r")[:]))  # fmt: skip
+        return int(
+            np.count_nonzero(
+                zarr.open_array(str(out.parent / f"{out.stem}.affcons-run" / "tracking" / task / "done"), mode="r")[:]
+            )
+        )
     except Exception:  # not created yet, or a chunk in the middle of being rewritten
         return 0
 
@@ -64,7 +73,8 @@ def test_rerun_after_success_skips_every_block_and_changes_nothing():
     assert summary["thresholds_reused"] == ["0.30", "0.50", "0.70"]
     assert chunk_digests(out) == digests
     assert {k: v for k, v in tree_snapshot(out).items() if not k.endswith("zarr.json")} == {
-        k: v for k, v in before.items() if not k.endswith("zarr.json")}  # fmt: skip
+        k: v for k, v in before.items() if not k.endswith("zarr.json")
+    }
 
 
 def test_driver_sigkill_during_edges_then_rerun_resumes_with_identical_bytes(tmp_path):

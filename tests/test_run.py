@@ -1,5 +1,6 @@
 """``affcons run``: raw (HDF5, imported) -> prediction -> segmentation -> evaluation in one run directory, on real
 daisy workers with a tiny random network on an 8 x 64 x 64 crop of the bundled ISBI volume; a re-run resumes."""
+
 import json
 
 import pytest
@@ -16,15 +17,29 @@ from tests.test_predict import make_checkpoint
 def job_config(tmp_path, **changes) -> dict:
     config = {
         "raw": f"{ISBI}:raw",
-        "roi_offset": [500, 400, 400], "roi_shape": [400, 256, 256],  # sections 10-17, 64 x 64 voxels
-        "predict": {"checkpoint": str(tmp_path / "model.pt"), "channels": "short", "patch": [6, 64, 64],
-                    "margin": [1, 16, 16], "block_size": [400, 128, 256], "chunk_shape": [4, 32, 32]},
-        "segment": {"thresholds": [0.4, 0.6], "block_size": [400, 128, 256], "context": [100, 64, 64],
-                    "fragments": {"per_slice": True}},
-        "evaluate": {"ground_truth": f"{ISBI}:labels/neurites_3dcc", "roi_offset": [700, 400, 400],
-                     "roi_shape": [200, 256, 256]},
+        "roi_offset": [500, 400, 400],
+        "roi_shape": [400, 256, 256],  # sections 10-17, 64 x 64 voxels
+        "predict": {
+            "checkpoint": str(tmp_path / "model.pt"),
+            "channels": "short",
+            "patch": [6, 64, 64],
+            "margin": [1, 16, 16],
+            "block_size": [400, 128, 256],
+            "chunk_shape": [4, 32, 32],
+        },
+        "segment": {
+            "thresholds": [0.4, 0.6],
+            "block_size": [400, 128, 256],
+            "context": [100, 64, 64],
+            "fragments": {"per_slice": True},
+        },
+        "evaluate": {
+            "ground_truth": f"{ISBI}:labels/neurites_3dcc",
+            "roi_offset": [700, 400, 400],
+            "roi_shape": [200, 256, 256],
+        },
         "execution": {"workers": 1},
-    }  # fmt: skip
+    }
     config.update(changes)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))

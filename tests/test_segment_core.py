@@ -1,4 +1,5 @@
 """The in-memory segmentation core: watershed, RAG statistics, merge tree (cross-checked against waterz), cuts."""
+
 import numpy as np
 import pytest
 
@@ -96,8 +97,10 @@ def test_edge_table_statistics_by_hand():
     affs[2] = [[0.0, 0.5, 0.25], [0.0, 0.75, 1.0]]
     affs[1] = [[0.0, 0.0, 0.0], [0.125, 0.375, 0.625]]
     edges = edge_table(fragments, affs, histogram_bins=4)
-    table = {(int(u), int(v)): (s, int(c), list(h)) for u, v, s, c, h in
-             zip(edges.u, edges.v, edges.affinity_sum, edges.count, edges.histogram)}  # fmt: skip
+    table = {
+        (int(u), int(v)): (s, int(c), list(h))
+        for u, v, s, c, h in zip(edges.u, edges.v, edges.affinity_sum, edges.count, edges.histogram)
+    }
     assert table == {
         (1, 2): (0.25, 1, [0, 1, 0, 0]),
         (1, 3): (0.125 + 0.375, 2, [1, 1, 0, 0]),

@@ -1,4 +1,5 @@
 """Sparse annotation, border widening, CRAC targets, M_lab and class-balance weights (hand-computed)."""
+
 import numpy as np
 import pytest
 
@@ -43,14 +44,8 @@ def test_select_instances_count_and_all():
 
 
 def test_widen_borders_only_between_two_labelled_ids():
-    labels = np.array([[[1, 1, 2, 2],
-                        [1, 1, 2, 2],
-                        [0, 0, 0, 0],
-                        [3, 3, 0, 0]]], dtype=np.uint64)
-    want = np.array([[[1, 0, 0, 2],
-                      [1, 0, 0, 2],
-                      [0, 0, 0, 0],
-                      [3, 3, 0, 0]]], dtype=np.uint64)
+    labels = np.array([[[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0], [3, 3, 0, 0]]], dtype=np.uint64)
+    want = np.array([[[1, 0, 0, 2], [1, 0, 0, 2], [0, 0, 0, 0], [3, 3, 0, 0]]], dtype=np.uint64)
     # row 2 is 0 already; 3 touches only 0 (and 1 two rows up is outside its 3x3 window); reflect padding at the
     # left/right borders mirrors column 1 / column 2, so columns 0 and 3 keep their ids
     assert np.array_equal(widen_borders(labels), want)
@@ -123,8 +118,8 @@ def test_class_balance_weights_pooled_over_crac_channels_inverts_the_short_range
     labels = np.zeros((6, 64, 64), dtype=np.int64)  # labelled 8 x 8 neurites, 2-voxel membranes, new ids at z = 3
     for i, y in enumerate(range(0, 64, 10)):
         for j, x in enumerate(range(0, 64, 10)):
-            labels[:3, y:y + 8, x:x + 8] = 1 + 7 * i + j
-            labels[3:, y:y + 8, x:x + 8] = 100 + 7 * i + j
+            labels[:3, y : y + 8, x : x + 8] = 1 + 7 * i + j
+            labels[3:, y : y + 8, x : x + 8] = 100 + 7 * i + j
     target, _, label_mask = crac_targets(labels, CRAC_OFFSETS)
     pooled = class_balance_weights(target, label_mask)
     split = class_balance_weights(target, label_mask, per_channel=True)

@@ -1,11 +1,20 @@
 """Stitching of fragments cut by block faces (:mod:`affcons.segment.stitch`)."""
+
 import itertools
 
 import numpy as np
 import pytest
 
-from affcons.segment import EdgeTable, agglomerate_fragments, apply_lookup, build_merge_tree, edge_table
-from affcons.segment import MergeTree, segment_affinities, watershed_from_affinities
+from affcons.segment import (
+    EdgeTable,
+    MergeTree,
+    agglomerate_fragments,
+    apply_lookup,
+    build_merge_tree,
+    edge_table,
+    segment_affinities,
+    watershed_from_affinities,
+)
 from affcons.segment.stitch import face_links, pair_linked, stitch_groups
 from affcons.synthetic import degraded_affinities
 from blockwise.testing import load_labels, same_partition
@@ -39,16 +48,28 @@ def test_face_links_are_empty_where_the_face_separates_basins_or_has_no_neighbou
 
 def test_only_edges_whose_pairs_mostly_agree_are_stitched():
     ids = np.array([1, 2, 3], np.uint64)
-    edges = EdgeTable(ids[:2], ids[1:], np.array([3.0, 3.0]), np.array([4, 4], np.uint64),
-                      np.zeros((2, 0), np.uint32), np.array([3, 2], np.uint64))  # fmt: skip
+    edges = EdgeTable(
+        ids[:2],
+        ids[1:],
+        np.array([3.0, 3.0]),
+        np.array([4, 4], np.uint64),
+        np.zeros((2, 0), np.uint32),
+        np.array([3, 2], np.uint64),
+    )
     assert stitch_groups(edges, ids).tolist() == [0, 0, 2]  # 3 of 4 pairs linked: stitched; 2 of 4: not
 
 
 def test_merge_tree_puts_stitches_first_at_level_minus_infinity(tmp_path):
     u, v = np.array([1, 2, 3], np.uint64), np.array([2, 3, 4], np.uint64)
     # (1, 2): a low mean affinity (score 0.9) but stitched; (2, 3): score 0.6; (3, 4): score 0.2
-    edges = EdgeTable(u, v, np.array([0.1, 0.4, 0.8]), np.ones(3, np.uint64), np.zeros((3, 0), np.uint32),
-                      np.array([1, 0, 0], np.uint64))  # fmt: skip
+    edges = EdgeTable(
+        u,
+        v,
+        np.array([0.1, 0.4, 0.8]),
+        np.ones(3, np.uint64),
+        np.zeros((3, 0), np.uint32),
+        np.array([1, 0, 0], np.uint64),
+    )
     tree = build_merge_tree(edges)
     assert tree.num_stitches == 1 and np.isneginf(tree.level[0])
     assert tree.stitched_lookup().tolist() == [1, 1, 3, 4]
@@ -102,7 +123,7 @@ def test_edge_table_counts_linked_pairs_only_across_faces(gala_crop):
     affs, basins = gala_crop
     fragments, links = cut_into_blocks(basins, (50, 100, 50))
     edges = edge_table(fragments, affs, links=links)
-    face = (fragments[:, :, 49] != fragments[:, :, 50])  # the only face: x = 50 (z and y are one block)
+    face = fragments[:, :, 49] != fragments[:, :, 50]  # the only face: x = 50 (z and y are one block)
     assert int(edges.linked.sum()) == int((face & (basins[:, :, 49] == basins[:, :, 50])).sum())
     assert (edges.linked <= edges.count).all()
     assert not edge_table(fragments, affs).linked.any()

@@ -3,6 +3,7 @@
 Tests are named after what they prove. Expected tables are built independently of the store (from per-block
 generators) and compared exactly: ids, float64 bits, histograms, face-link counts.
 """
+
 import dataclasses
 import multiprocessing
 import os
@@ -40,10 +41,13 @@ def block_tables(block: int, n: int = 60, bins: int = BINS) -> tuple[NodeTable, 
         u = np.append(u, ids[-1])
         v = np.append(v, ids[-1] + np.uint64(10_000))  # crosses into the next block
     edges = EdgeTable(
-        u, v, rng.random(len(u)) * 1e3 + 1e-9, rng.integers(1, 2**50, len(u), dtype=np.uint64),
+        u,
+        v,
+        rng.random(len(u)) * 1e3 + 1e-9,
+        rng.integers(1, 2**50, len(u), dtype=np.uint64),
         rng.integers(0, 2**32, (len(u), bins), dtype=np.uint64).astype(np.uint32),
         rng.integers(0, 2**50, len(u), dtype=np.uint64),
-    )  # fmt: skip
+    )
     return NodeTable(ids, position, size), edges
 
 
@@ -98,9 +102,12 @@ def silent_server_port():
 def test_nodes_and_edges_round_trip_exactly(store_url):
     nodes, edges = block_tables(3)
     edges = EdgeTable(
-        edges.u, edges.v, np.r_[0.1 + 0.2, 1e-300, 2.0**-1074, 1e308, edges.affinity_sum[4:]], edges.count,
+        edges.u,
+        edges.v,
+        np.r_[0.1 + 0.2, 1e-300, 2.0**-1074, 1e308, edges.affinity_sum[4:]],
+        edges.count,
         edges.histogram,
-    )  # fmt: skip
+    )
     nodes = NodeTable(np.r_[nodes.ids[:-1], np.uint64(2**63 - 1)], nodes.position, nodes.size)
     with open_store(store_url, "w", histogram_bins=BINS) as store:
         store.write_nodes(3, nodes)
@@ -192,8 +199,10 @@ def test_partial_block_then_full_retry_leaves_exactly_the_full_set(store_url):
     half = slice(0, len(edges) // 2)
     with open_store(store_url, "w", histogram_bins=BINS, batch_size=10) as store:
         store.write_nodes(3, NodeTable(nodes.ids[:7], nodes.position[:7], nodes.size[:7]))
-        store.write_edges(3, EdgeTable(edges.u[half], edges.v[half], edges.affinity_sum[half], edges.count[half],
-                                       edges.histogram[half]))  # fmt: skip
+        store.write_edges(
+            3,
+            EdgeTable(edges.u[half], edges.v[half], edges.affinity_sum[half], edges.count[half], edges.histogram[half]),
+        )
         store.write_nodes(3, nodes)
         store.write_edges(3, edges)
         assert store.count_nodes() == len(nodes) and store.count_edges() == len(edges)
@@ -302,9 +311,10 @@ def test_mode_r_refuses_writes(store_url):
     open_store(store_url, "w").close()
     with open_store(store_url, "r") as store:
         for call in (
-            lambda: store.write_nodes(0, NodeTable.empty()), lambda: store.write_edges(0, EdgeTable.empty()),
+            lambda: store.write_nodes(0, NodeTable.empty()),
+            lambda: store.write_edges(0, EdgeTable.empty()),
             lambda: store.set_meta("k", {}),
-        ):  # fmt: skip
+        ):
             with pytest.raises(StoreError, match="read-only"):
                 call()
 
@@ -368,8 +378,11 @@ def test_meta_round_trips_and_is_replaced(store_url):
 
 
 def test_unknown_scheme_errors_naming_url_and_supported_schemes():
-    with pytest.raises(StoreError, match=r"postgresql://db/rag: unknown store URL scheme 'postgresql'; supported: "
-                                         r"sqlite://, mongodb://"):  # fmt: skip
+    with pytest.raises(
+        StoreError,
+        match=r"postgresql://db/rag: unknown store URL scheme 'postgresql'; supported: "
+        r"sqlite://, mongodb://",
+    ):
         open_store("postgresql://db/rag")
     with pytest.raises(StoreError, match="unknown store URL scheme None"):
         open_store("runs/rag.db")

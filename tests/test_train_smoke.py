@@ -3,6 +3,7 @@
 The scripts run in a subprocess from an unrelated working directory (no cwd-relative paths); the ``affcons``
 commands run in-process. Everything is written under pytest's ``tmp_path``.
 """
+
 import json
 import os
 import subprocess
@@ -42,8 +43,14 @@ def _losses(history: Path) -> list[tuple[int, float]]:
 
 
 def _script(name: str, *options: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / name), *options], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / name), *options],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -67,8 +74,10 @@ def test_unknown_and_mistyped_keys_are_rejected(tmp_path):
         load_config(CRACConfig, path)
 
 
-@pytest.mark.parametrize("command,config", [("pretrain", "pretraining_snemi3d"), ("train", "seg_snemi3d_d5_u200"),
-                                            ("train", "seg_snemi3d_d5_1024_u200_ema")])
+@pytest.mark.parametrize(
+    "command,config",
+    [("pretrain", "pretraining_snemi3d"), ("train", "seg_snemi3d_d5_u200"), ("train", "seg_snemi3d_d5_1024_u200_ema")],
+)
 def test_snemi3d_configs_without_data_name_the_missing_volume(tmp_path, capsys, command, config):
     assert train_main([command, f"-c={config}", "--run-dir", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
@@ -121,8 +130,15 @@ def test_pretraining_resume_reproduces_the_losses(pretrained, tmp_path, capsys):
 
 def test_ws_script_with_s2_validation_and_checkpoints(pretrained, tmp_path):
     run_dir = tmp_path / "ws"
-    result = _script("main.py", "-c=isbi_ws_smoke", "--run-dir", str(run_dir), "--confidence-checkpoint",
-                     str(pretrained / "confidence.pt"), cwd=tmp_path)
+    result = _script(
+        "main.py",
+        "-c=isbi_ws_smoke",
+        "--run-dir",
+        str(run_dir),
+        "--confidence-checkpoint",
+        str(pretrained / "confidence.pt"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "crac" / "history.jsonl").read_text().splitlines()]
     losses = [row for row in rows if "loss/total" in row]
@@ -135,7 +151,11 @@ def test_ws_script_with_s2_validation_and_checkpoints(pretrained, tmp_path):
     assert set(state["models"]) == {"embedding", "affinity"} and state["ema"] is None
     assert state["best"]["iteration"] in (2, 4)
     assert sorted(p.name for p in (run_dir / "crac" / "checkpoints").iterdir()) == [
-        "best.pt", "checkpoint-000002.pt", "checkpoint-000004.pt", "last.pt"]
+        "best.pt",
+        "checkpoint-000002.pt",
+        "checkpoint-000004.pt",
+        "last.pt",
+    ]
     networks, config = load_model(run_dir / "crac" / "checkpoints" / "best.pt")
     assert isinstance(networks, CRACNetworks) and config.variant == "ws" and not networks.training
     out = predict_affinities(networks, torch.rand(4, 32, 32))
@@ -146,8 +166,15 @@ def test_ws_script_with_s2_validation_and_checkpoints(pretrained, tmp_path):
 def ema_straight(pretrained, tmp_path_factory) -> Path:
     """``scripts/main_ema.py`` on the EMA smoke config, 4 iterations without interruption, with validation."""
     base = tmp_path_factory.mktemp("ema")
-    result = _script("main_ema.py", "-c=isbi_ema_smoke", "--run-dir", str(base / "run"), "--confidence-checkpoint",
-                     str(pretrained / "confidence.pt"), cwd=base)
+    result = _script(
+        "main_ema.py",
+        "-c=isbi_ema_smoke",
+        "--run-dir",
+        str(base / "run"),
+        "--confidence-checkpoint",
+        str(pretrained / "confidence.pt"),
+        cwd=base,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "run"
 
@@ -165,8 +192,14 @@ def test_ema_checkpoint_holds_teachers_and_loads(ema_straight):
 
 def test_ema_resume_reproduces_the_uninterrupted_losses(pretrained, ema_straight, tmp_path):
     run_dir = tmp_path / "run"
-    common = ["train", "-c=isbi_ema_smoke", "--run-dir", str(run_dir),
-              "--confidence-checkpoint", str(pretrained / "confidence.pt")]
+    common = [
+        "train",
+        "-c=isbi_ema_smoke",
+        "--run-dir",
+        str(run_dir),
+        "--confidence-checkpoint",
+        str(pretrained / "confidence.pt"),
+    ]
     assert cli_main([*common, "--stop-at", "2"]) == 0
     assert load_state(run_dir / "crac" / "checkpoints" / "last.pt")["iteration"] == 2
     assert cli_main([*common, "--resume"]) == 0
@@ -183,15 +216,25 @@ def test_ema_resume_reproduces_the_uninterrupted_losses(pretrained, ema_straight
 
 
 def test_resume_refuses_a_changed_config(pretrained, ema_straight, capsys):
-    code = cli_main(["train", "-c=isbi_ema_smoke", "--run-dir", str(ema_straight), "--resume", "--no-validation",
-                     "--no-detach", "--confidence-checkpoint", str(pretrained / "confidence.pt")])
+    code = cli_main(
+        [
+            "train",
+            "-c=isbi_ema_smoke",
+            "--run-dir",
+            str(ema_straight),
+            "--resume",
+            "--no-validation",
+            "--no-detach",
+            "--confidence-checkpoint",
+            str(pretrained / "confidence.pt"),
+        ]
+    )
     assert code == 2 and "config section 'loss' differs" in capsys.readouterr().err
 
 
 def test_supervised_baseline_and_missing_confidence_checkpoint(tmp_path, capsys):
     common = ["train", "-c=isbi_ws_smoke", "--iterations", "2", "--no-validation"]
-    code = train_main([*common, "--run-dir", str(tmp_path / "a"), "--confidence-checkpoint",
-                       str(tmp_path / "none.pt")])
+    code = train_main([*common, "--run-dir", str(tmp_path / "a"), "--confidence-checkpoint", str(tmp_path / "none.pt")])
     assert code == 2 and f"checkpoint {tmp_path / 'none.pt'} does not exist" in capsys.readouterr().err
     config = tmp_path / "supervised.yaml"
     data = yaml.safe_load((REPO_ROOT / "configs" / "isbi_ws_smoke.yaml").read_text())

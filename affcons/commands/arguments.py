@@ -1,4 +1,5 @@
 """Argument types shared by the command modules (argparse reports their errors as usage errors, exit code 2)."""
+
 import argparse
 
 

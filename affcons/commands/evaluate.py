@@ -1,4 +1,5 @@
 """``affcons evaluate``: VOI split/merge and adapted Rand error of a segmentation against ground truth."""
+
 import json
 
 import numpy as np

@@ -5,6 +5,7 @@ section each, in natural name order: ``s2`` before ``s10``), or ``in.zarr/datase
 The voxel size comes from ``--voxel-size`` or the source's attributes; the copy runs in z slabs of bounded size.
 Everything is checked before DEST is touched.
 """
+
 import argparse
 import contextlib
 import re
@@ -31,17 +32,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("destination", metavar="DEST", help="out.zarr/name (zarr v3)")
     parser.add_argument(
-        "--voxel-size", nargs=3, type=positive_int, metavar=("Z", "Y", "X"),
+        "--voxel-size",
+        nargs=3,
+        type=positive_int,
+        metavar=("Z", "Y", "X"),
         help="voxel size in nm (default: from the source's attributes; required for TIFF)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--offset", nargs=3, type=int, metavar=("Z", "Y", "X"),
+        "--offset",
+        nargs=3,
+        type=int,
+        metavar=("Z", "Y", "X"),
         help="offset in nm, a multiple of the voxel size (default: the source's, else 0)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--chunks", nargs=3, type=positive_int, metavar=("Z", "Y", "X"),
+        "--chunks",
+        nargs=3,
+        type=positive_int,
+        metavar=("Z", "Y", "X"),
         help="chunk shape in voxels (default: 64 per axis, clipped to the volume)",
-    )  # fmt: skip
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
 
 
@@ -192,4 +202,3 @@ def _is_container(path: str) -> bool:
 
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-

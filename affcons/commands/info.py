@@ -3,6 +3,7 @@
 PATH is ``out.zarr/name`` (zarr v3 or v2) or ``file.h5:dataset``. The value range is exact for volumes of at most
 ``--max-voxels`` voxels; larger ones are sampled from evenly spaced chunks and reported as "sampled".
 """
+
 import argparse
 import json
 
@@ -20,9 +21,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="out.zarr/name or file.h5:dataset")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--max-voxels", type=int, default=2**27, metavar="N",
+        "--max-voxels",
+        type=int,
+        default=2**27,
+        metavar="N",
         help=f"read every voxel for the value range up to N voxels, else {SAMPLE_CHUNKS} chunks (default: 2^27)",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:

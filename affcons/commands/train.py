@@ -10,6 +10,7 @@
 current directory), else the config's ``run_dir``, else ``runs/<config name>``; config paths are relative to the
 repository root. A run directory that already holds checkpoints is refused unless ``--resume`` is given.
 """
+
 import argparse
 import json
 import logging
@@ -27,19 +28,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="output directory (default: runs/<config name> under the repository)")
     parser.add_argument("--resume", action="store_true", help="continue from <run-dir>/<stage>/checkpoints/last.pt")
     parser.add_argument("--iterations", type=int, help="override run.iterations (pretrain: both stages)")
-    parser.add_argument("--stop-at", type=int,
-                        help="stop each stage after this iteration with a checkpoint (continue later with --resume)")
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        help="stop each stage after this iteration with a checkpoint (continue later with --resume)",
+    )
     parser.add_argument("--device", help="override run.device (auto, cpu, cuda, cuda:N)")
     parser.add_argument("--num-workers", type=int, help="override data.num_workers")
     parser.add_argument("--validate-every", type=int, help="override validation.every (0: only at the end)")
     parser.add_argument("--no-validation", action="store_true", help="disable validation")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], help="override run.amp (CUDA only)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA only)")
-    parser.add_argument("--threads", type=int,
-                        help="torch CPU threads (on a shared machine 1 is often much faster than oversubscribing)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (on a shared machine 1 is often much faster than oversubscribing)",
+    )
     if _command(parser) != "pretrain":
-        parser.add_argument("--no-detach", action="store_true",
-                            help="let gradients flow through pseudo-labels, as the reference code does")
+        parser.add_argument(
+            "--no-detach",
+            action="store_true",
+            help="let gradients flow through pseudo-labels, as the reference code does",
+        )
         parser.add_argument("--confidence-checkpoint", help="override pseudo.s2.checkpoint (S2 confidence net)")
         parser.add_argument("--no-s2", action="store_true", help="disable strategy S2 (S1 only)")
     else:
@@ -73,8 +83,12 @@ def load_run_config(command: str, args: argparse.Namespace):
             base["stage1"]["save_at"] = sorted({min(i, args.iterations) for i in base["stage1"]["save_at"]})
         else:
             base["run"]["iterations"] = args.iterations
-    for option, dotted in (("device", "run.device"), ("num_workers", "data.num_workers"),
-                           ("validate_every", "validation.every"), ("amp", "run.amp")):
+    for option, dotted in (
+        ("device", "run.device"),
+        ("num_workers", "data.num_workers"),
+        ("validate_every", "validation.every"),
+        ("amp", "run.amp"),
+    ):
         if getattr(args, option, None) is not None:
             _set(base, dotted, getattr(args, option))
     if args.compile:
@@ -116,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _common_setup(config, run_dir: Path):
     """Device, seeds, data (a missing volume is a VolumeError naming it) and the validation volume."""
-    from affcons.train.dataset import CropDataset, load_volume
     from affcons.nets import select_device
+    from affcons.train.dataset import CropDataset, load_volume
 
     device = select_device(config.run.device)
     dataset = CropDataset(config.data, config.model.offsets, config.run.seed, config.run.batch_size)
@@ -126,13 +140,18 @@ def _common_setup(config, run_dir: Path):
         validation = load_volume(config.validation.volume, "validation.volume", need_labels=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / f"config-{config.kind}.yaml")
-    (run_dir / "sparse.json").write_text(json.dumps({
-        "id_fraction": dataset.sparse_report.id_fraction,
-        "voxel_fraction": dataset.sparse_report.voxel_fraction,
-        "labelled_fraction": dataset.sparse_report.labelled_fraction,
-        "kept_ids": list(dataset.sparse_report.kept_ids),
-        "total_ids": dataset.sparse_report.total_ids,
-    }, indent=1))
+    (run_dir / "sparse.json").write_text(
+        json.dumps(
+            {
+                "id_fraction": dataset.sparse_report.id_fraction,
+                "voxel_fraction": dataset.sparse_report.voxel_fraction,
+                "labelled_fraction": dataset.sparse_report.labelled_fraction,
+                "kept_ids": list(dataset.sparse_report.kept_ids),
+                "total_ids": dataset.sparse_report.total_ids,
+            },
+            indent=1,
+        )
+    )
     logger.info("run directory %s, device %s", run_dir, device)
     return device, dataset, validation
 
@@ -154,8 +173,17 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
         confidence_net = load_confidence_net(resolve_path(s2.checkpoint), device)
     seed_everything(config.run.seed, config.run.deterministic)
     strategy = CRACStrategy(config, device, confidence_net)
-    trainer = Trainer(strategy, config, dataset, stage_dir, "crac", config.run.iterations, device, validation,
-                      tensorboard_dir=run_dir / "tensorboard" / "crac")
+    trainer = Trainer(
+        strategy,
+        config,
+        dataset,
+        stage_dir,
+        "crac",
+        config.run.iterations,
+        device,
+        validation,
+        tensorboard_dir=run_dir / "tensorboard" / "crac",
+    )
     if args.resume:
         trainer.resume()
     summary = trainer.run(stop_at=args.stop_at)
@@ -178,9 +206,18 @@ def pretrain(config, run_dir: Path, args: argparse.Namespace) -> dict:
             prepare_stage_dir(stage1_dir, args.resume)
             seed_everything(config.run.seed, config.run.deterministic)
             strategy = EmbeddingWarmupStrategy(config, device)
-            trainer = Trainer(strategy, config, dataset, stage1_dir, "pretrain-stage1", config.stage1.iterations,
-                              device, validation, save_at=config.stage1.save_at,
-                              tensorboard_dir=run_dir / "tensorboard" / "stage1")
+            trainer = Trainer(
+                strategy,
+                config,
+                dataset,
+                stage1_dir,
+                "pretrain-stage1",
+                config.stage1.iterations,
+                device,
+                validation,
+                save_at=config.stage1.save_at,
+                tensorboard_dir=run_dir / "tensorboard" / "stage1",
+            )
             if args.resume:
                 trainer.resume()
             summaries["stage1"] = trainer.run(stop_at=args.stop_at)
@@ -195,16 +232,27 @@ def pretrain(config, run_dir: Path, args: argparse.Namespace) -> dict:
         prepare_stage_dir(stage2_dir, resume2)
         seed_everything(config.run.seed + 1, config.run.deterministic)
         strategy = ConfidenceStrategy(config, device, predictors)
-        trainer = Trainer(strategy, config, dataset, stage2_dir, "pretrain-stage2", config.stage2.iterations,
-                          device, None, tensorboard_dir=run_dir / "tensorboard" / "stage2")
+        trainer = Trainer(
+            strategy,
+            config,
+            dataset,
+            stage2_dir,
+            "pretrain-stage2",
+            config.stage2.iterations,
+            device,
+            None,
+            tensorboard_dir=run_dir / "tensorboard" / "stage2",
+        )
         if resume2:
             trainer.resume()
         summaries["stage2"] = trainer.run(stop_at=args.stop_at)
         if trainer.iteration >= config.stage2.iterations:
             state = load_state(stage2_dir / "checkpoints" / "last.pt")
             export = run_dir / "confidence.pt"
-            save_checkpoint(export, {"stage": "confidence", **{k: state[k] for k in (
-                "iteration", "config_kind", "config", "models")}})
+            save_checkpoint(
+                export,
+                {"stage": "confidence", **{k: state[k] for k in ("iteration", "config_kind", "config", "models")}},
+            )
             summaries["confidence_checkpoint"] = str(export)
     return summaries
 
@@ -226,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_parser(parser)
     args = parser.parse_args(options)
     args.command = command
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         return run(args)
     except AffconsError as error:

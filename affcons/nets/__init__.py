@@ -9,6 +9,7 @@
 * :func:`load_model` -- ``(CRACNetworks, config)`` from a training checkpoint (live or EMA weights), and
   :func:`predict_affinities` -- the implicit / explicit / mean maps of a float32 raw crop without gradients.
 """
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,8 +103,13 @@ def fill_short_range_borders(affs: torch.Tensor) -> torch.Tensor:
 class CRACNetworks(nn.Module):
     """The embedding net and the explicit affinity net of a CRAC run, with their offsets."""
 
-    def __init__(self, embedding_net: UNetPNI, affinity_net: UNetPNI, offsets: Sequence[Sequence[int]],
-                 available: Sequence[str] = OUTPUTS):
+    def __init__(
+        self,
+        embedding_net: UNetPNI,
+        affinity_net: UNetPNI,
+        offsets: Sequence[Sequence[int]],
+        available: Sequence[str] = OUTPUTS,
+    ):
         super().__init__()
         self.embedding_net = embedding_net
         self.affinity_net = affinity_net
@@ -193,6 +199,8 @@ def load_model(
         try:
             module.load_state_dict(models[name])
         except RuntimeError as error:
-            raise CheckpointError(f"{checkpoint_path}: {name} weights do not match the recorded config: {error}")
+            raise CheckpointError(
+                f"{checkpoint_path}: {name} weights do not match the recorded config: {error}"
+            ) from None
     networks.eval()
     return networks, config

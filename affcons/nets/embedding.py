@@ -5,6 +5,7 @@ along the channel axis. It is defined only where ``p + o`` lies inside the crop;
 mask is False. Callers must mask those borders everywhere (losses, entropy percentiles, pseudo-labels): method.md
 section 8, item 4. The computation is one slice product per offset, with no loop over voxels.
 """
+
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +36,7 @@ def implicit_affinities(embedding: torch.Tensor, offsets: Sequence[Sequence[int]
     channels = []
     for offset in offsets:
         at_p, at_partner = shifted_pair_slices(spatial, tuple(offset))
-        product = (normalised[(slice(None), slice(None), *at_p)] * normalised[(slice(None), slice(None), *at_partner)])
+        product = normalised[(slice(None), slice(None), *at_p)] * normalised[(slice(None), slice(None), *at_partner)]
         similarity = product.sum(dim=1)
         # zero-pad back to the full crop: F.pad takes (x_before, x_after, y_before, y_after, z_before, z_after)
         pad = []

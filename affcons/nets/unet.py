@@ -18,6 +18,7 @@ The network is built from three small blocks:
 ``forward`` (method.md section 8, item 11): it is active exactly when its ``active`` flag is set, independently of
 ``train()``/``eval()``, so frozen perturbed predictors are perturbed on purpose and nothing else is.
 """
+
 from collections.abc import Sequence
 
 import torch

@@ -3,6 +3,7 @@
 The blockwise pipeline calls the same functions per block; :func:`segment_affinities` chains them for a volume
 that fits in memory.
 """
+
 import numpy as np
 
 from affcons.segment.agglomerate import MergeTree, build_merge_tree, parse_scoring
@@ -11,10 +12,18 @@ from affcons.segment.tables import EdgeTable, NodeTable
 from affcons.segment.watershed import watershed_from_affinities
 
 __all__ = [
-    "EdgeTable", "MergeTree", "NodeTable", "agglomerate_fragments", "apply_lookup", "build_merge_tree", "edge_table",
+    "EdgeTable",
+    "MergeTree",
+    "NodeTable",
+    "agglomerate_fragments",
+    "apply_lookup",
+    "build_merge_tree",
+    "edge_table",
     "node_table",
-    "segment_affinities", "sweep_thresholds", "watershed_from_affinities",
-]  # fmt: skip
+    "segment_affinities",
+    "sweep_thresholds",
+    "watershed_from_affinities",
+]
 
 #: Histogram bins per edge for quantile scores (waterz uses 256).
 QUANTILE_BINS = 256

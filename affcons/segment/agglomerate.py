@@ -11,6 +11,7 @@ running maximum as its ``level``; a cut keeps the merges with ``level < t``.
 All state lives in flat numpy arrays (bytes per edge: see :func:`merge_tree_bytes_per_edge`); the loop is
 compiled with numba.
 """
+
 import re
 from dataclasses import dataclass
 
@@ -309,9 +310,13 @@ def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarr
         roots = np.flatnonzero(~stitched)
         tree = _agglomerate(edges, ids[roots], quantile)
         never = np.full(int(stitched.sum()), -np.inf, np.float32)
-        return MergeTree(ids, np.concatenate([representative[stitched], roots[tree.kept]]),
-                         np.concatenate([np.flatnonzero(stitched), roots[tree.absorbed]]),
-                         np.concatenate([never, tree.score]), np.concatenate([never, tree.level]))  # fmt: skip
+        return MergeTree(
+            ids,
+            np.concatenate([representative[stitched], roots[tree.kept]]),
+            np.concatenate([np.flatnonzero(stitched), roots[tree.absorbed]]),
+            np.concatenate([never, tree.score]),
+            np.concatenate([never, tree.level]),
+        )
     return _agglomerate(edges, ids, quantile)
 
 
@@ -321,9 +326,14 @@ def _agglomerate(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
     v = np.searchsorted(ids, edges.v)
     order = np.lexsort((v, u))
     kept, absorbed, score, level = _merge_loop(
-        len(ids), u[order].astype(np.int64), v[order].astype(np.int64), edges.affinity_sum[order].copy(),
-        edges.count[order].astype(np.float64), edges.histogram[order].astype(np.int64), quantile,
-    )  # fmt: skip
+        len(ids),
+        u[order].astype(np.int64),
+        v[order].astype(np.int64),
+        edges.affinity_sum[order].copy(),
+        edges.count[order].astype(np.float64),
+        edges.histogram[order].astype(np.int64),
+        quantile,
+    )
     return MergeTree(ids, kept, absorbed, score, level)
 
 

@@ -4,6 +4,7 @@ Boundary values are quantised to 256 levels. Voxels are processed level by level
 voxel hands its label to its unlabelled face neighbours inside the mask, which enter the queue at the higher of
 the current level and their own. Ties are thus broken by arrival order, which depends only on the input.
 """
+
 import numba
 import numpy as np
 

@@ -5,6 +5,7 @@ lies in another fragment, both non-zero: the region graph waterz builds. Each vo
 voxel ``p``, so the tables of disjoint pieces of a volume concatenate and :meth:`EdgeTable.combine` into exactly
 the table of the whole.
 """
+
 import numpy as np
 
 from affcons.errors import VolumeError
@@ -19,7 +20,10 @@ def histogram_bin(affinities: np.ndarray, bins: int) -> np.ndarray:
 
 
 def edge_table(
-    fragments: np.ndarray, affs: np.ndarray, histogram_bins: int = 0, lower_context=(0, 0, 0),
+    fragments: np.ndarray,
+    affs: np.ndarray,
+    histogram_bins: int = 0,
+    lower_context=(0, 0, 0),
     links: np.ndarray | None = None,
 ) -> EdgeTable:
     """The RAG of ``fragments`` with statistics of ``affs`` (float in [0, 1], channels 0-2 used).
@@ -46,8 +50,9 @@ def edge_table(
         # p ranges over voxels outside the context whose partner p - e_channel lies inside the array
         low = [max(starts[axis], int(axis == channel)) for axis in range(3)]
         p_slices = tuple(slice(low[axis], size) for axis, size in enumerate(fragments.shape))
-        q_slices = tuple(slice(low[axis] - (axis == channel), size - (axis == channel))
-                         for axis, size in enumerate(fragments.shape))  # fmt: skip
+        q_slices = tuple(
+            slice(low[axis] - (axis == channel), size - (axis == channel)) for axis, size in enumerate(fragments.shape)
+        )
         here, there = fragments[p_slices], fragments[q_slices]
         crossing = (here != there) & (here != 0) & (there != 0)
         a, b = here[crossing], there[crossing]
@@ -75,8 +80,9 @@ def edge_table(
     linked = None
     if links is not None:
         linked = np.add.reduceat(np.concatenate(pieces_linked)[order].astype(np.uint64), starts_of_edges)
-    return EdgeTable(u[starts_of_edges], v[starts_of_edges], np.add.reduceat(values, starts_of_edges), counts,
-                     histogram, linked)  # fmt: skip
+    return EdgeTable(
+        u[starts_of_edges], v[starts_of_edges], np.add.reduceat(values, starts_of_edges), counts, histogram, linked
+    )
 
 
 def node_table(fragments: np.ndarray, voxel_size=(1, 1, 1), offset=(0, 0, 0)) -> NodeTable:

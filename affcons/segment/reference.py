@@ -3,6 +3,7 @@
 Used by the tests and ``benchmarks/segmentation.py`` to show that :func:`affcons.segment.build_merge_tree` cuts give
 waterz's partitions.
 """
+
 import os
 from contextlib import contextmanager
 
@@ -37,7 +38,9 @@ def waterz_segmentations(affs: np.ndarray, fragments: np.ndarray, thresholds, sc
         return [
             segmentation.copy()
             for segmentation in waterz.agglomerate(
-                np.ascontiguousarray(affs[:3], dtype=np.float32), list(thresholds), fragments=fragments.copy(),
+                np.ascontiguousarray(affs[:3], dtype=np.float32),
+                list(thresholds),
+                fragments=fragments.copy(),
                 scoring_function=WATERZ_SCORING[scoring],
             )
-        ]  # fmt: skip
+        ]

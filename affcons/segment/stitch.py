@@ -14,6 +14,7 @@ Link bits (uint8 per voxel ``p``): bit ``c`` (c = 0, 1, 2 for z, y, x) -- the pa
 basin in the view of ``p``'s block; bit ``3 + c`` -- the pair ``(p, p + e_c)`` does. Only voxels on a block face
 carry bits, so a volume segmented in one piece has no links and nothing is stitched.
 """
+
 import numpy as np
 
 from affcons.segment.tables import EdgeTable
@@ -82,5 +83,6 @@ def relabel_edges(edges: EdgeTable, ids: np.ndarray, representative: np.ndarray)
     v = ids[representative[np.searchsorted(ids, edges.v)]]
     keep = u != v
     low, high = np.minimum(u, v)[keep], np.maximum(u, v)[keep]
-    return EdgeTable(low, high, edges.affinity_sum[keep], edges.count[keep], edges.histogram[keep],
-                     edges.linked[keep]).combine()  # fmt: skip
+    return EdgeTable(
+        low, high, edges.affinity_sum[keep], edges.count[keep], edges.histogram[keep], edges.linked[keep]
+    ).combine()

@@ -4,6 +4,7 @@ and the blockwise steps. One numpy array per column, never one Python object per
 Edge statistics are *mergeable*: the table of a whole volume is the concatenation of the tables of its pieces
 followed by :meth:`EdgeTable.combine` (sums add, counts add, histograms add).
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,8 +75,14 @@ class EdgeTable:
         object.__setattr__(self, "histogram", histogram)
         linked = np.zeros(len(self.u), np.uint64) if self.linked is None else self.linked
         object.__setattr__(self, "linked", np.ascontiguousarray(linked, dtype=np.uint64))
-        if not (len(self.u) == len(self.v) == len(self.affinity_sum) == len(self.count) == len(self.histogram)
-                == len(self.linked)):
+        if not (
+            len(self.u)
+            == len(self.v)
+            == len(self.affinity_sum)
+            == len(self.count)
+            == len(self.histogram)
+            == len(self.linked)
+        ):
             raise ValueError("EdgeTable columns differ in length")
 
     def __len__(self) -> int:
@@ -97,9 +104,12 @@ class EdgeTable:
     @staticmethod
     def empty(histogram_bins: int = 0) -> "EdgeTable":
         return EdgeTable(
-            np.zeros(0, ID_DTYPE), np.zeros(0, ID_DTYPE), np.zeros(0), np.zeros(0, np.uint64),
+            np.zeros(0, ID_DTYPE),
+            np.zeros(0, ID_DTYPE),
+            np.zeros(0),
+            np.zeros(0, np.uint64),
             np.zeros((0, histogram_bins), np.uint32),
-        )  # fmt: skip
+        )
 
     def mean_affinity(self) -> np.ndarray:
         return self.affinity_sum / np.maximum(self.count, 1)

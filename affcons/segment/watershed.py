@@ -4,6 +4,7 @@ The boundary map is ``1 - mean`` of the nearest-neighbour affinity channels; see
 transform of the confident interior (``boundary < boundary_threshold``); the watershed floods the boundary map from
 those seeds. Output ids are dense from 1 in raster order of first appearance, so the result is deterministic.
 """
+
 import fastremap
 import numpy as np
 from scipy import ndimage

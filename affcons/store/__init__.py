@@ -8,6 +8,7 @@
 
 See :class:`~affcons.store.base.RagStore` for the methods and ``docs/design/graph-store.md`` for the design.
 """
+
 from affcons.errors import StoreError
 from affcons.store.base import DEFAULT_BATCH_SIZE, RagStore, redact
 
@@ -17,9 +18,13 @@ __all__ = ["RagStore", "open_store", "SCHEMES"]
 
 
 def open_store(
-    url: str, mode: str = "a", histogram_bins: int = 0, *, batch_size: int = DEFAULT_BATCH_SIZE,
+    url: str,
+    mode: str = "a",
+    histogram_bins: int = 0,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     timeout_ms: int | None = None,
-) -> RagStore:  # fmt: skip
+) -> RagStore:
     """Open the RAG store at ``url``.
 
     ``mode``: 'r' read only, the store must exist; 'a' create if missing; 'w' drop existing content.

@@ -9,6 +9,7 @@ that block wrote before (delete-then-insert keyed by block id), so a retried blo
 retry after a partial write ends with exactly the full set. Each node id and each edge (u, v) belongs to one block;
 writing it from another block is refused, naming the owner.
 """
+
 import itertools
 import json
 import math

@@ -12,6 +12,7 @@ A server that is down or never answers is a StoreError within ``timeout_ms`` (se
 3000 ms, or the URL's ``serverSelectionTimeoutMS``/``connectTimeoutMS``). A server that stops answering in the middle
 of an operation is one within ``socketTimeoutMS`` (default 60 s).
 """
+
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,8 +22,15 @@ from pymongo import uri_parser
 
 from affcons.errors import StoreError
 from affcons.store.base import (
-    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, BackendErrors, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
-)  # fmt: skip
+    DEFAULT_BATCH_SIZE,
+    SCHEMA_VERSION,
+    BackendErrors,
+    Bounds,
+    RagStore,
+    batched,
+    histogram_from_rows,
+    histogram_rows,
+)
 
 DEFAULT_TIMEOUT_MS = 3000
 DEFAULT_SOCKET_TIMEOUT_MS = 60_000
@@ -35,9 +43,14 @@ class MongoRagStore(RagStore):
     connect timeouts (default 3000 ms)."""
 
     def __init__(
-        self, url: str, mode: str = "a", histogram_bins: int = 0, *, batch_size: int = DEFAULT_BATCH_SIZE,
+        self,
+        url: str,
+        mode: str = "a",
+        histogram_bins: int = 0,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         timeout_ms: int | None = None,
-    ):  # fmt: skip
+    ):
         super().__init__(url, mode, histogram_bins, batch_size)
         try:
             parsed = uri_parser.parse_uri(url)
@@ -122,7 +135,11 @@ class MongoRagStore(RagStore):
         documents = (
             {"u": a, "v": b, "sum": s, "count": n, "hist": h, "linked": k, "block": block}
             for a, b, s, n, h, k in zip(
-                u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram),
+                u.tolist(),
+                v.tolist(),
+                affinity_sum.tolist(),
+                count.tolist(),
+                histogram_rows(histogram),
                 linked.tolist(),
             )
         )
@@ -161,7 +178,8 @@ class MongoRagStore(RagStore):
 
     def _edge_batches(self, query: dict) -> Iterator[tuple]:
         cursor = self._db.edges.find(
-            query, {"_id": 0, "u": 1, "v": 1, "sum": 1, "count": 1, "hist": 1, "linked": 1},
+            query,
+            {"_id": 0, "u": 1, "v": 1, "sum": 1, "count": 1, "hist": 1, "linked": 1},
             batch_size=self.batch_size,
         )
         for documents in batched(cursor, self.batch_size):

@@ -4,6 +4,7 @@
 WAL journal plus a busy timeout let several worker processes on one machine write blocks at once (each write is one
 ``BEGIN IMMEDIATE`` transaction, so writers queue for the lock instead of failing). Not for network file systems.
 """
+
 import itertools
 import sqlite3
 from collections.abc import Iterator
@@ -13,8 +14,15 @@ import numpy as np
 
 from affcons.errors import StoreError
 from affcons.store.base import (
-    DEFAULT_BATCH_SIZE, SCHEMA_VERSION, BackendErrors, Bounds, RagStore, batched, histogram_from_rows, histogram_rows,
-)  # fmt: skip
+    DEFAULT_BATCH_SIZE,
+    SCHEMA_VERSION,
+    BackendErrors,
+    Bounds,
+    RagStore,
+    batched,
+    histogram_from_rows,
+    histogram_rows,
+)
 
 SCHEME_PREFIX = "sqlite:///"
 DEFAULT_BUSY_TIMEOUT_MS = 60_000
@@ -53,9 +61,14 @@ class SQLiteRagStore(RagStore):
     """
 
     def __init__(
-        self, url: str, mode: str = "a", histogram_bins: int = 0, *, batch_size: int = DEFAULT_BATCH_SIZE,
+        self,
+        url: str,
+        mode: str = "a",
+        histogram_bins: int = 0,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         timeout_ms: int | None = None,
-    ):  # fmt: skip
+    ):
         super().__init__(url, mode, histogram_bins, batch_size)
         self.path = sqlite_path(url)
         busy_ms = DEFAULT_BUSY_TIMEOUT_MS if timeout_ms is None else timeout_ms
@@ -129,9 +142,14 @@ class SQLiteRagStore(RagStore):
 
     def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked) -> None:
         rows = zip(
-            u.tolist(), v.tolist(), affinity_sum.tolist(), count.tolist(), histogram_rows(histogram), linked.tolist(),
+            u.tolist(),
+            v.tolist(),
+            affinity_sum.tolist(),
+            count.tolist(),
+            histogram_rows(histogram),
+            linked.tolist(),
             itertools.repeat(block),
-        )  # fmt: skip
+        )
         try:
             with self._errors(f"writing edges of block {block}"), self._transaction():
                 self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
@@ -184,9 +202,10 @@ class SQLiteRagStore(RagStore):
         for rows in self._batches(f"SELECT id, z, y, x, size FROM nodes{where}", parameters, "reading nodes"):
             ids, z, y, x, size = zip(*rows)
             yield (
-                np.array(ids, np.int64), np.stack([np.array(c, np.float64) for c in (z, y, x)], axis=1),
+                np.array(ids, np.int64),
+                np.stack([np.array(c, np.float64) for c in (z, y, x)], axis=1),
                 np.array(size, np.int64),
-            )  # fmt: skip
+            )
 
     def _read_edge_batches(self, bounds) -> Iterator[tuple]:
         columns = "e.u, e.v, e.affinity_sum, e.count, e.histogram, e.linked"
@@ -198,10 +217,13 @@ class SQLiteRagStore(RagStore):
         for rows in self._batches(sql, parameters, "reading edges"):
             u, v, affinity_sum, count, histogram, linked = zip(*rows)
             yield (
-                np.array(u, np.int64), np.array(v, np.int64), np.array(affinity_sum, np.float64),
-                np.array(count, np.int64), histogram_from_rows(list(histogram), self.histogram_bins, self.url),
+                np.array(u, np.int64),
+                np.array(v, np.int64),
+                np.array(affinity_sum, np.float64),
+                np.array(count, np.int64),
+                histogram_from_rows(list(histogram), self.histogram_bins, self.url),
                 np.array(linked, np.int64),
-            )  # fmt: skip
+            )
 
     def _count(self, table) -> int:
         with self._errors(f"counting {table}"):

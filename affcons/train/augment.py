@@ -7,6 +7,7 @@ interpolation, so no new ids appear. All randomness comes from the ``numpy.rando
 :func:`augment` applies the mix: with ``cfg.probability`` the enabled augmentations fire independently with
 ``cfg.p_each``, in the order flip, rotate, elastic, grayscale, noise, blur, missing section, misalignment.
 """
+
 import numpy as np
 from scipy import ndimage
 
@@ -145,14 +146,14 @@ def augment(raw: np.ndarray, labels: Labels, cfg, rng: np.random.Generator) -> t
     if rng.random() >= cfg.probability:
         return raw, labels
     steps = [
-        (cfg.flip, lambda r, l: flip_transpose(r, l, rng)),
-        (cfg.rotate, lambda r, l: rotate(r, l, rng)),
-        (cfg.elastic, lambda r, l: elastic(r, l, rng, cfg.elastic_alpha, cfg.elastic_sigma)),
-        (cfg.grayscale, lambda r, l: grayscale(r, l, rng)),
-        (cfg.noise, lambda r, l: noise(r, l, rng, cfg.noise_std)),
-        (cfg.blur, lambda r, l: blur(r, l, rng, cfg.blur_sigma)),
-        (cfg.missing_section, lambda r, l: missing_section(r, l, rng, cfg.missing_max)),
-        (cfg.misalignment, lambda r, l: misalignment(r, l, rng, cfg.misalignment_max)),
+        (cfg.flip, lambda r, lab: flip_transpose(r, lab, rng)),
+        (cfg.rotate, lambda r, lab: rotate(r, lab, rng)),
+        (cfg.elastic, lambda r, lab: elastic(r, lab, rng, cfg.elastic_alpha, cfg.elastic_sigma)),
+        (cfg.grayscale, lambda r, lab: grayscale(r, lab, rng)),
+        (cfg.noise, lambda r, lab: noise(r, lab, rng, cfg.noise_std)),
+        (cfg.blur, lambda r, lab: blur(r, lab, rng, cfg.blur_sigma)),
+        (cfg.missing_section, lambda r, lab: missing_section(r, lab, rng, cfg.missing_max)),
+        (cfg.misalignment, lambda r, lab: misalignment(r, lab, rng, cfg.misalignment_max)),
     ]
     for enabled, step in steps:
         if enabled and rng.random() < cfg.p_each:

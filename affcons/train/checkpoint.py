@@ -15,6 +15,7 @@ Keys:
 
 Everything is a tensor or a plain Python value, so :func:`read_checkpoint` loads with ``weights_only=True``.
 """
+
 import os
 import random
 from pathlib import Path
@@ -53,12 +54,14 @@ def set_rng_state(state: dict) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     numpy_state = state["numpy"]
-    np.random.set_state({
-        "bit_generator": numpy_state["bit_generator"],
-        "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-        "has_gauss": numpy_state["has_gauss"],
-        "gauss": numpy_state["gauss"],
-    })
+    np.random.set_state(
+        {
+            "bit_generator": numpy_state["bit_generator"],
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 

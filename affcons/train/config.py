@@ -7,6 +7,7 @@ frozen. Relative paths (volumes, checkpoints, run directories) are resolved agai
 
 Defaults are the values of method.md (CRAC at HEAD, with the section 8 fixes); comments name the reference key.
 """
+
 from pathlib import Path
 from typing import Literal
 

@@ -19,6 +19,7 @@ Volumes (``file.h5:dataset`` or zarr paths, opened with :func:`affcons.io.open_v
 restricted to their ROI; sparse selection and border widening are applied to the whole training ROI, as the
 reference ``Train.__init__`` does.
 """
+
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass

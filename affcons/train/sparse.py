@@ -9,6 +9,7 @@
 * :func:`class_balance_weights` is ``weight_binary_ratio`` computed inside M_lab only (per channel by default in
   the data pipeline, ``data.balance``).
 """
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,9 +30,11 @@ class SparseReport:
     labelled_fraction: float  # labelled voxels / all voxels
 
     def summary(self) -> str:
-        return (f"{len(self.kept_ids)}/{self.total_ids} instances ({100 * self.id_fraction:.2f} % of ids, "
-                f"{100 * self.voxel_fraction:.2f} % of foreground voxels, {100 * self.labelled_fraction:.2f} % of "
-                f"all voxels)")
+        return (
+            f"{len(self.kept_ids)}/{self.total_ids} instances ({100 * self.id_fraction:.2f} % of ids, "
+            f"{100 * self.voxel_fraction:.2f} % of foreground voxels, {100 * self.labelled_fraction:.2f} % of "
+            f"all voxels)"
+        )
 
 
 def select_instances(

@@ -19,6 +19,7 @@ where ``(P_exp, F_exp)`` come from the explicit teacher and ``(P_imp, F_imp)`` f
 (relu of the cosine similarities) via :class:`~affcons.pseudo.PseudoLabeler`. The teacher is the live network in
 the WS variant and an EMA copy of it in the EMA variant.
 """
+
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -159,14 +160,16 @@ class CRACStrategy(_Base):
             pseudo_imp, filter_imp = self.labeler(teacher_imp, valid, label_mask, iteration, implicit=True, raw=raw)
             stats_imp = self.labeler.last_stats
             terms["pse_exp"] = pseudo_loss(a_exp, pseudo_imp, weight, filter_imp, valid, s)
-            scalars.update({
-                "pseudo/alpha": stats_exp["alpha"],
-                "pseudo/gamma_explicit": stats_exp["gamma"],
-                "pseudo/gamma_implicit": stats_imp["gamma"],
-                "pseudo/kept_explicit": stats_exp["kept_fraction"],
-                "pseudo/kept_implicit": stats_imp["kept_fraction"],
-                "pseudo/s2_active": stats_exp["s2_active"],
-            })
+            scalars.update(
+                {
+                    "pseudo/alpha": stats_exp["alpha"],
+                    "pseudo/gamma_explicit": stats_exp["gamma"],
+                    "pseudo/gamma_implicit": stats_imp["gamma"],
+                    "pseudo/kept_explicit": stats_exp["kept_fraction"],
+                    "pseudo/kept_implicit": stats_imp["kept_fraction"],
+                    "pseudo/s2_active": stats_exp["s2_active"],
+                }
+            )
             images.update({"filter_explicit_y": filter_exp[0, 1], "filter_implicit_y": filter_imp[0, 1]})
         loss = loss_terms_total(terms, self.config.loss.emb_weight, self.config.loss.pseudo_weight)
         scalars.update({f"loss/{name}": float(value.detach()) for name, value in terms.items()})
@@ -222,8 +225,11 @@ class EmbeddingWarmupStrategy(_Base):
         sup = supervised_loss(a_imp, batch["target"], batch["weight"], batch["label_mask"], valid, self.channel_weight)
         loss = self.config.loss.emb_weight * sup
         images = {"raw": raw[0, 0], "target_y": batch["target"][0, 1], "implicit_y": torch.relu(a_imp[0, 1])}
-        return StepOutput(loss, {"loss/sup_imp": float(sup.detach()), "loss/total": float(loss.detach())},
-                          {name: _slice_image(value) for name, value in images.items()})
+        return StepOutput(
+            loss,
+            {"loss/sup_imp": float(sup.detach()), "loss/total": float(loss.detach())},
+            {name: _slice_image(value) for name, value in images.items()},
+        )
 
     def predictor(self, use_ema: bool, output: str):
         if output != "implicit":
@@ -283,12 +289,16 @@ class ConfidenceStrategy(_Base):
         inputs = torch.stack([raw.expand(batch_size, k, *spatial), entropy, affs], dim=2)
         errors = self.net(inputs.reshape(batch_size * k, 3, *spatial)).float().reshape(batch_size, k, *spatial)
         mask = batch["label_mask"][:, channels] * valid[channels].unsqueeze(0)
-        loss, stats = confidence_loss(errors, affs, batch["target"][:, channels], mask,
-                                      self.config.stage2.binarize_threshold)
-        scalars = {"loss/confidence": float(loss.detach()), "loss/total": float(loss.detach()),
-                   "confidence/predictor": float(choice),
-                   "confidence/error_fraction": stats["error_fraction"],
-                   "confidence/wrong_weight": stats["wrong_weight"]}
+        loss, stats = confidence_loss(
+            errors, affs, batch["target"][:, channels], mask, self.config.stage2.binarize_threshold
+        )
+        scalars = {
+            "loss/confidence": float(loss.detach()),
+            "loss/total": float(loss.detach()),
+            "confidence/predictor": float(choice),
+            "confidence/error_fraction": stats["error_fraction"],
+            "confidence/wrong_weight": stats["wrong_weight"],
+        }
         wrong = ((affs[0, 0] > self.config.stage2.binarize_threshold).float() - batch["target"][0, channels[0]]).abs()
         images = {"raw": raw[0, 0], "affinity": affs[0, 0], "wrong": wrong * mask[0, 0], "error_prob": errors[0, 0]}
         return StepOutput(loss, scalars, {name: _slice_image(value) for name, value in images.items()})

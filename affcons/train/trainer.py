@@ -14,6 +14,7 @@ Contracts:
 * Tensorboard scalars and image slices go to ``<run_dir>/tensorboard/<stage>``; ``history.jsonl`` in the stage
   directory records the logged scalars and every validation.
 """
+
 import contextlib
 import json
 import logging
@@ -61,9 +62,19 @@ class Trainer:
         tensorboard_dir: where the event files go.
     """
 
-    def __init__(self, strategy, config, dataset, stage_dir: Path, stage: str, iterations: int,
-                 device: torch.device, validation_volume: LoadedVolume | None = None, save_at=(),
-                 tensorboard_dir: Path | None = None):
+    def __init__(
+        self,
+        strategy,
+        config,
+        dataset,
+        stage_dir: Path,
+        stage: str,
+        iterations: int,
+        device: torch.device,
+        validation_volume: LoadedVolume | None = None,
+        save_at=(),
+        tensorboard_dir: Path | None = None,
+    ):
         self.strategy, self.config, self.dataset = strategy, config, dataset
         self.stage_dir, self.stage, self.iterations, self.device = Path(stage_dir), stage, iterations, device
         self.validation_volume = validation_volume
@@ -78,8 +89,14 @@ class Trainer:
             logger.warning("run.amp=%s / run.compile=%s are ignored on %s", run.amp, run.compile, device)
         parameters = [p for module in strategy.trained.values() for p in module.parameters()]
         optim = config.optim
-        self.optimizer = torch.optim.Adam(parameters, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                          weight_decay=optim.weight_decay, amsgrad=optim.amsgrad)
+        self.optimizer = torch.optim.Adam(
+            parameters,
+            lr=optim.lr,
+            betas=tuple(optim.betas),
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            amsgrad=optim.amsgrad,
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if run.compile and self.use_cuda:
             for module in strategy.trained.values():
@@ -97,8 +114,11 @@ class Trainer:
             "config_kind": config.kind,
             "config": config.model_dump(mode="json"),
             "models": {name: module.state_dict() for name, module in self.strategy.trained.items()},
-            "ema": ({name: module.state_dict() for name, module in self.strategy.ema.items()}
-                    if self.strategy.ema is not None else None),
+            "ema": (
+                {name: module.state_dict() for name, module in self.strategy.ema.items()}
+                if self.strategy.ema is not None
+                else None
+            ),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
@@ -253,16 +273,34 @@ class Trainer:
                         value = scores[val.metric]
                         improved = is_better(value, None if self.best is None else self.best["value"])
                         if improved:
-                            self.best = {"metric": val.metric, "value": value, "iteration": t,
-                                         "scores": {k: v for k, v in scores.items() if k != "per_threshold"}}
+                            self.best = {
+                                "metric": val.metric,
+                                "value": value,
+                                "iteration": t,
+                                "scores": {k: v for k, v in scores.items() if k != "per_threshold"},
+                            }
                         for key in ("voi_split", "voi_merge", "voi", "arand", "threshold"):
                             writer.add_scalar(f"validation/{key}", scores[key], t)
-                        history_file.write(json.dumps({"iteration": t, "validation": {
-                            k: v for k, v in scores.items() if k != "per_threshold"}}) + "\n")
+                        history_file.write(
+                            json.dumps(
+                                {
+                                    "iteration": t,
+                                    "validation": {k: v for k, v in scores.items() if k != "per_threshold"},
+                                }
+                            )
+                            + "\n"
+                        )
                         history_file.flush()
-                        logger.info("%s %d validation: VOI split %.4f merge %.4f ARAND %.4f (threshold %.2f)%s",
-                                    self.stage, t, scores["voi_split"], scores["voi_merge"], scores["arand"],
-                                    scores["threshold"], " best" if improved else "")
+                        logger.info(
+                            "%s %d validation: VOI split %.4f merge %.4f ARAND %.4f (threshold %.2f)%s",
+                            self.stage,
+                            t,
+                            scores["voi_split"],
+                            scores["voi_merge"],
+                            scores["arand"],
+                            scores["threshold"],
+                            " best" if improved else "",
+                        )
                 periodic = t % max(1, run.checkpoint_every) == 0 or last
                 predictor = t in self.save_at
                 if periodic or improved or predictor:
@@ -273,15 +311,23 @@ class Trainer:
             del batches
         elapsed = time.perf_counter() - started
         done = self.iteration - first_iteration
-        return {"stage": self.stage, "iterations": self.iteration, "seconds": elapsed,
-                "iterations_per_second": done / elapsed if elapsed > 0 else float("nan"), "best": self.best}
+        return {
+            "stage": self.stage,
+            "iterations": self.iteration,
+            "seconds": elapsed,
+            "iterations_per_second": done / elapsed if elapsed > 0 else float("nan"),
+            "best": self.best,
+        }
 
 
 def _comparable(config: dict) -> dict:
     """The config sections that must not change across a resume (run length, logging, validation, workers and the
     run directory may)."""
-    fixed = {k: v for k, v in config.items() if k in ("model", "optim", "loss", "pseudo", "variant", "ema_decay",
-                                                       "confidence_model", "stage1", "stage2")}
+    fixed = {
+        k: v
+        for k, v in config.items()
+        if k in ("model", "optim", "loss", "pseudo", "variant", "ema_decay", "confidence_model", "stage1", "stage2")
+    }
     for stage in ("stage1", "stage2"):
         if stage in fixed:
             fixed[stage] = {k: v for k, v in fixed[stage].items() if k != "iterations"}

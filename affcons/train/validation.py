@@ -6,6 +6,7 @@ last patch on each axis moved to end at the border, weight each patch output wit
 the summed weights, crop the padding. Segmentation uses :func:`affcons.segment.segment_affinities` on the three
 nearest-neighbour channels; scores come from :func:`affcons.evaluate.evaluate` against the dense labels.
 """
+
 import math
 from collections.abc import Callable, Sequence
 
@@ -88,8 +89,9 @@ def score_segmentations(
     from affcons.evaluate import evaluate
     from affcons.segment import segment_affinities
 
-    segmentations = segment_affinities(np.ascontiguousarray(affs[:3], dtype=np.float32), list(thresholds),
-                                       scoring=scoring)
+    segmentations = segment_affinities(
+        np.ascontiguousarray(affs[:3], dtype=np.float32), list(thresholds), scoring=scoring
+    )
     per_threshold = {}
     for threshold, segmentation in segmentations.items():
         scores = evaluate(segmentation, ground_truth)

@@ -1,4 +1,5 @@
 """Command-line entry points of the blockwise pipeline (dispatched by :mod:`affcons.cli`)."""
+
 import shlex
 
 

@@ -9,6 +9,7 @@ the lengths of a ``-c`` config file (keys of :class:`blockwise.predict.PredictCo
 line override the file. Exit codes: 0 done, 1 blocks failed (listed; re-run to retry), 2 bad input (checkpoint that
 does not match its config, raw of the wrong dimensionality or voxel size, an existing output of another config).
 """
+
 import argparse
 
 from affcons.commands.arguments import non_negative_int, positive_int
@@ -32,39 +33,69 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="training checkpoint of affcons train (e.g. models/demo.pt)")
     parser.add_argument("--raw", help="raw EM in.zarr/raw or file.h5:raw, (z, y, x)")
     parser.add_argument("--out", help="output affinities out.zarr/affs, (channels, z, y, x)")
-    parser.add_argument("--block-size", nargs=3, type=positive_int, metavar=zyx,
-                        help="block (write ROI) in voxels: whole output tiles and chunks (default 4x8x8 tiles)")
-    parser.add_argument("--workers", type=positive_int,
-                        help="CPU worker processes (default 1); with GPUs one worker per GPU")
+    parser.add_argument(
+        "--block-size",
+        nargs=3,
+        type=positive_int,
+        metavar=zyx,
+        help="block (write ROI) in voxels: whole output tiles and chunks (default 4x8x8 tiles)",
+    )
+    parser.add_argument(
+        "--workers", type=positive_int, help="CPU worker processes (default 1); with GPUs one worker per GPU"
+    )
     parser.add_argument("--gpus", type=_gpu_list, help="GPU indices, e.g. 0,1,2,3 (default: all visible GPUs)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if available")
     parser.add_argument("--dtype", choices=("uint8", "float16"), help="output dtype (default uint8)")
-    parser.add_argument("--map", choices=("implicit", "explicit", "mean"),
-                        help="which representation becomes the affinities (default: the best on validation data)")
-    parser.add_argument("--channels", choices=("all", "short"),
-                        help="all offsets of the model (default) or only the 3 short-range channels")
+    parser.add_argument(
+        "--map",
+        choices=("implicit", "explicit", "mean"),
+        help="which representation becomes the affinities (default: the best on validation data)",
+    )
+    parser.add_argument(
+        "--channels",
+        choices=("all", "short"),
+        help="all offsets of the model (default) or only the 3 short-range channels",
+    )
     parser.add_argument("--disagreement", help="also write out.zarr/NAME: mean |implicit - explicit| (uint8)")
     parser.add_argument("--use-ema", action="store_true", default=None, help="use the EMA weights (EMA runs)")
     parser.add_argument("--run-dir", help="run directory (default OUT.CONTAINER/../NAME.DATASET.predict-run)")
     parser.add_argument("--patch", nargs=3, type=positive_int, metavar=zyx, help="network input, voxels")
-    parser.add_argument("--margin", nargs=3, type=non_negative_int, metavar=zyx,
-                        help="output crop per side of each patch, voxels")
+    parser.add_argument(
+        "--margin", nargs=3, type=non_negative_int, metavar=zyx, help="output crop per side of each patch, voxels"
+    )
     parser.add_argument("--batch-size", type=positive_int, help="patches per forward pass (default 8 GPU, 4 CPU)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="default auto: bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--channels-last", action="store_true", default=None,
-                        help="channels_last_3d memory format for the networks (GPU tuning)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="channels_last_3d memory format for the networks (GPU tuning)",
+    )
     parser.add_argument("--writer-threads", type=positive_int, help="compress/write threads per worker (default 2)")
     parser.add_argument("--threads", type=positive_int, help="torch threads per CPU worker (default cores/workers)")
     parser.add_argument("--roi-offset", nargs=3, type=int, metavar=zyx, help="begin of the region to predict, nm")
     parser.add_argument("--roi-shape", nargs=3, type=positive_int, metavar=zyx, help="shape of the region, nm")
     parser.add_argument("--chunk-shape", nargs=3, type=positive_int, metavar=zyx, help="output chunks, voxels")
-    parser.add_argument("--voxel-size", nargs=3, type=positive_int, metavar=zyx,
-                        help="raw voxel size, nm (only for raw without one; must match a stored one)")
-    parser.add_argument("--model-voxel-size", nargs=3, type=positive_int, metavar=zyx,
-                        help="voxel size the model was trained at, nm (default: read from its training volume)")
+    parser.add_argument(
+        "--voxel-size",
+        nargs=3,
+        type=positive_int,
+        metavar=zyx,
+        help="raw voxel size, nm (only for raw without one; must match a stored one)",
+    )
+    parser.add_argument(
+        "--model-voxel-size",
+        nargs=3,
+        type=positive_int,
+        metavar=zyx,
+        help="voxel size the model was trained at, nm (default: read from its training volume)",
+    )
     parser.add_argument("--launcher", choices=("local", "slurm", "lsf"), help="worker launcher (default local)")
-    parser.add_argument("--launcher-args", metavar="ARGS",
-                        help='extra srun/sbatch/bsub arguments as one shell-quoted string: --launcher-args="-p gpu"')
+    parser.add_argument(
+        "--launcher-args",
+        metavar="ARGS",
+        help='extra srun/sbatch/bsub arguments as one shell-quoted string: --launcher-args="-p gpu"',
+    )
     parser.add_argument("--block-timeout", type=float, help="seconds before a block's worker is killed (default 3600)")
     parser.add_argument("--max-retries", type=non_negative_int, help="retries per failed block (default 2)")
     parser.add_argument("--dry-run", action="store_true", help="check everything and print the plan; write nothing")
@@ -76,8 +107,23 @@ def options_from_args(args: argparse.Namespace) -> dict:
     from affcons.config import read_yaml, resolve_config_path
 
     options: dict = read_yaml(resolve_config_path(args.config)) if args.config else {}
-    for key in ("checkpoint", "raw", "out", "run_dir", "device", "dtype", "map", "channels", "disagreement",
-                "batch_size", "precision", "threads", "use_ema", "channels_last", "writer_threads"):  # fmt: skip
+    for key in (
+        "checkpoint",
+        "raw",
+        "out",
+        "run_dir",
+        "device",
+        "dtype",
+        "map",
+        "channels",
+        "disagreement",
+        "batch_size",
+        "precision",
+        "threads",
+        "use_ema",
+        "channels_last",
+        "writer_threads",
+    ):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     for key in ("patch", "margin", "chunk_shape", "voxel_size", "model_voxel_size", "roi_offset", "roi_shape"):

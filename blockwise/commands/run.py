@@ -23,6 +23,7 @@ Config files (:class:`JobConfig`) give lengths in nm (z, y, x) except ``patch``,
 (voxels); relative paths are taken from the repository root, so ``affcons run -c demo`` works from any directory.
 Exit codes: 0 done, 1 blocks failed in a stage (listed), 2 bad input or an existing output of another config.
 """
+
 import argparse
 import datetime
 import json
@@ -214,8 +215,12 @@ class Job:
             return raw
         target = f"{self.out}/raw"
         source = open_volume(raw, voxel_size=self.config.voxel_size)
-        marker = {"source": raw, "shape": list(source.shape), "voxel_size": list(source.voxel_size),
-                  "offset": list(source.roi.offset)}  # fmt: skip
+        marker = {
+            "source": raw,
+            "shape": list(source.shape),
+            "voxel_size": list(source.voxel_size),
+            "offset": list(source.roi.offset),
+        }
         metadata = self.out / "raw" / "zarr.json"
         if metadata.is_file():
             attrs = json.loads(metadata.read_text()).get("attributes", {})
@@ -225,12 +230,21 @@ class Job:
             from affcons.errors import OutputExistsError
 
             if attrs.get("affcons_import") != marker:
-                raise OutputExistsError(f"{target} exists and was not imported from {raw} by this job; refusing to "
-                                        "overwrite it: use another run directory or out")  # fmt: skip
+                raise OutputExistsError(
+                    f"{target} exists and was not imported from {raw} by this job; refusing to "
+                    "overwrite it: use another run directory or out"
+                )
         self.stage(1, "import", f"{raw} -> {target}")
         chunks = tuple(min(c, s) for c, s in zip(self.config.import_chunks, source.shape))
-        target_array = create_volume(target, source.roi, source.voxel_size, source.dtype, chunk_shape=chunks,
-                                     mode="w", attrs={"affcons_import": marker, "complete": False})  # fmt: skip
+        target_array = create_volume(
+            target,
+            source.roi,
+            source.voxel_size,
+            source.dtype,
+            chunk_shape=chunks,
+            mode="w",
+            attrs={"affcons_import": marker, "complete": False},
+        )
         copy_volume(source, target_array)
         from blockwise.predict import set_attrs
 
@@ -248,14 +262,25 @@ class Job:
 
         predict = self.config.predict
         options = {
-            "checkpoint": resolve_path(predict.checkpoint), "use_ema": predict.use_ema, "raw": raw,
-            "out": f"{self.out}/affs", "disagreement": f"{self.out}/disagreement" if predict.disagreement else None,
-            "run_dir": str(self.run_dir / "predict"), "map": predict.map or DEFAULT_MAP, "dtype": predict.dtype,
-            "channels": predict.channels, "batch_size": predict.batch_size, "precision": predict.precision,
-            "device": predict.device, "gpus": predict.gpus, "threads": predict.threads,
-            "voxel_size": self.config.voxel_size, "roi_offset": self.config.roi_offset,
-            "roi_shape": self.config.roi_shape, "execution": self.execution_options(),
-        }  # fmt: skip
+            "checkpoint": resolve_path(predict.checkpoint),
+            "use_ema": predict.use_ema,
+            "raw": raw,
+            "out": f"{self.out}/affs",
+            "disagreement": f"{self.out}/disagreement" if predict.disagreement else None,
+            "run_dir": str(self.run_dir / "predict"),
+            "map": predict.map or DEFAULT_MAP,
+            "dtype": predict.dtype,
+            "channels": predict.channels,
+            "batch_size": predict.batch_size,
+            "precision": predict.precision,
+            "device": predict.device,
+            "gpus": predict.gpus,
+            "threads": predict.threads,
+            "voxel_size": self.config.voxel_size,
+            "roi_offset": self.config.roi_offset,
+            "roi_shape": self.config.roi_shape,
+            "execution": self.execution_options(),
+        }
         for key in ("patch", "margin", "block_size", "chunk_shape"):
             if getattr(predict, key) is not None:
                 options[key] = getattr(predict, key)
@@ -264,11 +289,15 @@ class Job:
     def segment_options(self) -> dict:
         segment = self.config.segment
         options = {
-            "affs": f"{self.out}/affs", "out": str(self.out), "run_dir": str(self.run_dir / "segment"),
+            "affs": f"{self.out}/affs",
+            "out": str(self.out),
+            "run_dir": str(self.run_dir / "segment"),
             "graph": segment.graph or f"sqlite:///{self.run_dir / 'segment' / 'rag.db'}",
-            "extract": {"thresholds": list(segment.thresholds)}, "fragments": dict(segment.fragments),
-            "agglomerate": dict(segment.agglomerate), "execution": self.execution_options(),
-        }  # fmt: skip
+            "extract": {"thresholds": list(segment.thresholds)},
+            "fragments": dict(segment.fragments),
+            "agglomerate": dict(segment.agglomerate),
+            "execution": self.execution_options(),
+        }
         for key in ("block_size", "context", "chunk_shape"):
             if getattr(segment, key) is not None:
                 options[key] = getattr(segment, key)
@@ -302,11 +331,17 @@ class Job:
             segmentation = np.asarray(open_volume(f"{self.out}/{segmentation_name(threshold)}")[roi])
             scores = evaluate(segmentation, labels)
             segments = int(len(np.unique(segmentation[segmentation != 0])))
-            rows.append({"threshold": float(threshold), "segments": segments,
-                         **{k: float(v) for k, v in scores.items()}})  # fmt: skip
+            rows.append(
+                {"threshold": float(threshold), "segments": segments, **{k: float(v) for k, v in scores.items()}}
+            )
         best = min(rows, key=lambda row: row["voi"])
-        return {"ground_truth": path, "roi_offset": list(roi.offset), "roi_shape": list(roi.shape),
-                "per_threshold": rows, "best": best}  # fmt: skip
+        return {
+            "ground_truth": path,
+            "roi_offset": list(roi.offset),
+            "roi_shape": list(roi.shape),
+            "per_threshold": rows,
+            "best": best,
+        }
 
     # ------------------------------------------------------------------------------------------------ run
 
@@ -319,17 +354,22 @@ class Job:
 
         started = time.time()
         self.summary = {
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": self.config.model_dump(mode="json"), "run_dir": str(self.run_dir), "out": str(self.out),
-            "stages": {}, "status": "running",
-        }  # fmt: skip
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "config": self.config.model_dump(mode="json"),
+            "run_dir": str(self.run_dir),
+            "out": str(self.out),
+            "stages": {},
+            "status": "running",
+        }
         if dry_run:
             raw = resolve_path(self.config.raw)
             predict_config, _ = resolve_predict(self.predict_options(raw))
             print(format_plan(predict_config), file=self.stream)
-            print(f"then: segment {predict_config.out} at thresholds {self.config.segment.thresholds} into {self.out}"
-                  + (f", evaluate against {self.config.evaluate.ground_truth}" if self.config.evaluate else ""),
-                  file=self.stream)  # fmt: skip
+            print(
+                f"then: segment {predict_config.out} at thresholds {self.config.segment.thresholds} into {self.out}"
+                + (f", evaluate against {self.config.evaluate.ground_truth}" if self.config.evaluate else ""),
+                file=self.stream,
+            )
             return 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(self.config, self.run_dir / "job.yaml")
@@ -351,23 +391,33 @@ class Job:
 
         start = time.time()
         predict_config, _ = resolve_predict(self.predict_options(raw))
-        self.stage(2, "predict", f"{predict_config.checkpoint} -> {predict_config.out} (map {predict_config.map}, "
-                   f"{predict_config.device}, {predict_config.execution.workers} worker(s))")  # fmt: skip
+        self.stage(
+            2,
+            "predict",
+            f"{predict_config.checkpoint} -> {predict_config.out} (map {predict_config.map}, "
+            f"{predict_config.device}, {predict_config.execution.workers} worker(s))",
+        )
         predict_job = PredictJob(predict_config, quiet=self.quiet, stream=self.stream)
         status = predict_job.run()
-        stages["predict"] = _stage_record(start, predict_job.summary, (
-            "status", "device", "task", "timers", "voxels", "voxels_per_s", "failures"))  # fmt: skip
+        stages["predict"] = _stage_record(
+            start, predict_job.summary, ("status", "device", "task", "timers", "voxels", "voxels_per_s", "failures")
+        )
         if status != 0:
             return status
 
         start = time.time()
         segment_config = resolve_segment(self.segment_options())
-        self.stage(3, "segment", f"{segment_config.affs} -> {self.out}/segmentation_<t> at thresholds "
-                   f"{list(segment_config.extract.thresholds)}")  # fmt: skip
+        self.stage(
+            3,
+            "segment",
+            f"{segment_config.affs} -> {self.out}/segmentation_<t> at thresholds "
+            f"{list(segment_config.extract.thresholds)}",
+        )
         pipeline = Pipeline(segment_config, quiet=self.quiet, stream=self.stream)
         status = pipeline.run()
-        stages["segment"] = _stage_record(start, pipeline.summary, (
-            "status", "stages", "tasks", "nodes", "edges", "segments", "failures"))  # fmt: skip
+        stages["segment"] = _stage_record(
+            start, pipeline.summary, ("status", "stages", "tasks", "nodes", "edges", "segments", "failures")
+        )
         if status != 0:
             return status
 
@@ -381,9 +431,11 @@ class Job:
 
             best = metrics["best"]
             print(format_table(metrics["per_threshold"]), file=self.stream)
-            print(f"best: threshold {best['threshold']:.2f}: VOI split {best['voi_split']:.4f} merge "
-                  f"{best['voi_merge']:.4f} (sum {best['voi']:.4f}), ARAND {best['arand']:.4f}",
-                  file=self.stream)  # fmt: skip
+            print(
+                f"best: threshold {best['threshold']:.2f}: VOI split {best['voi_split']:.4f} merge "
+                f"{best['voi_merge']:.4f} (sum {best['voi']:.4f}), ARAND {best['arand']:.4f}",
+                file=self.stream,
+            )
         else:
             self.stage(4, "evaluate", "skipped (no evaluate.ground_truth in the config)")
         self.summary["status"] = "complete"
@@ -391,8 +443,11 @@ class Job:
         self.summary["outputs"] = self.describe_outputs(raw, segment_config, predict_config)
         script = self.run_dir / "neuroglancer.py"
         script.write_text(neuroglancer_script(self.summary["outputs"]))
-        print(format_outputs(self.summary["outputs"], script, self.run_dir / "summary.json", self.summary["wall_s"]),
-              file=self.stream, flush=True)  # the result: printed even with --quiet
+        print(
+            format_outputs(self.summary["outputs"], script, self.run_dir / "summary.json", self.summary["wall_s"]),
+            file=self.stream,
+            flush=True,
+        )  # the result: printed even with --quiet
         return 0
 
     def describe_outputs(self, raw: str, segment_config, predict_config) -> list[dict]:
@@ -410,11 +465,18 @@ class Job:
         outputs = []
         for name, path, kind in entries:
             array = open_volume(path)
-            outputs.append({
-                "name": name, "path": path, "kind": kind, "shape": list(array.shape), "dtype": str(array.dtype),
-                "voxel_size_nm": list(array.voxel_size), "offset_nm": list(array.roi.offset),
-                "axes": list(array.axis_names),
-            })  # fmt: skip
+            outputs.append(
+                {
+                    "name": name,
+                    "path": path,
+                    "kind": kind,
+                    "shape": list(array.shape),
+                    "dtype": str(array.dtype),
+                    "voxel_size_nm": list(array.voxel_size),
+                    "offset_nm": list(array.roi.offset),
+                    "axes": list(array.axis_names),
+                }
+            )
         return outputs
 
     def write_summary(self) -> None:
@@ -432,8 +494,10 @@ def _stage_record(start: float, summary: dict, keys) -> dict:
 def format_outputs(outputs: list[dict], script: Path, summary: Path, wall: float) -> str:
     lines = [f"done in {wall:.1f} s. Outputs (zarr v3; offsets and voxel sizes in nm, z y x):"]
     for entry in outputs:
-        lines.append(f"  {entry['name']:<18} {entry['kind']:<12} {entry['path']}  shape {entry['shape']} "
-                     f"{entry['dtype']}  voxel {entry['voxel_size_nm']}  offset {entry['offset_nm']}")  # fmt: skip
+        lines.append(
+            f"  {entry['name']:<18} {entry['kind']:<12} {entry['path']}  shape {entry['shape']} "
+            f"{entry['dtype']}  voxel {entry['voxel_size_nm']}  offset {entry['offset_nm']}"
+        )
     lines.append(f"neuroglancer: pip install neuroglancer && python -i {script}   (summary: {summary})")
     return "\n".join(lines)
 

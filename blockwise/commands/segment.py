@@ -9,6 +9,7 @@
 on the command line override it. Exit codes: 0 done, 1 blocks failed (listed), 2 bad input or an existing output of
 another config (nothing overwritten).
 """
+
 import argparse
 import logging
 
@@ -31,16 +32,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scoring", help="edge score: mean (default) or quantileQ, e.g. quantile50")
     parser.add_argument("--roi-offset", nargs=3, type=int, metavar=zyx, help="begin of the region to process, nm")
     parser.add_argument("--roi-shape", nargs=3, type=positive_int, metavar=zyx, help="shape of the region, nm")
-    parser.add_argument("--voxel-size", nargs=3, type=positive_int, metavar=zyx,
-                        help="nm; must match the stored voxel size if there is one")  # fmt: skip
-    parser.add_argument("--chunk-shape", nargs=3, type=positive_int, metavar=zyx,
-                        help="output chunks, voxels; must divide the block size (default: the block size)")  # fmt: skip
+    parser.add_argument(
+        "--voxel-size",
+        nargs=3,
+        type=positive_int,
+        metavar=zyx,
+        help="nm; must match the stored voxel size if there is one",
+    )
+    parser.add_argument(
+        "--chunk-shape",
+        nargs=3,
+        type=positive_int,
+        metavar=zyx,
+        help="output chunks, voxels; must divide the block size (default: the block size)",
+    )
     parser.add_argument("--config", help="YAML file of SegmentConfig keys (nm) used as defaults")
     parser.add_argument("--launcher", choices=("local", "slurm", "lsf"), help="worker launcher (default local)")
     parser.add_argument(
-        "--launcher-args", metavar="ARGS",
+        "--launcher-args",
+        metavar="ARGS",
         help='extra srun/sbatch/bsub arguments as one shell-quoted string: --launcher-args="-p cpu -t 60"',
-    )  # fmt: skip
+    )
     parser.add_argument("--boundary-threshold", type=float, help="watershed seeds where 1 - mean affinity < this")
     parser.add_argument("--min-size", type=non_negative_int, help="dissolve fragments smaller than this (voxels)")
     parser.add_argument("--per-slice", action="store_true", default=None, help="2-D fragments per z-section")
