@@ -38,5 +38,18 @@ setup(
     packages=find_packages(include=["affcons", "affcons.*", "blockwise", "blockwise.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest==9.2.0", "nx-27017==0.8.1", "ruff==0.17.5"]},
-    entry_points={"console_scripts": ["affcons=affcons.cli:main"]},
+    entry_points={
+        "console_scripts": ["affcons=affcons.cli:main"],
+        # The CLI's commands (affcons.cli), in the order `affcons --help` lists them.
+        "affcons.commands": [
+            "import=affcons.commands:IMPORT",
+            "info=affcons.commands:INFO",
+            "evaluate=affcons.commands:EVALUATE",
+            "segment=blockwise.commands:SEGMENT",
+            "predict=blockwise.commands:PREDICT",
+            "pretrain=affcons.commands:PRETRAIN",
+            "train=affcons.commands:TRAIN",
+            "run=blockwise.commands:RUN",
+        ],
+    },
 )

@@ -12,8 +12,11 @@ import pydantic
 import yaml
 
 from affcons.errors import ConfigError
+from affcons.files import write_text
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The repository that holds this package: relative paths in configs are taken from here, never from the cwd.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_CONFIG_DIR = REPO_ROOT / "configs"
 
 
 class StrictModel(pydantic.BaseModel):
@@ -68,6 +71,8 @@ def validate(model: type[ModelT], data: dict, source: str) -> ModelT:
                 problems.append(f"unknown key '{key}'")
             elif item["type"] == "missing":
                 problems.append(f"missing required key '{key}'")
+            elif not item["loc"]:  # a check of the whole model: its input is every value (secrets included)
+                problems.append(item["msg"].removeprefix("Value error, "))
             else:
                 problems.append(f"key '{key}': {item['msg']} (got {item.get('input')!r})")
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
@@ -79,6 +84,6 @@ def load_config(model: type[ModelT], name_or_path: str | Path) -> ModelT:
     return validate(model, read_yaml(path), str(path))
 
 
-def dump_config(config: StrictModel, path: Path) -> None:
-    """Write ``config`` as YAML (JSON-compatible values), so a run records exactly what it used."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def dump_config(config: StrictModel, path: Path, mode: int | None = None) -> None:
+    """Write ``config`` as YAML (JSON-compatible values), atomically, so a run records exactly what it used."""
+    write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), mode)

@@ -22,9 +22,9 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds
 from funlib.persistence.arrays.metadata import MetaDataFormat
 from numpy.typing import DTypeLike
-from zarr.codecs import BloscCodec, GzipCodec
 
 import affcons
+from affcons.codecs import zarr_compressors
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,6 @@ UNITS = ("nm", "nm", "nm")
 
 #: Default spatial chunk shape in voxels (clipped to the volume).
 DEFAULT_CHUNK_SHAPE = (64, 64, 64)
-
-#: Compression names accepted by :func:`create_volume`.
-COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "gzip", "none")
 
 #: Upper bound (bytes) on one slab held in memory by :func:`copy_volume`.
 SLAB_BYTES = 128 * 2**20
@@ -235,7 +232,7 @@ def create_volume(
         dtype: numpy dtype of the voxels.
         num_channels: ``None`` for a (z, y, x) array, else the length of a leading channel axis (c, z, y, x).
         chunk_shape: voxels (z, y, x); channels are never split. Default: 64 per axis, clipped to the volume.
-        compression: one of :data:`COMPRESSIONS`.
+        compression: one of :data:`affcons.codecs.COMPRESSIONS`.
         mode: "w-" refuses an existing dataset (:class:`OutputExistsError`, nothing changes); "a" reuses an existing
             dataset of the same shape, dtype, voxel size, ROI and (if given) chunk shape, and refuses a different one;
             "w" replaces an existing dataset.
@@ -263,7 +260,7 @@ def create_volume(
         raise ConfigError(f"{volume}: chunk shape must be 3 positive voxel counts (z, y, x), got {chunk_shape}")
     if num_channels is not None and num_channels < 1:
         raise ConfigError(f"{volume}: num_channels must be None or positive, got {num_channels}")
-    compressors = _compressors(compression)
+    compressors = zarr_compressors(compression)
     channel_shape = () if num_channels is None else (num_channels,)
     shape, chunks = channel_shape + shape_voxels, channel_shape + chunk_shape
 
@@ -479,15 +476,3 @@ def _check_parents(volume: VolumePath) -> None:
             raise VolumeError(f"{volume}: {parent} is a zarr v2 group; affcons writes zarr v3, use another container")
         if node is not None and node[0] == "array":
             raise VolumeError(f"{volume}: {parent} is an array, it cannot hold datasets")
-
-
-def _compressors(compression: str) -> list:
-    if compression == "blosc-zstd":
-        return [BloscCodec(cname="zstd", clevel=5)]
-    if compression == "blosc-lz4":
-        return [BloscCodec(cname="lz4", clevel=5)]
-    if compression == "gzip":
-        return [GzipCodec(level=5)]
-    if compression == "none":
-        return []
-    raise ConfigError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")

@@ -10,8 +10,6 @@ design (one document per block holding binary edge columns) on the same server, 
 
 import argparse
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ from bson import Binary
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from affcons.segment.tables import EdgeTable  # noqa: E402
 from affcons.store import open_store  # noqa: E402
+from tests.mongo_server import start_nx_27017  # noqa: E402
 
 KASTHURI_EDGES = 4e8  # Kasthuri15-scale fragment RAG (docs: /work/shared/docs/mongodb.md)
 ASSUMED_MONGODB_DOCS_PER_S = 1e5  # per real MongoDB server: an assumption from mongodb.md, not measured here
@@ -69,47 +68,6 @@ def files_bytes(paths) -> int:
     return sum(p.stat().st_size for p in paths if p.exists())
 
 
-def start_nx(directory: Path) -> tuple[subprocess.Popen, int]:
-    executable = Path(sys.executable).parent / "nx-27017"
-    if not executable.is_file():
-        raise SystemExit(f"{executable} not found: pip install nx-27017==0.8.1, or pass --mongodb-url")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            str(executable),
-            "--data-dir",
-            str(directory / "data"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-file",
-            str(directory / "nx.log"),
-            "--pid-file",
-            str(directory / "nx.pid"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=300)
-        try:
-            client.admin.command("ping")
-            return process, port
-        except pymongo.errors.PyMongoError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                log = directory / "nx.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-                raise SystemExit(f"nx-27017 did not start on port {port}; its log:\n{tail}") from None
-            time.sleep(0.1)
-        finally:
-            client.close()
-
-
 def measure_block_documents(server_url: str, database: str, n_edges: int) -> float:
     """Prototype of the alternative: one document per block with binary columns u, v (int64), sum (float64),
     count (int64); returns edges/s written."""
@@ -153,22 +111,24 @@ def main() -> None:
             rates["bytes"] = files_bytes([path, Path(f"{path}-wal")]) / args.sqlite_edges
             rows[f"SQLite file, B={bins}"] = rates
 
-        process = None
+        server = None
         if args.mongodb_url:
             server_url, label = args.mongodb_url, "MongoDB (given URL)"
         else:
-            process, port = start_nx(work)
-            server_url, label = f"mongodb://127.0.0.1:{port}/?directConnection=true", "nx-27017 stand-in"
+            try:
+                server = start_nx_27017(work)
+            except RuntimeError as error:
+                raise SystemExit(f"{error}\n(or pass --mongodb-url)") from None
+            server_url, label = f"mongodb://127.0.0.1:{server.port}/?directConnection=true", "nx-27017 stand-in"
         try:
             host = server_url.split("?")[0].rstrip("/")
             query = server_url.partition("?")[2]
             rates = measure_store(f"{host}/affcons_bench?{query}", args.mongo_edges, 0)
             block_rate = measure_block_documents(server_url, "affcons_bench_blocks", args.mongo_edges * 10)
         finally:
-            if process is not None:
-                process.terminate()
-                process.wait(10)
-        if process is not None:
+            if server is not None:
+                server.stop()
+        if server is not None:
             data = work / "data"
             rates["bytes"] = files_bytes(data.glob("affcons_bench.db*")) / args.mongo_edges
         else:

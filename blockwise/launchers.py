@@ -1,11 +1,11 @@
-"""Worker launchers: what daisy runs in each worker slot.
+"""Worker launchers: what daisy runs in each worker slot of a step.
 
 - ``local``: the block function itself, ``partial(run_block, step)``; daisy runs it in ``max_workers`` fresh
-  processes (the step is pickled; it opens its arrays and store lazily in the worker).
+  processes (the step is pickled; it opens its arrays, stores and networks lazily in the worker).
 - ``slurm`` / ``lsf``: a *zero-argument* function, ``partial(run_cluster_worker, command)``. daisy calls it once
   per worker slot (in a local helper process whose environment carries ``DAISY_CONTEXT``); it runs
-  ``srun ... PYTHON -m blockwise.worker --config RUN_DIR/config.yaml --step NAME`` (or ``sbatch --wait --wrap``, or
-  ``bsub -K``), which blocks until the remote worker has drained the task. srun, sbatch and bsub forward the
+  ``srun ... PYTHON -m blockwise.worker --config RUN_DIR/<config file> --step NAME`` (or ``sbatch --wait --wrap``,
+  or ``bsub -K``), which blocks until the remote worker has drained the task. srun, sbatch and bsub forward the
   environment, so the remote worker finds the scheduler. A non-zero exit of the job is a dirty worker exit: daisy
   starts a replacement (up to ``max_worker_restarts``) and retries the block it held.
 """
@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from blockwise.config import LauncherConfig
-from blockwise.step import BlockwiseStep, run_block
+from blockwise.worker import run_block
 
 
 def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
@@ -30,22 +30,12 @@ def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
     raise ValueError(f"launcher {launcher.type!r} has no worker command")
 
 
-#: The cluster worker module of ``affcons segment``'s steps (``affcons predict`` has its own: ``blockwise.predict``).
-SEGMENT_WORKER = "blockwise.worker"
-
-
-def worker_command(
-    launcher: LauncherConfig, config_path: str, step: BlockwiseStep, module: str = SEGMENT_WORKER
-) -> list[str]:
-    """The command that starts one cluster worker for ``step``: ``PYTHON -m MODULE --config CONFIG_PATH``, plus
-    ``--step NAME`` (and the extract thresholds) for the segmentation worker."""
+def worker_command(launcher: LauncherConfig, config_path: str, step) -> list[str]:
+    """The command that starts one cluster worker for ``step``:
+    ``PYTHON -m blockwise.worker --config CONFIG_PATH --step NAME [step arguments]``, submitted."""
     python = launcher.python or sys.executable
-    command = [python, "-m", module, "--config", str(config_path)]
-    if module == SEGMENT_WORKER:
-        command += ["--step", step.name]
-        if step.name == "extract":
-            command += ["--thresholds", *(f"{t:.2f}" for t in step.thresholds)]
-    return submit_command(launcher, command)
+    command = [python, "-m", "blockwise.worker", "--config", str(config_path), "--step", step.name]
+    return submit_command(launcher, command + step.worker_arguments())
 
 
 def run_cluster_worker(command: list[str]) -> None:
@@ -58,9 +48,8 @@ def run_cluster_worker(command: list[str]) -> None:
         raise RuntimeError(f"worker job exited with code {completed.returncode}: {shlex.join(command)}")
 
 
-def process_function(step: BlockwiseStep, launcher: LauncherConfig, config_path: str, module: str = SEGMENT_WORKER):
-    """What daisy runs in each worker slot of ``step`` (see the module docstring); ``module`` is the cluster
-    worker's entry point."""
+def process_function(step, launcher: LauncherConfig, config_path: str):
+    """What daisy runs in each worker slot of ``step`` (see the module docstring)."""
     if launcher.type == "local":
         return functools.partial(run_block, step)
-    return functools.partial(run_cluster_worker, worker_command(launcher, config_path, step, module))
+    return functools.partial(run_cluster_worker, worker_command(launcher, config_path, step))

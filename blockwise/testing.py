@@ -91,10 +91,9 @@ def face_links_of_run(out) -> np.ndarray:
     """The face-link bits a run of ``affcons segment --out OUT`` recorded (default run directory)."""
     import zarr
 
-    from blockwise.fragments import LINKS_CONTAINER
+    from blockwise.layout import RunDir, segment_run_dir
 
-    out = Path(out)
-    return zarr.open_array(str(out.parent / f"{out.stem}.affcons-run" / LINKS_CONTAINER / "links"))[:]
+    return zarr.open_array(str(RunDir(segment_run_dir(out)).face_links))[:]
 
 
 def run_cli(argv: list[str]) -> int:

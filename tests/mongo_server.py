@@ -88,10 +88,10 @@ class NxServer:
 
 def start_nx_27017(directory: Path, attempts: int = 3) -> NxServer:
     """Start ``nx-27017`` (found next to ``sys.executable``) on a free port, data and log in ``directory``; wait
-    until it answers a ping. A failure is ``pytest.fail`` with the server log and :data:`HOW_TO`."""
+    until it answers a ping. A failure is a RuntimeError with the server log and :data:`HOW_TO`."""
     executable = Path(sys.executable).parent / NX_EXECUTABLE
     if not executable.is_file():
-        pytest.fail(f"{executable} not found. {HOW_TO}", pytrace=False)
+        raise RuntimeError(f"{executable} not found. {HOW_TO}")
     directory.mkdir(parents=True, exist_ok=True)
     problem = ""
     for _ in range(attempts):  # another process may take the free port before the server binds it
@@ -126,9 +126,8 @@ def start_nx_27017(directory: Path, attempts: int = 3) -> NxServer:
                 time.sleep(0.1)
         server.stop()
         problem = f"exit code {process.returncode}, last error {problem}"
-    pytest.fail(
-        f"{executable} did not start on 127.0.0.1 in {attempts} attempts ({problem}); log:\n{server.log}\n{HOW_TO}",
-        pytrace=False,
+    raise RuntimeError(
+        f"{executable} did not start on 127.0.0.1 in {attempts} attempts ({problem}); log:\n{server.log}\n{HOW_TO}"
     )
 
 
@@ -146,7 +145,10 @@ def mongodb_url(tmp_path_factory):
             pytest.fail(f"{ENV_VAR}={external} does not answer: {problem}. {HOW_TO}", pytrace=False)
         yield external
         return
-    server = start_nx_27017(tmp_path_factory.mktemp("nx-27017"))
+    try:
+        server = start_nx_27017(tmp_path_factory.mktemp("nx-27017"))
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
     try:
         yield server.url
     finally:

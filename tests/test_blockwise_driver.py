@@ -1,11 +1,12 @@
-"""The daisy task runner shared by ``affcons segment`` and ``affcons predict`` (``blockwise.pipeline.run_task``):
+"""The daisy task runner shared by ``affcons segment`` and ``affcons predict`` (``blockwise.runner.run_task``):
 resources per worker, and the failure report."""
 
 import daisy.v2 as daisy
 from funlib.geometry import Roi
 
 from blockwise.config import ExecutionConfig
-from blockwise.pipeline import TaskReport, run_task
+from blockwise.layout import RunDir
+from blockwise.runner import TaskReport, run_task
 
 
 class TinyStep:
@@ -28,11 +29,11 @@ def test_run_task_asks_for_requires_times_workers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(daisy, "run_blockwise", fake_run_blockwise)
     execution = ExecutionConfig(workers=3, progress=False)
-    report = run_task(TinyStep(), print, execution, tmp_path, {"gpu": 1})
+    report = run_task(TinyStep(), print, execution, RunDir(tmp_path), {"gpu": 1}, reset=False, progress=False)
     assert seen["resources"] == {"gpu": 3} and seen["return_states"] is True and seen["progress"] is False
     assert report.task_id == "tiny" and report.total == 4 and not report.ok  # nothing ran
-    run_task(TinyStep(), print, execution, tmp_path)
-    assert seen["resources"] == {"cpu": 3}  # the default: one CPU per worker
+    run_task(TinyStep(), print, execution, RunDir(tmp_path), {"cpu": 1}, reset=False, progress=False)
+    assert seen["resources"] == {"cpu": 3}
 
 
 def test_failure_line_names_blocks_and_error():

@@ -5,7 +5,7 @@ past the block timeout is killed by daisy's watchdog and retried."""
 
 import json
 
-from blockwise.step import FAULT_ENV
+from blockwise.faults import FAULT_ENV
 from blockwise.testing import chunk_digests, reference_run, reliability_argv, run_cli
 
 

@@ -19,8 +19,10 @@ from affcons.errors import CheckpointError, ConfigError, OutputExistsError, Volu
 from affcons.io import create_volume, open_volume
 from affcons.nets import load_model
 from affcons.predict import PatchGrid, Predictor, predict_volume
-from blockwise.predict import claim_gpu, resolve
-from blockwise.step import FAULT_ENV
+from blockwise.config import PredictOptions
+from blockwise.faults import FAULT_ENV
+from blockwise.gpus import claim_gpu
+from blockwise.predict import resolve
 from tests.test_predict import MARGIN, PATCH, make_checkpoint, make_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,13 +189,13 @@ def test_existing_output_of_another_config_is_refused_and_untouched(workdir, cap
     foreign = workdir / "foreign.zarr/affs"
     create_volume(str(foreign), open_volume(str(workdir / "in.zarr/raw")).roi, (50, 4, 4), np.uint8, num_channels=3)
     with pytest.raises(OutputExistsError, match="not written by affcons predict"):
-        from blockwise.predict import PredictJob
+        from blockwise.predict import PredictDriver
 
         options = _options(workdir, out=str(foreign))
-        PredictJob(resolve(options)[0]).check_existing()
+        PredictDriver(resolve(options)[0]).check_existing()
 
 
-def _options(workdir: Path, **changes) -> dict:
+def _options(workdir: Path, **changes) -> PredictOptions:
     options = {
         "checkpoint": str(workdir / "model.pt"),
         "raw": str(workdir / "in.zarr/raw"),
@@ -206,7 +208,7 @@ def _options(workdir: Path, **changes) -> dict:
         "run_dir": str(workdir / "x-run"),
     }
     options.update(changes)
-    return options
+    return PredictOptions.model_validate(options)
 
 
 def test_checkpoint_that_does_not_match_its_config_is_a_checkpoint_error(workdir, capsys):

@@ -9,7 +9,7 @@ import yaml
 from affcons.cli import main as cli_main
 from affcons.config import load_config
 from affcons.errors import ConfigError
-from blockwise.commands.run import JobConfig
+from blockwise.config import JobConfig
 from tests.data_paths import ISBI
 from tests.test_predict import make_checkpoint
 
@@ -28,7 +28,7 @@ def job_config(tmp_path, **changes) -> dict:
             "chunk_shape": [4, 32, 32],
         },
         "segment": {
-            "thresholds": [0.4, 0.6],
+            "extract": {"thresholds": [0.4, 0.6]},
             "block_size": [400, 128, 256],
             "context": [100, 64, 64],
             "fragments": {"per_slice": True},
@@ -88,13 +88,13 @@ def test_demo_config_is_valid():
 
 
 def test_job_execution_is_the_execution_section_of_segment_and_predict(tmp_path):
-    from blockwise.commands.run import Job
+    from blockwise.job import Job
 
     path = job_config(tmp_path, execution={"workers": 3, "max_worker_restarts": 4, "launcher": {"type": "slurm"}})
     job = Job(load_config(JobConfig, path), tmp_path / "run", quiet=True)
     for options in (job.predict_options(f"{ISBI}:raw"), job.segment_options()):
-        execution = options["execution"]
-        assert execution["workers"] == 3 and execution["max_worker_restarts"] == 4
-        assert execution["launcher"]["type"] == "slurm" and execution["progress"] is False  # --quiet
+        execution = options.execution
+        assert execution.workers == 3 and execution.max_worker_restarts == 4
+        assert execution.launcher.type == "slurm" and execution.progress is False  # --quiet
     with pytest.raises(ConfigError, match=r"execution\.workers"):
         load_config(JobConfig, job_config(tmp_path, execution={"workers": 0}))

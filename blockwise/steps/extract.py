@@ -1,41 +1,55 @@
-"""Step 4, ``extract``: one blockwise task relabels the fragments into a segmentation per requested threshold.
+"""Step ``extract``: one blockwise task relabels the fragments into a segmentation per requested threshold.
 
-The driver cuts the merge tree at each threshold (:meth:`affcons.segment.MergeTree.lookup`) and saves the lookup
-tables in the run directory: ``luts/ids.npy`` (all fragment ids, sorted) and ``luts/segments_<t>.npy`` (segment id
-per fragment; a segment is named by its smallest fragment id). Workers memory-map them. Per block the fragments are
-read once; since the ids of a block are ``first_id + 1 .. first_id + m``, its slice of the tables is found by two
-binary searches and applied by direct indexing (a general sorted lookup is the fallback). Each segmentation is
-written into ``OUT.zarr/segmentation_<t:.2f>`` (uint64, chunk-aligned write ROIs).
+The agglomerate step cuts the merge tree at each threshold and saves the lookup tables in the run directory
+(``luts/ids.npy``: all fragment ids, sorted; ``luts/segments_<t>.npy``: the segment of each, named by its smallest
+fragment id). Workers memory-map them. Per block the fragments are read once; since the ids of a block are
+``first_id + 1 .. first_id + m``, its slice of the tables is found by two binary searches and applied by direct
+indexing (a general sorted lookup is the fallback). Each segmentation is written into
+``OUT.zarr/segmentation_<t:.2f>`` (uint64, chunk-aligned write ROIs).
 
 A later run with new thresholds reuses the merge tree: it only cuts and relabels. The task id names the thresholds
 it writes (``extract_0.50_0.70``), so done markers are kept per set of thresholds and thresholds completed earlier
 are not touched.
 """
 
-from pathlib import Path
-
 import numpy as np
+import pydantic
 from funlib.geometry import Roi
 
-from blockwise.config import SegmentConfig, threshold_name
-from blockwise.fragments import fragments_box
-from blockwise.step import BlockwiseStep, Timers, inject_fault
+from affcons.config import StrictModel
+from blockwise.faults import inject_fault
+from blockwise.layout import segmentation_name, threshold_name
+from blockwise.steps.base import BlockwiseStep, fragments_box
+from blockwise.timers import Timers
 from blockwise.volumes import Box
 
 
-def segmentation_name(threshold: float) -> str:
-    return f"segmentation_{threshold_name(threshold)}"
+class ExtractConfig(StrictModel):
+    """Segmentations at thresholds: a cut of the merge tree and a blockwise relabel of the fragments."""
 
+    #: Merge thresholds in [0, 1] with at most two decimals (``OUT.zarr/segmentation_<t:.2f>``), ascending.
+    thresholds: list[float] = pydantic.Field(min_length=1)
 
-def lut_paths(run_dir: Path, threshold: float) -> tuple[Path, Path]:
-    """``(ids.npy, segments_<t>.npy)`` of the lookup table at ``threshold``."""
-    return run_dir / "luts" / "ids.npy", run_dir / "luts" / f"segments_{threshold_name(threshold)}.npy"
+    @pydantic.field_validator("thresholds")
+    @classmethod
+    def _valid_thresholds(cls, values: list[float]) -> list[float]:
+        for value in values:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"threshold {value} is outside [0, 1]")
+            if abs(round(value, 2) - value) > 1e-9:
+                raise ValueError(
+                    f"threshold {value} has more than two decimals (outputs are named segmentation_<t:.2f>)"
+                )
+        names = [threshold_name(v) for v in values]
+        if len(set(names)) != len(names):
+            raise ValueError(f"thresholds repeat: {values}")
+        return sorted(round(v, 2) for v in values)
 
 
 class ExtractStep(BlockwiseStep):
     name = "extract"
 
-    def __init__(self, config: SegmentConfig, thresholds=None):
+    def __init__(self, config, thresholds=None):
         super().__init__(config)
         self.thresholds = sorted(config.extract.thresholds if thresholds is None else thresholds)
         self.fragments = fragments_box(config)
@@ -50,13 +64,16 @@ class ExtractStep(BlockwiseStep):
     def task_id(self) -> str:
         return "extract_" + "_".join(threshold_name(t) for t in self.thresholds)
 
+    def worker_arguments(self) -> list[str]:
+        return ["--thresholds", *(threshold_name(t) for t in self.thresholds)]
+
     def rois(self) -> tuple[Roi, Roi, Roi]:
         block = Roi((0, 0, 0), self.block_shape)
         return self.roi, block, block
 
     def setup(self) -> None:
-        self.ids = np.load(lut_paths(self.run_dir, self.thresholds[0])[0], mmap_mode="r")
-        self.segments = [np.load(lut_paths(self.run_dir, t)[1], mmap_mode="r") for t in self.thresholds]
+        self.ids = np.load(self.run_dir.lut_ids, mmap_mode="r")
+        self.segments = [np.load(self.run_dir.lut_segments(t), mmap_mode="r") for t in self.thresholds]
 
     def teardown(self) -> None:
         self.ids = self.segments = None
