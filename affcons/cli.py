@@ -6,11 +6,16 @@ with failed blocks exits with code 1.
 """
 
 import argparse
+import errno
 import logging
+import shutil
 import sys
+import traceback
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from affcons.errors import AffconsError
+from affcons.secrets import redact
 
 ENTRY_POINT_GROUP = "affcons.commands"
 DESCRIPTION = "Sparsely supervised neuron segmentation for EM (CRAC) and blockwise processing on daisy 2."
@@ -48,6 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     except AffconsError as error:
         print(f"affcons {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the environment failed (a full disk, a lost mount): what was done so far is kept
+        if args.verbose:
+            traceback.print_exc()
+        print(f"affcons {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OSError: the error, the path, the free space of its file system when it is full, and what to
+    do next."""
+    text = redact(str(error))
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) and error.filename:
+        directory = Path(error.filename).parent
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        free = shutil.disk_usage(directory).free
+        text += f" (the file system of {directory} has {free / 1e6:.1f} MB free); free space there"
+    else:
+        text += "; fix the cause"
+    return text + ", then re-run the same command: it resumes where it stopped"
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import yaml
 
 from affcons.errors import ConfigError
 from affcons.files import write_text
+from affcons.secrets import redact
 
 #: The repository that holds this package: relative paths in configs are taken from here, never from the cwd.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def validate(model: type[ModelT], data: dict, source: str) -> ModelT:
                 problems.append(item["msg"].removeprefix("Value error, "))
             else:
                 problems.append(f"key '{key}': {item['msg']} (got {item.get('input')!r})")
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        raise ConfigError(redact(f"{source}: " + "; ".join(problems))) from None
 
 
 def load_config(model: type[ModelT], name_or_path: str | Path) -> ModelT:

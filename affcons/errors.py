@@ -31,3 +31,7 @@ class CheckpointError(AffconsError, ValueError):
 
 class BlockwiseError(AffconsError, RuntimeError):
     """A blockwise task had failed or orphaned blocks; the message lists them."""
+
+
+class BusyError(AffconsError, BlockingIOError):
+    """Another process holds the run directory (its lock names the host and process)."""

@@ -23,6 +23,10 @@ def atomic_write(path: str | os.PathLike, save: Callable[[Path], object], mode: 
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename is None:  # a failed write or flush names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

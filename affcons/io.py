@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -235,7 +236,8 @@ def create_volume(
         compression: one of :data:`affcons.codecs.COMPRESSIONS`.
         mode: "w-" refuses an existing dataset (:class:`OutputExistsError`, nothing changes); "a" reuses an existing
             dataset of the same shape, dtype, voxel size, ROI and (if given) chunk shape, and refuses a different one;
-            "w" replaces an existing dataset.
+            "w" replaces an existing dataset. A new dataset appears at once, complete (created under a temporary
+            name and renamed).
         attrs: extra JSON attributes (e.g. ``{"config": ...}``); ``affcons_version`` and ``created`` (UTC, ISO 8601)
             are added unless given. With mode "a" an existing dataset's attributes are updated with ``attrs``.
 
@@ -302,9 +304,14 @@ def create_volume(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **(attrs or {}),
     }
+    # Created under a hidden temporary name and renamed into place: a crash leaves the old state or the complete new
+    # array, never a half-written one (the existence of an output marks it created).
+    parent, _, leaf = volume.dataset.rpartition("/")
+    temporary = "/".join(filter(None, [parent, f".{leaf}.{os.getpid()}.tmp"]))
+    shutil.rmtree(volume.container / temporary, ignore_errors=True)
     zarr.create_array(
         store=str(volume.container),
-        name=volume.dataset,
+        name=temporary,
         shape=shape,
         chunks=chunks,
         dtype=dtype,
@@ -312,8 +319,10 @@ def create_volume(
         attributes=attributes,
         dimension_names=list(axis_names),
         zarr_format=3,
-        overwrite=mode == "w",
     )
+    if existing is not None:  # mode "w"
+        shutil.rmtree(dataset_dir)
+    os.rename(volume.container / temporary, dataset_dir)
     return open_volume(volume, "r+")
 
 

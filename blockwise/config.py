@@ -102,8 +102,11 @@ class SegmentSettings(StrictModel):
     """How to segment: blocks, watershed, scoring, thresholds, graph store (the ``segment`` section of
     ``affcons run``)."""
 
-    #: Graph store URL: ``sqlite:///path.db`` or ``mongodb://host:port/db``; default SQLite in the run directory.
+    #: Graph store URL: ``sqlite:///path.db`` or ``mongodb://[user@]host:port/db``; default SQLite in the run
+    #: directory. A password in it is never stored (:mod:`affcons.secrets`).
     graph: str | None = None
+    #: A file holding the graph store's password on its first line (mode 600), for a URL that names a user.
+    graph_credentials: str | None = None
     #: Block (write ROI) shape, nm (z, y, x); a multiple of the voxel size and of the chunk shape. Default 64 x 256
     #: x 256 voxels.
     block_size: Triple | None = None
@@ -151,6 +154,8 @@ class SegmentConfig(Fingerprinted, SegmentOptions):
     voxel_size: Triple
     #: Offset of the affinities, nm (z, y, x).
     affs_offset: Triple | None = None
+    #: The affinities say they are complete (written by affcons): a missing chunk is an error, not fill value.
+    affs_complete: bool = False
     roi_offset: Triple
     roi_shape: Triple
     block_size: Triple
@@ -195,9 +200,16 @@ class SegmentConfig(Fingerprinted, SegmentOptions):
 
         return QUANTILE_BINS if parse_scoring(self.agglomerate.scoring) >= 0 else 0
 
+    def graph_url(self) -> str:
+        """The graph store URL to connect with: :attr:`graph` plus the password from the environment or the
+        credentials file (:func:`affcons.secrets.connect_url`)."""
+        from affcons.secrets import connect_url
+
+        return connect_url(self.graph, self.graph_credentials)
+
     def public_dump(self) -> dict:
-        """The config with any password in the graph URL replaced by ``***``."""
-        from affcons.store.base import redact
+        """The config with any password in the graph URL replaced by ``***`` (it holds none once resolved)."""
+        from affcons.secrets import redact
 
         data = self.model_dump(mode="json")
         data["graph"] = redact(data["graph"])
@@ -205,7 +217,7 @@ class SegmentConfig(Fingerprinted, SegmentOptions):
 
     def fingerprint_fields(self) -> dict:
         """The fields that decide fragments, RAG and merge tree (and the bytes of the outputs)."""
-        from affcons.store.base import redact
+        from affcons.secrets import redact
 
         data = self.model_dump(mode="json")
         keys = ("voxel_size", "roi_offset", "roi_shape", "block_size", "context", "chunk_shape", "compression")
@@ -256,6 +268,8 @@ class PredictConfig(Fingerprinted, PredictOptions):
     #: Offset (nm) and shape (voxels) of the raw.
     raw_offset: Triple
     raw_shape: Triple
+    #: The raw says it is complete (imported by affcons): a missing chunk is an error, not fill value.
+    raw_complete: bool = False
     roi_offset: Triple
     roi_shape: Triple
     patch: Triple

@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from affcons.config import dump_config, validate
+from affcons.config import validate
 from affcons.errors import OutputExistsError, VolumeError
 from blockwise.config import JobConfig, PredictOptions, SegmentOptions
 from blockwise.layout import AFFS, DISAGREEMENT, FRAGMENTS, RAW, RunDir, read_attrs, segmentation_name, update_attrs
@@ -51,6 +51,12 @@ class Job(Driver):
     elsewhere = "Use another --run-dir, or remove it"
 
     def __init__(self, config: JobConfig, run_dir: Path, quiet: bool = False, stream=None):
+        from blockwise.segment import take_password
+
+        if config.segment.graph:  # the password goes to the workers' environment, never into job.yaml
+            graph, credentials = take_password(config.segment.graph, config.segment.graph_credentials)
+            segment = config.segment.model_copy(update={"graph": graph, "graph_credentials": credentials})
+            config = config.model_copy(update={"segment": segment})
         super().__init__(config, run_dir, quiet, stream)
         self.out = Path(config.out).absolute() if config.out else self.run_dir / "out.zarr"
 
@@ -180,6 +186,8 @@ class Job(Driver):
         from blockwise.predict import PredictDriver
         from blockwise.predict import resolve as resolve_predict
 
+        if not dry_run:
+            self.lock()
         self.check_run_dir()
         if dry_run:
             predict_config, _ = resolve_predict(self.predict_options(resolve_path(self.config.raw)))
@@ -191,8 +199,7 @@ class Job(Driver):
             )
             return 0
         started = self.start_summary(run_dir=str(self.run_dir), out=str(self.out), stages={}, status="running")
-        self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        dump_config(self.config, self.run_dir / self.config_file)
+        self.write_config()
         status = 1
         try:
             status = self._run_stages(started)

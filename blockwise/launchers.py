@@ -1,7 +1,7 @@
 """Worker launchers: what daisy runs in each worker slot of a step.
 
-- ``local``: the block function itself, ``partial(run_block, step)``; daisy runs it in ``max_workers`` fresh
-  processes (the step is pickled; it opens its arrays, stores and networks lazily in the worker).
+- ``local``: the worker loop itself, ``partial(serve_blocks, step)`` (zero arguments); daisy runs it in
+  ``max_workers`` fresh processes (the step is pickled; it opens its arrays, stores and networks in the worker).
 - ``slurm`` / ``lsf``: a *zero-argument* function, ``partial(run_cluster_worker, command)``. daisy calls it once
   per worker slot (in a local helper process whose environment carries ``DAISY_CONTEXT``); it runs
   ``srun ... PYTHON -m blockwise.worker --config RUN_DIR/<config file> --step NAME`` (or ``sbatch --wait --wrap``,
@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from blockwise.config import LauncherConfig
-from blockwise.worker import run_block
+from blockwise.worker import serve_blocks
 
 
 def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
@@ -51,5 +51,5 @@ def run_cluster_worker(command: list[str]) -> None:
 def process_function(step, launcher: LauncherConfig, config_path: str):
     """What daisy runs in each worker slot of ``step`` (see the module docstring)."""
     if launcher.type == "local":
-        return functools.partial(run_block, step)
+        return functools.partial(serve_blocks, step)
     return functools.partial(run_cluster_worker, worker_command(launcher, config_path, step))

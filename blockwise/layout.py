@@ -13,6 +13,9 @@ from pathlib import Path
 from affcons.errors import VolumeError
 from affcons.files import write_json
 
+#: Mode of the run directory's config and summary files (they name the graph store).
+PRIVATE = 0o600
+
 #: Datasets of an output container.
 RAW = "raw"
 AFFS = "affs"
@@ -48,6 +51,11 @@ class RunDir:
         return str(self.path)
 
     @property
+    def lock(self) -> Path:
+        """``driver.lock``: held (``flock``) by the driver working in this directory; names its host and pid."""
+        return self.path / "driver.lock"
+
+    @property
     def summary(self) -> Path:
         """``summary.json``: stages, block counts, timers, failures of the last run."""
         return self.path / "summary.json"
@@ -60,6 +68,10 @@ class RunDir:
     def tracking(self, task_id: str) -> Path:
         """daisy's done markers of one task."""
         return self.path / "tracking" / task_id
+
+    def errors(self, task_id: str) -> Path:
+        """Error records of the failed block attempts of one task (``<host>-<pid>.jsonl``)."""
+        return self.path / "errors" / task_id
 
     def timers(self, task_id: str) -> Path:
         """Block timer records of one task (``<host>-<pid>.jsonl``, :mod:`blockwise.timers`)."""
@@ -119,7 +131,8 @@ class RunDir:
         return self.path / "neuroglancer.py"
 
     def write_summary(self, summary: dict) -> None:
-        write_json(self.summary, summary)
+        """``summary.json``, atomically, mode 600 (it names the graph store)."""
+        write_json(self.summary, summary, mode=PRIVATE)
 
 
 def segment_run_dir(out: str | Path) -> Path:
@@ -164,3 +177,16 @@ def update_attrs(path: str | Path, attrs: dict) -> None:
     document = json.loads(metadata.read_text())
     document.setdefault("attributes", {}).update(attrs)
     write_json(metadata, document)
+
+
+def input_is_complete(path: str) -> bool:
+    """True if the input carries ``complete: true`` (written by affcons, every block done): then a missing chunk is
+    an error, not fill value. An input marked ``complete: false`` is refused: the run that writes it has not
+    finished."""
+    attrs = read_attrs(path) if ".zarr" in str(path) else None
+    if attrs and attrs.get("complete") is False:
+        raise VolumeError(
+            f"{path} is marked incomplete (complete: false): the run writing it has not finished; re-run that "
+            "command until it exits 0, then use its output"
+        )
+    return bool(attrs and attrs.get("complete") is True)

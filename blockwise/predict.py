@@ -18,12 +18,12 @@ import math
 import time
 from pathlib import Path
 
-from affcons.config import dump_config, validate
+from affcons.config import validate
 from affcons.errors import ConfigError, VolumeError
 from blockwise.config import PredictConfig, PredictOptions
 from blockwise.geometry import check_block_chunks, resolve_roi, resolve_voxel_size, to_nm
 from blockwise.gpus import describe_device, resolve_device
-from blockwise.layout import RunDir, predict_run_dir, read_attrs, update_attrs
+from blockwise.layout import RunDir, input_is_complete, predict_run_dir, read_attrs, update_attrs
 from blockwise.runner import Driver
 from blockwise.steps.predict import PredictStep
 from blockwise.timers import summarise, voxels_since
@@ -95,6 +95,7 @@ def resolve(options: PredictOptions, voxels: dict | None = None) -> tuple[Predic
     raw_path = data["raw"]
     voxel_size = resolve_voxel_size(raw_path, data["voxel_size"], "raw")
     raw = open_volume(raw_path, voxel_size=voxel_size)
+    data["raw_complete"] = input_is_complete(raw_path)
     if len(raw.shape) != 3:
         raise VolumeError(
             f"raw {raw_path}: expected 3 axes (z, y, x) of grey values, got {len(raw.shape)} (shape {tuple(raw.shape)})"
@@ -239,13 +240,13 @@ class PredictDriver(Driver):
         return format_predict_plan(self.config, PredictStep(self.config))
 
     def run(self) -> int:
+        self.lock()
         existing = self.check_existing()
         config = self.config
         execution = config.execution
         device = describe_device(config.device, config.precision, config.gpus, execution.workers, config.threads)
         started = self.start_summary(device=device)
-        self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        dump_config(config, self.run_dir / self.config_file)
+        self.write_config()
         from daisy import logging as daisy_logging
 
         daisy_logging.set_log_basedir(str(self.run_dir.logs))

@@ -24,14 +24,23 @@ from pathlib import Path
 
 import numpy as np
 
-from affcons.config import dump_config, validate
+from affcons.config import validate
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
 from blockwise.config import AFFINITY_DTYPES, SegmentConfig, SegmentOptions
+from blockwise.faults import inject_fault
 from blockwise.geometry import check_block_chunks, resolve_roi, resolve_voxel_size, to_nm
-from blockwise.layout import FRAGMENTS, RunDir, read_attrs, segment_run_dir, segmentation_name, threshold_name
+from blockwise.layout import (
+    FRAGMENTS,
+    RunDir,
+    input_is_complete,
+    read_attrs,
+    segment_run_dir,
+    segmentation_name,
+    threshold_name,
+)
 from blockwise.runner import Driver
 from blockwise.steps.agglomerate import GlobalAgglomeration
-from blockwise.steps.base import links_box
+from blockwise.steps.base import check_affinity_values, links_box
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.extract import ExtractStep
 from blockwise.steps.fragments import FragmentsStep
@@ -64,6 +73,7 @@ def resolve(options: SegmentOptions, voxels: dict | None = None) -> SegmentConfi
     voxel_size = resolve_voxel_size(affs_path, data["voxel_size"], "affinities")
     affs = open_volume(affs_path, voxel_size=voxel_size)
     check_affinities(affs, affs_path)
+    data["affs_complete"] = input_is_complete(affs_path)
     for key, value in (voxels or {}).items():
         if value is not None:
             data[key] = to_nm(value, voxel_size)
@@ -73,15 +83,66 @@ def resolve(options: SegmentOptions, voxels: dict | None = None) -> SegmentConfi
     data["context"] = data["context"] or to_nm(DEFAULT_CONTEXT, voxel_size)
     roi = resolve_roi(affs.roi, data["roi_offset"], data["roi_shape"], voxel_size, affs_path)
     data["roi_offset"], data["roi_shape"] = tuple(roi.offset), tuple(roi.shape)
-    block_voxels = tuple(b // s for b, s in zip(data["block_size"], voxel_size))
+    block_voxels = clip_block(data["block_size"], data["chunk_shape"], roi.shape, voxel_size)
+    data["block_size"] = to_nm(block_voxels, voxel_size)
     data["chunk_shape"] = data["chunk_shape"] or block_voxels
     check_block_chunks(block_voxels, data["chunk_shape"])
+    sample_affinities(affs, roi, affs_path)
     data["affs"] = str(Path(affs_path).absolute()) if "://" not in affs_path else affs_path
     data["out"] = str(Path(data["out"]).absolute())
     run_dir = RunDir(Path(data["run_dir"] or segment_run_dir(data["out"])).absolute())
     data["run_dir"] = str(run_dir)
-    data["graph"] = absolute_graph_url(data["graph"] or run_dir.default_graph)
+    data["graph"], data["graph_credentials"] = take_password(
+        absolute_graph_url(data["graph"] or run_dir.default_graph), data["graph_credentials"]
+    )
     return validate(SegmentConfig, data, "segment options")
+
+
+def take_password(url: str, credentials: str | None) -> tuple[str, str | None]:
+    """``(url without its password, absolute credentials path)``; the password (from the URL, or checked in the
+    credentials file) goes to this process's worker environment only (:mod:`affcons.secrets`)."""
+    from affcons.secrets import publish_password, read_credentials, split_password
+
+    url, password = split_password(url)
+    if credentials is not None:
+        credentials = str(Path(credentials).absolute())
+        password = password or read_credentials(credentials)
+    publish_password(password)
+    return url, credentials
+
+
+def clip_block(block_nm, chunk_voxels, roi_nm, voxel_size) -> tuple[int, int, int]:
+    """The block in voxels, no larger than the region (rounded up to whole output chunks when the chunk shape is
+    given): a block larger than the volume would only allocate memory for nothing."""
+    block = tuple(b // s for b, s in zip(block_nm, voxel_size))
+    if any(b % s for b, s in zip(block_nm, voxel_size)):
+        return block  # refused by SegmentConfig's check, with the offending value
+    region = tuple(r // s for r, s in zip(roi_nm, voxel_size))
+    if chunk_voxels is None:
+        return tuple(min(b, r) for b, r in zip(block, region))
+    return tuple(min(b, -(-r // c) * c) for b, r, c in zip(block, region, chunk_voxels))
+
+
+def sample_affinities(affs, roi, path: str, samples: int = 8) -> None:
+    """Check the values of up to ``samples`` whole chunks on the diagonal of the region's chunk grid before any work
+    starts (:func:`blockwise.steps.base.check_affinity_values`); every block checks its own values again."""
+    from funlib.geometry import Coordinate, Roi
+
+    if np.dtype(affs.dtype) == np.uint8:
+        return
+    chunk = Coordinate(affs.chunk_shape[-3:]) * affs.voxel_size
+    first = (roi.begin - affs.roi.begin) // chunk
+    last = (roi.end - affs.roi.begin - affs.voxel_size) // chunk
+    steps = max(last - first)
+    for index in sorted({round(i * steps / max(samples - 1, 1)) for i in range(samples)}):
+        position = Coordinate(min(f + index, e) for f, e in zip(first, last))
+        sample = Roi(affs.roi.begin + position * chunk, chunk).intersect(roi)
+        where = f"{path} @ {sample} (nm), checked before the run"
+        try:
+            values = np.asarray(affs[sample])[:3]
+        except Exception as error:  # a corrupt chunk: say where, before any work starts
+            raise VolumeError(f"affinities {where}: cannot be read ({type(error).__name__}: {error})") from None
+        check_affinity_values(values, where)
 
 
 def absolute_graph_url(url: str) -> str:
@@ -143,20 +204,23 @@ class SegmentDriver(Driver):
     def run(self, dry_run: bool = False) -> int:
         from blockwise.plan import format_segment_plan, segment_plan
 
-        self.check_existing()
         if dry_run:
+            self.check_existing()
             print(format_segment_plan(segment_plan(self.config)), file=self.stream)
             return 0
+        self.lock()
+        self.check_existing()
         started = self.start_summary(stages={}, tasks={})
-        self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        dump_config(self.config, self.run_dir / self.config_file)
+        self.write_config()
+        inject_fault("driver", -1, "after-config")
         import daisy.logging
 
         daisy.logging.set_log_basedir(str(self.run_dir.logs))
         from affcons.store import open_store
 
-        with open_store(self.config.graph, "a", self.config.histogram_bins) as store:
+        with open_store(self.config.graph_url(), "a", self.config.histogram_bins) as store:
             self.check_store(store)
+        inject_fault("driver", -1, "after-store")
         fresh_fragments = self.create_fragments()
         try:
             status = self._run_steps(fresh_fragments, started)
@@ -175,7 +239,7 @@ class SegmentDriver(Driver):
         self.set_complete(FRAGMENTS)
         from affcons.store import open_store
 
-        with open_store(self.config.graph, "r", self.config.histogram_bins) as store:
+        with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
             self.summary["nodes"], self.summary["edges"] = store.count_nodes(), store.count_edges()
 
         agglomerate = GlobalAgglomeration(self.config)
@@ -186,6 +250,7 @@ class SegmentDriver(Driver):
             self.say(f"agglomerate: reading {self.summary['edges']} edges from {self.config.public_dump()['graph']}")
             info = agglomerate.run(self.fingerprint)
             info["reused"] = False
+            inject_fault("driver", -1, "after-merge-tree")
         else:
             info["reused"] = True
         self.summary["stages"]["agglomerate"] = {"wall_s": round(time.time() - start, 3), **info}
@@ -203,8 +268,10 @@ class SegmentDriver(Driver):
         segments = agglomerate.write_luts(thresholds)
         self.summary["segments"] = segments
         self.summary["thresholds_reused"] = [threshold_name(t) for t in thresholds if t not in pending]
+        inject_fault("driver", -1, "after-luts")
         if pending:
             fresh = [self.create_segmentation(t) for t in pending]
+            inject_fault("driver", -1, "after-segmentations")
             report = self._run_blockwise(ExtractStep(self.config, thresholds=pending), reset=any(fresh), start=start)
             if not report.ok:
                 return self.fail([report])
@@ -235,12 +302,15 @@ class SegmentDriver(Driver):
     # ----------------------------------------------------------------------------------------------- outputs
 
     def create_fragments(self) -> bool:
-        """Create ``OUT.zarr/fragments`` and the run's face-link bits unless the fragments exist (checked before);
-        True if they were created now."""
+        """Create the run's face-link bits, then ``OUT.zarr/fragments``, unless the fragments exist (checked
+        before); True if they were created now. The fragments come last: their existence marks both created, so a
+        crash in between creates both anew on the next run."""
         if read_attrs(self.out / FRAGMENTS) is not None:
             return False
-        self._create(self.out / FRAGMENTS)
         self._create(links_box(self.config).path, dtype=np.uint8, mode="w")
+        inject_fault("driver", -1, "after-links")
+        self._create(self.out / FRAGMENTS)
+        inject_fault("driver", -1, "after-fragments")
         return True
 
     def create_segmentation(self, threshold: float) -> bool:

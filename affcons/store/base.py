@@ -14,13 +14,13 @@ import itertools
 import json
 import math
 import operator
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from affcons.errors import StoreError
+from affcons.secrets import redact
 from affcons.segment.tables import ID_DTYPE, EdgeTable, NodeTable
 
 MODES = ("r", "a", "w")
@@ -30,11 +30,6 @@ MAX_INT64 = 2**63 - 1
 
 # (begin, end) in nm per axis (z, y, x); None where the ROI is unbounded along that side.
 Bounds = tuple[tuple[float | None, float | None], ...]
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for error messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
 def batched(iterable: Iterable, n: int) -> Iterator[list]:

@@ -13,6 +13,7 @@ another config (nothing overwritten).
 import argparse
 
 from affcons.commands.arguments import non_negative_int, positive_int
+from affcons.secrets import PASSWORD_ENV
 from blockwise.commands.options import ZYX, add_execution_arguments, add_region_arguments, options_from_args
 
 
@@ -33,7 +34,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--context", dest="voxels.context", nargs=3, type=non_negative_int, metavar=ZYX, help="voxels (default 8 32 32)"
     )
-    parser.add_argument("--graph", help="graph store URL (default sqlite:///RUN_DIR/rag.db; or mongodb://host:port/db)")
+    parser.add_argument(
+        "--graph", help="graph store URL (default sqlite:///RUN_DIR/rag.db; or mongodb://[user@]host:port/db)"
+    )
+    parser.add_argument(
+        "--graph-credentials",
+        metavar="FILE",
+        help=f"file with the graph store's password on its first line (mode 600); or set {PASSWORD_ENV}",
+    )
     parser.add_argument("--run-dir", dest="run_dir", help="run directory (default OUT/../NAME.affcons-run)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and estimated cost; write nothing")
     parser.add_argument(

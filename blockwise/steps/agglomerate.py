@@ -80,7 +80,7 @@ class GlobalAgglomeration:
         _warm_up(self.config.agglomerate.scoring, self.config.histogram_bins)
         with RssSampler() as memory:
             start = time.perf_counter()
-            with open_store(self.config.graph, "r", self.config.histogram_bins) as store:
+            with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
                 nodes = store.read_nodes()
                 edges = store.read_edges()
             timings["read_s"] = time.perf_counter() - start

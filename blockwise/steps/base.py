@@ -20,8 +20,10 @@ fragment ids (``local_id + grid_index * (voxels_per_block + 1)``) and graph-stor
 import atexit
 import math
 
+import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from affcons.errors import VolumeError
 from blockwise.layout import FRAGMENTS, RunDir
 from blockwise.timers import Timers
 from blockwise.volumes import Box, box_for
@@ -117,6 +119,30 @@ def links_box(config, writable: bool = False) -> Box:
     return Box(str(links.parent), links.name, tuple(config.roi_offset), tuple(config.voxel_size), writable)
 
 
+#: Float affinities must lie in [0, 1]; this much rounding error is tolerated.
+AFFINITY_TOLERANCE = 1e-6
+
+
+def check_affinity_values(affs: np.ndarray, where: str) -> None:
+    """Float affinities must be finite and in [0, 1] (uint8 ones always are); else a VolumeError naming ``where``
+    and the fix. Catches the silent failures: 0..255 stored as float (everything merges), negative or NaN values
+    (empty segmentations)."""
+    if affs.dtype == np.uint8 or affs.size == 0:
+        return
+    finite = np.isfinite(affs)
+    if not finite.all():
+        raise VolumeError(
+            f"affinities {where}: {int(affs.size - finite.sum())} of {affs.size} values are NaN or infinite; "
+            "affinities must be finite (fix the prediction that wrote them)"
+        )
+    low, high = float(affs.min()), float(affs.max())
+    if low < -AFFINITY_TOLERANCE or high > 1 + AFFINITY_TOLERANCE:
+        fix = "float affinities must lie in [0, 1]"
+        if high > 1.5:
+            fix = "they look like uint8 affinities (0-255) stored as float: divide by 255 or store them as uint8"
+        raise VolumeError(f"affinities {where}: values in [{low:g}, {high:g}], outside [0, 1]; {fix}")
+
+
 class GraphStep(BlockwiseStep):
     """A step that reads affinities and writes to the graph store (fragments, edges). A block reads its write ROI
     grown by ``grow`` (nm) on every side, as declared to daisy; the boxes open lazily in the worker."""
@@ -125,9 +151,16 @@ class GraphStep(BlockwiseStep):
         super().__init__(config)
         self.grow = grow
         self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
+        self.affs.require_chunks = config.affs_complete
         self.fragments = fragments_box(config, writable=writes_fragments)
         self.links = links_box(config, writable=writes_fragments)
         self.store = None
+
+    def read_affinities(self, roi: Roi, block_index: int) -> np.ndarray:
+        """Channels 0-2 of the affinities in ``roi`` (nm), checked (:func:`check_affinity_values`)."""
+        affs = self.affs.read(roi, channels=slice(0, 3))
+        check_affinity_values(affs, f"{self.affs.path}, block {block_index} @ {roi} (nm)")
+        return affs
 
     def rois(self) -> tuple[Roi, Roi, Roi]:
         total = self.roi.grow(self.grow, self.grow)
@@ -138,7 +171,7 @@ class GraphStep(BlockwiseStep):
     def setup(self) -> None:
         from affcons.store import open_store
 
-        self.store = open_store(self.config.graph, "a", self.config.histogram_bins)
+        self.store = open_store(self.config.graph_url(), "a", self.config.histogram_bins)
 
     def teardown(self) -> None:
         if self.store is not None:

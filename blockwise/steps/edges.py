@@ -44,7 +44,7 @@ class EdgesStep(GraphStep):
         read_roi = Roi(write_roi.begin - grow, write_roi.shape + grow)
         with timers.time("read"):
             fragments = self.fragments.read(read_roi)
-            affs = self.affs.read(read_roi, channels=slice(0, 3))
+            affs = self.read_affinities(read_roi, block_index)
             links = self.links.read(read_roi)
         with timers.time("compute"):
             edges = edge_table(

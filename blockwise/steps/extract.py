@@ -8,9 +8,11 @@ indexing (a general sorted lookup is the fallback). Each segmentation is written
 ``OUT.zarr/segmentation_<t:.2f>`` (uint64, chunk-aligned write ROIs).
 
 A later run with new thresholds reuses the merge tree: it only cuts and relabels. The task id names the thresholds
-it writes (``extract_0.50_0.70``), so done markers are kept per set of thresholds and thresholds completed earlier
-are not touched.
+it writes (``extract_0.50_0.70``; for more than four, the first, the last, the count and a digest of all, so the
+name stays short), so done markers are kept per set of thresholds and thresholds completed earlier are not touched.
 """
+
+import hashlib
 
 import numpy as np
 import pydantic
@@ -62,7 +64,11 @@ class ExtractStep(BlockwiseStep):
 
     @property
     def task_id(self) -> str:
-        return "extract_" + "_".join(threshold_name(t) for t in self.thresholds)
+        names = [threshold_name(t) for t in self.thresholds]
+        if len(names) <= 4:
+            return "extract_" + "_".join(names)
+        digest = hashlib.sha256(",".join(names).encode()).hexdigest()[:12]
+        return f"extract_{names[0]}-{names[-1]}_{len(names)}_{digest}"
 
     def worker_arguments(self) -> list[str]:
         return ["--thresholds", *(threshold_name(t) for t in self.thresholds)]

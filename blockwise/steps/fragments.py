@@ -50,7 +50,7 @@ class FragmentsStep(GraphStep):
         options = self.config.fragments
         read_roi = write_roi.grow(self.grow, self.grow).intersect(self.roi)
         with timers.time("read"):
-            affs = self.affs.read(read_roi, channels=slice(0, 3))
+            affs = self.read_affinities(read_roi, block_index)
         with timers.time("compute"):
             affs = affinities_to_float(affs)
             fragments, _ = watershed_from_affinities(
