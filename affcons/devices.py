@@ -8,8 +8,9 @@ instance UUIDs (``MIG-...``). A worker that must compute on the ``i``-th GPU its
     entries = visible_gpus(os.environ, torch.cuda.device_count())     # in the parent (the blockwise driver)
     os.environ["CUDA_VISIBLE_DEVICES"] = worker_visible_devices(entries, i)   # in worker i, before CUDA starts
 
-Everything here but :func:`select_device` and :func:`cuda_capability` is pure (environment, GPU count and compute
-capability are arguments), so the GPU logic is tested on machines without a GPU.
+:func:`visible_gpus`, :func:`worker_visible_devices`, :func:`resolve_device` and :func:`resolve_precision` (given a
+capability) take the environment, GPU count and compute capability as arguments, so the GPU logic is tested on
+machines without a GPU; :func:`select_device` and :func:`cuda_capability` ask torch.
 """
 
 import logging

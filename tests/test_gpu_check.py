@@ -2,12 +2,24 @@
 sightings: every phase runs, the summary is small and complete, nothing else is left behind, failures exit non-zero.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from affcons.nets import CRACNetworks
+from affcons.predict import PatchGrid, Predictor
+from affcons.train.config import ModelConfig
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("benchmark_predict", REPO / "benchmarks" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _check(out: Path, work: Path, *options: str) -> subprocess.CompletedProcess:
@@ -61,3 +73,13 @@ def test_a_check_that_cannot_run_exits_non_zero_with_a_summary(tmp_path):
     summary = json.loads((out / "gpu-check.json").read_text())
     assert summary["status"] == "failed" and "torch sees no GPU" in summary["error"]
     assert "gpu check cannot run here" in (out / "gpu-check.log").read_text()
+
+
+def test_the_warm_up_runs_every_batch_shape_of_the_timed_pass():
+    """cuDNN autotunes per input shape: a warm-up with other batch sizes would leave the tuning in the timed pass."""
+    networks = CRACNetworks.from_config(ModelConfig(filters=[2, 2, 2, 2, 2], embedding_channels=2))
+    predictor = Predictor(networks, PatchGrid((4, 32, 32), (0, 0, 0)), channels=3, batch_size=3)
+    seen = []
+    networks.embedding_net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[0]))
+    _benchmark_module().warm_up(predictor, (8, 64, 128))  # 2 x 2 x 4 = 16 tiles: five batches of 3, one of 1
+    assert sorted(seen) == [1, 3]
