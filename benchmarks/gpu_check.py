@@ -116,6 +116,9 @@ class Report:
             result = function(self, *arguments)
         except EnvironmentProblem:
             raise
+        except Terminated:
+            self.data["phases"][name] = {"status": "failed", "error": "terminated by SIGTERM"}
+            raise
         except Exception as error:  # a failed phase is recorded and the check goes on
             self.say(f"{name} FAILED: {type(error).__name__}: {error}")
             self.log.write(traceback.format_exc())
