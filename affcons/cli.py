@@ -18,6 +18,8 @@ from affcons.errors import AffconsError
 from affcons.secrets import redact
 
 ENTRY_POINT_GROUP = "affcons.commands"
+#: Loggers of libraries shown only from this level on unless ``--verbose``.
+QUIET_LOGGERS = {"numexpr": logging.WARNING, "daisy": logging.ERROR}
 DESCRIPTION = "Sparsely supervised neuron segmentation for EM (CRAC) and blockwise processing on daisy 2."
 
 
@@ -48,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if not args.verbose:
+        # libraries' chatter: numexpr's start-up line, and daisy's per-failure warnings with worker tracebacks (the
+        # command reports every failed block itself, and the tracebacks are in the worker logs)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
     try:
         return int(modules[args.command].run(args) or 0)
     except AffconsError as error:

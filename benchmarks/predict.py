@@ -281,22 +281,24 @@ def time_whole_volume(predictor, raw, seconds: float = 0.0) -> float:
 
 
 def run_blockwise(options: dict) -> tuple[object, dict, float, list[dict]]:
-    """One blockwise prediction run through ``affcons predict``'s machinery: ``options`` as
-    ``blockwise.predict.resolve`` takes them. Returns the resolved config, the job summary, the wall seconds of the
-    run and the per-block timer records (``start`` and ``end`` in epoch seconds, output ``voxels``); a failed run
-    raises RuntimeError. The only place the benchmarks call the blockwise package."""
-    from blockwise.pipeline import read_timer_records
-    from blockwise.predict import TASK_ID, PredictJob, resolve
+    """One blockwise prediction run through ``affcons predict``'s machinery: ``options`` are keys of
+    :class:`blockwise.config.PredictOptions`. Returns the resolved config, the driver's summary, the wall seconds of
+    the run and the per-block timer records (``start`` and ``end`` in epoch seconds, output ``voxels``); a failed
+    run raises RuntimeError. The only place the benchmarks call the blockwise package."""
+    from blockwise.config import PredictOptions
+    from blockwise.predict import PredictDriver, resolve
+    from blockwise.steps.predict import PredictStep
+    from blockwise.timers import read_records
 
-    config, _ = resolve(options)
-    job = PredictJob(config, quiet=True)
+    config, _ = resolve(PredictOptions.model_validate(options))
+    driver = PredictDriver(config, quiet=True)
     start = time.perf_counter()
-    status = job.run()
+    status = driver.run()
     wall = time.perf_counter() - start
     if status != 0:
         raise RuntimeError(f"blockwise prediction failed (exit {status}); see {config.run_dir}")
-    blocks = list(read_timer_records(Path(config.run_dir) / "timers" / TASK_ID).values())
-    return config, job.summary, wall, blocks
+    blocks = list(read_records(PredictStep(config).timers_dir()).values())
+    return config, driver.summary, wall, blocks
 
 
 def main(argv=None) -> int:

@@ -270,6 +270,8 @@ class PredictConfig(Fingerprinted, PredictOptions):
     raw_shape: Triple
     #: The raw says it is complete (imported by affcons): a missing chunk is an error, not fill value.
     raw_complete: bool = False
+    #: Local GPU workers: the driver's ``CUDA_VISIBLE_DEVICES`` entries of ``gpus`` (what each worker sets).
+    gpu_entries: list[str] | None = None
     roi_offset: Triple
     roi_shape: Triple
     patch: Triple

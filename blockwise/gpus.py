@@ -1,8 +1,9 @@
 """Devices of the prediction workers: the device a run resolves to, one exclusive GPU per local worker, CPU cores.
 
 A local GPU worker claims a free GPU of the run's list with an exclusive file lock in ``RUN_DIR/gpu-locks`` (released
-by the OS when the worker dies, so a restarted worker takes over its GPU) and sets ``CUDA_VISIBLE_DEVICES`` before
-CUDA starts. Cluster workers get their GPU from the scheduler.
+by the OS when the worker dies, so a restarted worker takes over its GPU) and sets ``CUDA_VISIBLE_DEVICES`` to that
+GPU's entry of the driver's own ``CUDA_VISIBLE_DEVICES`` before CUDA starts. Cluster workers get their GPU from the
+scheduler (the launchers ask for one per worker job, :mod:`blockwise.launchers`).
 """
 
 import os
@@ -19,36 +20,56 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_device(device: str, gpus: list[int] | None, launcher: str) -> tuple[str, list[int] | None]:
-    """``(device, gpus)`` with ``auto`` and the GPU list resolved on the driver's machine (for local workers)."""
+def resolve_gpus(device: str, gpus: list[int] | None, launcher: str) -> tuple[str, list[int] | None, list[str] | None]:
+    """``(device, gpus, gpu_entries)`` of a prediction run, resolved on the driver's machine.
+
+    Local workers: ``auto`` is ``cuda`` when the driver sees a GPU; ``gpus`` are CUDA indices as the driver sees
+    them (default: all), and ``gpu_entries`` the matching entries of the driver's ``CUDA_VISIBLE_DEVICES``
+    (indices, GPU or MIG UUIDs; :func:`affcons.devices.visible_gpus`), which a worker sets for itself, so a run
+    started with ``CUDA_VISIBLE_DEVICES=4,5`` computes on GPUs 4 and 5. Cluster workers: the scheduler gives each job
+    its GPU, so the device must be chosen explicitly (``auto`` would be decided on the driver's node, perhaps a login
+    node without a GPU) and no GPU list applies."""
+    import os
+
     import torch
 
+    from affcons.devices import visible_gpus, worker_visible_devices
+
+    if launcher != "local":
+        if device == "auto":
+            raise ConfigError(
+                f"device auto is decided on the driver's node, which may have no GPU; with the {launcher} launcher "
+                "choose --device cuda (one GPU per worker job) or --device cpu"
+            )
+        if gpus:
+            raise ConfigError(f"--gpus {gpus} applies to local workers; the {launcher} scheduler assigns GPUs")
+        return device, None, None
+    count = torch.cuda.device_count()
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if count else "cpu"
     if device == "cpu":
         if gpus:
             raise ConfigError(f"--gpus {gpus} given but the device is cpu")
-        return "cpu", None
-    if launcher != "local":
-        return "cuda", gpus  # the cluster scheduler assigns GPUs to each job
-    if not torch.cuda.is_available():
+        return "cpu", None, None
+    if count == 0:
         raise ConfigError("device cuda requested but this machine has no CUDA device (use --device cpu)")
-    count = torch.cuda.device_count()
     gpus = list(gpus) if gpus else list(range(count))
-    bad = [g for g in gpus if not 0 <= g < count]
-    if bad or len(set(gpus)) != len(gpus):
+    if any(not 0 <= g < count for g in gpus) or len(set(gpus)) != len(gpus):
         raise ConfigError(f"--gpus {gpus}: this machine has GPUs 0..{count - 1} (each at most once)")
-    return "cuda", gpus
+    entries = visible_gpus(os.environ, count)
+    return "cuda", gpus, [worker_visible_devices(entries, g) for g in gpus]
 
 
-def claim_gpu(gpus: list[int], lock_dir: Path):
-    """Lock the first free GPU of ``gpus`` (exclusive ``flock`` on ``lock_dir/gpu<N>.lock``); returns
-    ``(gpu, open lock file)``. The lock lives as long as the file stays open, i.e. as long as the worker."""
+def claim_gpu(entries: list[str], lock_dir: Path):
+    """Lock the first free GPU of ``entries`` (``CUDA_VISIBLE_DEVICES`` entries; exclusive ``flock`` on
+    ``lock_dir/gpu-<entry>.lock``); returns ``(entry, open lock file)``. The lock lives as long as the file stays
+    open, i.e. as long as the worker."""
     import fcntl
+    import re
 
     lock_dir.mkdir(parents=True, exist_ok=True)
-    for gpu in gpus:
-        handle = open(lock_dir / f"gpu{gpu}.lock", "w")
+    for gpu in entries:
+        handle = open(lock_dir / f"gpu-{re.sub(r'[^A-Za-z0-9.-]', '_', gpu)}.lock", "w")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,7 +78,14 @@ def claim_gpu(gpus: list[int], lock_dir: Path):
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         return gpu, handle
-    raise RuntimeError(f"no free GPU among {gpus}: every one is held by another worker of this run ({lock_dir})")
+    raise RuntimeError(f"no free GPU among {entries}: every one is held by another worker of this run ({lock_dir})")
+
+
+def gpu_capability(gpus: list[int]) -> tuple[int, int]:
+    """The lowest compute capability among the driver's ``gpus`` (what bf16 support is decided by)."""
+    import torch
+
+    return min(tuple(torch.cuda.get_device_capability(g)) for g in gpus)
 
 
 def describe_device(device: str, precision: str, gpus: list[int] | None, workers: int, threads: int) -> dict:
@@ -65,8 +93,8 @@ def describe_device(device: str, precision: str, gpus: list[int] | None, workers
     import torch
 
     info = {"type": device, "precision": precision, "torch": torch.__version__}
-    if device == "cuda" and torch.cuda.is_available():
-        info["gpus"] = {str(g): torch.cuda.get_device_name(g) for g in (gpus or [])}
+    if device == "cuda" and gpus and torch.cuda.is_available():
+        info["gpus"] = {str(g): torch.cuda.get_device_name(g) for g in gpus}
     else:
         info["cores"] = available_cores()
         info["workers"] = workers

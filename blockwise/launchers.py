@@ -7,7 +7,9 @@
   ``srun ... PYTHON -m blockwise.worker --config RUN_DIR/<config file> --step NAME`` (or ``sbatch --wait --wrap``,
   or ``bsub -K``), which blocks until the remote worker has drained the task. srun, sbatch and bsub forward the
   environment, so the remote worker finds the scheduler. A non-zero exit of the job is a dirty worker exit: daisy
-  starts a replacement (up to ``max_worker_restarts``) and retries the block it held.
+  starts a replacement (up to ``max_worker_restarts``) and retries the block it held. A step whose workers compute
+  on a GPU asks for one per job (``--gres=gpu:1``, ``-gpu num=1``) unless the extra arguments already name a GPU
+  request.
 """
 
 import functools
@@ -18,15 +20,23 @@ import sys
 from blockwise.config import LauncherConfig
 from blockwise.worker import serve_blocks
 
+#: How each scheduler is asked for one GPU per job, and the options by which a user's own arguments already ask.
+GPU_REQUEST = {"slurm": ["--gres=gpu:1"], "lsf": ["-gpu", "num=1"]}
+GPU_OPTIONS = {"slurm": ("--gres", "--gpus", "-G", "--gpus-per-task", "--gpus-per-node"), "lsf": ("-gpu",)}
 
-def submit_command(launcher: LauncherConfig, command: list[str]) -> list[str]:
-    """``command`` wrapped in the cluster's blocking submit command (srun, sbatch --wait or bsub -K)."""
+
+def submit_command(launcher: LauncherConfig, command: list[str], needs_gpu: bool = False) -> list[str]:
+    """``command`` wrapped in the cluster's blocking submit command (srun, sbatch --wait or bsub -K); a worker that
+    ``needs_gpu`` asks for one GPU unless the launcher's extra arguments already name a GPU request."""
+    extra = list(launcher.extra_args)
+    if needs_gpu and not any(arg.split("=")[0] in GPU_OPTIONS[launcher.type] for arg in extra):
+        extra = GPU_REQUEST[launcher.type] + extra
     if launcher.type == "slurm" and launcher.slurm_submit == "srun":
-        return ["srun", *launcher.extra_args, *command]
+        return ["srun", *extra, *command]
     if launcher.type == "slurm":
-        return ["sbatch", "--wait", *launcher.extra_args, "--wrap", shlex.join(command)]
+        return ["sbatch", "--wait", *extra, "--wrap", shlex.join(command)]
     if launcher.type == "lsf":
-        return ["bsub", "-K", *launcher.extra_args, *command]
+        return ["bsub", "-K", *extra, *command]
     raise ValueError(f"launcher {launcher.type!r} has no worker command")
 
 
@@ -35,17 +45,24 @@ def worker_command(launcher: LauncherConfig, config_path: str, step) -> list[str
     ``PYTHON -m blockwise.worker --config CONFIG_PATH --step NAME [step arguments]``, submitted."""
     python = launcher.python or sys.executable
     command = [python, "-m", "blockwise.worker", "--config", str(config_path), "--step", step.name]
-    return submit_command(launcher, command + step.worker_arguments())
+    return submit_command(launcher, command + step.worker_arguments(), needs_gpu=step.needs_gpu)
 
 
 def run_cluster_worker(command: list[str]) -> None:
-    """Run one cluster worker job and wait for it; a failed job raises (a dirty worker exit for daisy)."""
+    """Run one cluster worker job and wait for it; its stderr passes through to this worker slot's log. A failed
+    job raises (a dirty worker exit for daisy) with the last line the job wrote to stderr, so the driver's report
+    says why, not only that it failed."""
     try:
-        completed = subprocess.run(command, stdin=subprocess.DEVNULL)
+        job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     except FileNotFoundError:
         raise RuntimeError(f"cannot start worker: {command[0]!r} not found on PATH ({shlex.join(command)})") from None
-    if completed.returncode != 0:
-        raise RuntimeError(f"worker job exited with code {completed.returncode}: {shlex.join(command)}")
+    last = ""
+    for line in job.stderr:
+        sys.stderr.write(line)
+        last = line.strip() or last
+    if job.wait() != 0:
+        what = f"worker job exited with code {job.returncode}: {shlex.join(command)}"
+        raise RuntimeError(f"{last} ({what})" if last else what)
 
 
 def process_function(step, launcher: LauncherConfig, config_path: str):

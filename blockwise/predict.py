@@ -22,7 +22,7 @@ from affcons.config import validate
 from affcons.errors import ConfigError, VolumeError
 from blockwise.config import PredictConfig, PredictOptions
 from blockwise.geometry import check_block_chunks, resolve_roi, resolve_voxel_size, to_nm
-from blockwise.gpus import describe_device, resolve_device
+from blockwise.gpus import describe_device, gpu_capability, resolve_gpus
 from blockwise.layout import RunDir, input_is_complete, predict_run_dir, read_attrs, update_attrs
 from blockwise.runner import Driver
 from blockwise.steps.predict import PredictStep
@@ -79,7 +79,7 @@ def resolve(options: PredictOptions, voxels: dict | None = None) -> tuple[Predic
     """
     from affcons.io import open_volume
     from affcons.nets import load_model
-    from affcons.predict import SHORT_RANGE, PatchGrid, Predictor, default_margin, required_margin, resolve_precision
+    from affcons.predict import SHORT_RANGE, PatchGrid, Predictor, default_margin, required_margin
 
     data = options.model_dump()
     for key in ("checkpoint", "raw", "out"):
@@ -136,11 +136,16 @@ def resolve(options: PredictOptions, voxels: dict | None = None) -> tuple[Predic
     roi_voxels = tuple(s // v for s, v in zip(roi.shape, voxel_size))
     data["chunk_shape"], data["block_size"] = _blocks(data, grid, roi_voxels, voxel_size)
 
-    device, gpus = resolve_device(data["device"], data["gpus"], data["execution"]["launcher"]["type"])
-    data["device"], data["gpus"] = device, gpus
+    launcher = data["execution"]["launcher"]["type"]
+    device, gpus, entries = resolve_gpus(data["device"], data["gpus"], launcher)
+    data["device"], data["gpus"], data["gpu_entries"] = device, gpus, entries
     import torch
 
-    data["precision"] = resolve_precision(data["precision"], torch.device(device))
+    from affcons.devices import resolve_precision
+
+    if device == "cpu" or gpus:  # else each cluster worker resolves "auto" on its own GPU
+        capability = gpu_capability(gpus) if gpus else None
+        data["precision"] = resolve_precision(data["precision"], torch.device(device), capability)
     data["batch_size"] = data["batch_size"] or (8 if device == "cuda" else 4)
     data["run_dir"] = str(Path(data["run_dir"] or predict_run_dir(data["out"])).absolute())
     if device == "cuda" and gpus:

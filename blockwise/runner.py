@@ -252,8 +252,12 @@ def _first_line(text: str | None, limit: int = 300) -> str | None:
     lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
     if not lines:
         return None
-    line = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    last = lines[-1] if len(lines[-1]) <= limit else lines[-1][: limit - 3] + "..."
+    if len(lines) == 1:
+        return last
+    room = max(limit - len(last) - 5, 20)
+    first = lines[0] if len(lines[0]) <= room else lines[0][: room - 3] + "..."
+    return f"{first} ... {last}"
 
 
 class Driver:

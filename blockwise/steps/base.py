@@ -64,6 +64,11 @@ class BlockwiseStep:
     def teardown(self) -> None:
         """Close what ``setup`` opened."""
 
+    @property
+    def needs_gpu(self) -> bool:
+        """Whether each worker of this step computes on a GPU (cluster launchers then request one per job)."""
+        return False
+
     def worker_arguments(self) -> list[str]:
         """Command-line arguments of ``python -m blockwise.worker`` besides ``--config`` and ``--step``."""
         return []

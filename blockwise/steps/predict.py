@@ -119,6 +119,10 @@ class PredictStep(BlockwiseStep):
         state["_ready"] = False
         return state
 
+    @property
+    def needs_gpu(self) -> bool:
+        return self.config.uses_gpu
+
     def rois(self) -> tuple[Roi, Roi, Roi]:
         total = self.roi.grow(self.margin_nm, self.margin_nm)
         read = Roi(-self.margin_nm, self.block_shape + self.margin_nm * 2)
@@ -130,11 +134,19 @@ class PredictStep(BlockwiseStep):
     def setup(self) -> None:
         config = self.config
         gpu = None
-        if config.uses_gpu and config.gpus and config.execution.launcher.type == "local":
-            gpu, handle = claim_gpu(config.gpus, self.run_dir.gpu_locks)
+        if config.uses_gpu and config.gpu_entries:
+            gpu, handle = claim_gpu(config.gpu_entries, self.run_dir.gpu_locks)
             self._runtime["gpu_lock"] = handle
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # the driver's entry: an index, GPU or MIG UUID
         import torch
+
+        if config.uses_gpu and torch.cuda.device_count() == 0:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+            raise RuntimeError(
+                f"this prediction worker sees no GPU (CUDA_VISIBLE_DEVICES={visible}) but the run's device is cuda: "
+                "request one GPU per worker job from the scheduler (the slurm and lsf launchers do unless their "
+                "extra arguments name a GPU request), or run with --device cpu"
+            )
 
         from affcons.nets import load_model
         from affcons.predict import SHORT_RANGE, Predictor
