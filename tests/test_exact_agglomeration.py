@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.errors import AgglomerationError
-from affcons.segment import EdgeTable, build_merge_tree
+from affcons.segment import QUANTILE_BINS, EdgeTable, build_merge_tree, edge_table, watershed_from_affinities
 from affcons.segment.canonical import compare_fractions, key_before, quantile_bin
 from affcons.segment.hierarchy import (
     BlockState,
@@ -28,6 +29,9 @@ from affcons.segment.hierarchy import (
     merge_tree_from_states,
     parent_state,
 )
+from affcons.synthetic import degraded_affinities
+from blockwise.testing import load_labels
+from tests.test_stitch import cut_into_blocks
 
 BINS = 4
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -366,6 +370,32 @@ def test_one_segment_touching_every_block(scoring):
         assert_same_tree(actual, expected)
     segments = expected.lookup(0.5)
     assert len(np.unique(segments[np.searchsorted(expected.ids, spine)])) == 1
+
+
+@pytest.fixture(scope="module")
+def gala_basins():
+    labels, voxel_size = load_labels("gala")
+    stored = affinities_to_uint8(degraded_affinities(labels[:, :, :100], seed=3))
+    basins, _ = watershed_from_affinities(affinities_to_float(stored), voxel_size=voxel_size)
+    return stored, basins
+
+
+@pytest.mark.parametrize("scoring", ["mean", "quantile50"])
+def test_hierarchical_tree_equals_global_on_a_blockwise_cut_of_real_data(gala_basins, scoring):
+    """A watershed of gala cut into blocks (per-block fragments, face stitching), uint8 affinities: the hierarchical
+    tree is the global canonical tree for two block layouts and two stop levels."""
+    stored, basins = gala_basins
+    bins = QUANTILE_BINS if scoring != "mean" else 0
+    for block in ((25, 50, 50), (16, 32, 40)):
+        fragments, links = cut_into_blocks(basins, block)
+        edges = edge_table(fragments, stored, histogram_bins=bins, links=links)
+        ids, first = np.unique(fragments, return_index=True)
+        ids, first = ids[ids != 0], first[ids != 0]
+        cells = np.stack(np.unravel_index(first, fragments.shape), axis=1) // np.array(block)
+        for stop in (None, 1):
+            actual, expected, _ = global_and_hierarchical(edges, ids, cells, scoring, stop)
+            assert_same_tree(actual, expected)
+        assert expected.num_stitches > 0
 
 
 def take(edges: EdgeTable, mask: np.ndarray) -> EdgeTable:

@@ -374,7 +374,7 @@ def _canonical_tree(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTr
     if len(u) > 1 and np.any((u[1:] == u[:-1]) & (v[1:] == v[:-1])):
         raise ValueError("edge table has an (u, v) pair twice; combine() it first")
     quantised_sum, count, stitched, histogram = (c[order] for c in loop_statistics(edges, quantile))
-    lo, hi, num, den, is_stitch, _, _, _ = canonical_merge_loop(
+    lo, hi, num, den, is_stitch, _, _ = canonical_merge_loop(
         len(ids),
         u,
         v,

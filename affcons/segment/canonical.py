@@ -100,75 +100,85 @@ def quantile_bin(histogram, row, quantile):  # pragma: no cover - compiled
 
 
 # --------------------------------------------------------------------------------------- the loop's indexed heap
+# Entries: heap_edge[i] and heap_key[i], the edge's float64 primary key (-inf for a stitched edge, else -num/den);
+# position[e] is the entry of edge e (-1: not in the heap). The primary key decides when the two differ (and
+# use_approx holds); equal primary keys fall back to the exact fraction and the tie-break.
 
 
 @numba.njit(cache=True)
-def _edge_before(e, f, cls, num, den, approx, ends, use_approx):  # pragma: no cover - compiled
-    lo_e, hi_e = min(ends[e, 0], ends[e, 1]), max(ends[e, 0], ends[e, 1])
-    lo_f, hi_f = min(ends[f, 0], ends[f, 1]), max(ends[f, 0], ends[f, 1])
-    return key_before(
-        cls[e], num[e], den[e], approx[e], lo_e, hi_e, cls[f], num[f], den[f], approx[f], lo_f, hi_f, use_approx
-    )
+def _before(key_e, e, key_f, f, num, den, ends, use_approx):  # pragma: no cover - compiled
+    """Whether edge e (primary key ``key_e``) comes strictly before edge f."""
+    if use_approx and key_e != key_f:
+        return key_e < key_f
+    stitched_e, stitched_f = key_e == -np.inf, key_f == -np.inf
+    if stitched_e != stitched_f:
+        return stitched_e
+    if not stitched_e:
+        order = compare_fractions(num[e], den[e], num[f], den[f])
+        if order != 0:
+            return order > 0
+    lo_e, lo_f = min(ends[e, 0], ends[e, 1]), min(ends[f, 0], ends[f, 1])
+    if lo_e != lo_f:
+        return lo_e > lo_f
+    return max(ends[e, 0], ends[e, 1]) > max(ends[f, 0], ends[f, 1])
 
 
 @numba.njit(cache=True)
-def _sift_down(heap, position, size, hole, cls, num, den, approx, ends, use_approx):  # pragma: no cover - compiled
-    edge = heap[hole]
+def _sift_down(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx):  # pragma: no cover - compiled
+    edge, key = heap_edge[hole], heap_key[hole]
     while True:
         child = 2 * hole + 1
         if child >= size:
             break
-        if child + 1 < size and _edge_before(heap[child + 1], heap[child], cls, num, den, approx, ends, use_approx):
+        if child + 1 < size and _before(
+            heap_key[child + 1], heap_edge[child + 1], heap_key[child], heap_edge[child], num, den, ends, use_approx
+        ):
             child += 1
-        if not _edge_before(heap[child], edge, cls, num, den, approx, ends, use_approx):
+        if not _before(heap_key[child], heap_edge[child], key, edge, num, den, ends, use_approx):
             break
-        heap[hole] = heap[child]
-        position[heap[hole]] = hole
+        heap_edge[hole], heap_key[hole] = heap_edge[child], heap_key[child]
+        position[heap_edge[hole]] = hole
         hole = child
-    heap[hole] = edge
+    heap_edge[hole], heap_key[hole] = edge, key
     position[edge] = hole
 
 
 @numba.njit(cache=True)
-def _sift(heap, position, size, hole, cls, num, den, approx, ends, use_approx):  # pragma: no cover - compiled
-    """Restore the heap order around ``heap[hole]`` after its key rose or fell."""
-    edge = heap[hole]
+def _sift(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx):  # pragma: no cover - compiled
+    """Restore the heap order around entry ``hole`` after its key rose or fell."""
+    edge, key = heap_edge[hole], heap_key[hole]
     start = hole
     while hole > 0:
         parent = (hole - 1) // 2
-        if not _edge_before(edge, heap[parent], cls, num, den, approx, ends, use_approx):
+        if not _before(key, edge, heap_key[parent], heap_edge[parent], num, den, ends, use_approx):
             break
-        heap[hole] = heap[parent]
-        position[heap[hole]] = hole
+        heap_edge[hole], heap_key[hole] = heap_edge[parent], heap_key[parent]
+        position[heap_edge[hole]] = hole
         hole = parent
-    heap[hole] = edge
+    heap_edge[hole], heap_key[hole] = edge, key
     position[edge] = hole
     if hole == start:
-        _sift_down(heap, position, size, hole, cls, num, den, approx, ends, use_approx)
+        _sift_down(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx)
 
 
 @numba.njit(cache=True)
-def _remove(heap, position, size, edge, cls, num, den, approx, ends, use_approx):  # pragma: no cover - compiled
+def _remove(heap_edge, heap_key, position, size, edge, num, den, ends, use_approx):  # pragma: no cover - compiled
     """Remove ``edge`` from the heap; returns the new size."""
     hole = position[edge]
     position[edge] = -1
     size -= 1
     if hole != size:
-        heap[hole] = heap[size]
-        position[heap[hole]] = hole
-        _sift(heap, position, size, hole, cls, num, den, approx, ends, use_approx)
+        heap_edge[hole], heap_key[hole] = heap_edge[size], heap_key[size]
+        position[heap_edge[hole]] = hole
+        _sift(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx)
     return size
 
 
 @numba.njit(cache=True)
-def _set_key(e, quantile, quantised_sum, count, histogram, num, den, approx):  # pragma: no cover - compiled
-    if quantile < 0:
-        num[e] = quantised_sum[e]
-        den[e] = count[e]
-    else:
-        num[e] = np.uint64(quantile_bin(histogram, e, quantile))
-        den[e] = np.uint64(1)
-    approx[e] = np.float64(num[e]) / np.float64(den[e])
+def _primary(e, stitched, num, den):  # pragma: no cover - compiled
+    if stitched[e] > 0:
+        return -np.inf
+    return -(np.float64(num[e]) / np.float64(den[e]))
 
 
 @numba.njit(cache=True)
@@ -186,17 +196,20 @@ def canonical_merge_loop(
         frozen: bool[num_nodes], True for nodes that touch the boundary.
         use_approx: all numerators and denominators stay below 2^53 (see :data:`EXACT_FLOAT_LIMIT`).
 
-    Returns ``(merge_lo, merge_hi, merge_num, merge_den, merge_stitched, deferred, ends, parent)``: the merges in
-    key order (node indices of the two clusters' smallest members, the fraction of the key, class 0 or not); a
-    bool[E] mask of the deferred edges, the int64[E, 2] clusters each edge joins at the end (valid for deferred
-    edges, whose statistics are then final), and a union-find parent array (``parent[hi] = lo`` per merge).
+    Returns ``(merge_lo, merge_hi, merge_num, merge_den, merge_stitched, deferred, ends)``: the merges in key order
+    (node indices of the two clusters' smallest members, the fraction of the key, class 0 or not); a bool[E] mask
+    of the deferred edges and the int64[E, 2] clusters each edge joins at the end (valid for deferred edges, whose
+    statistics are then final).
     """
     num_edges = len(u)
+    if quantile < 0:  # the key's fraction is the mean itself
+        num, den = quantised_sum, count
+    else:  # the quantile's bin over 1
+        num = np.empty(num_edges, np.uint64)
+        den = np.ones(num_edges, np.uint64)
+        for e in range(num_edges):
+            num[e] = quantile_bin(histogram, e, quantile)
     ends = np.empty((num_edges, 2), np.int64)
-    num = np.empty(num_edges, np.uint64)
-    den = np.empty(num_edges, np.uint64)
-    approx = np.empty(num_edges, np.float64)
-    cls = np.empty(num_edges, np.uint8)
     deleted = np.zeros(num_edges, np.bool_)
     deferred = np.zeros(num_edges, np.bool_)
     following = np.full(2 * num_edges, -1, np.int64)  # slot 2e: edge e at its end 0, 2e+1: at its end 1
@@ -204,11 +217,13 @@ def canonical_merge_loop(
     tail = np.full(num_nodes, -1, np.int64)
     lookup = {np.int64(0): np.int64(0)}  # (lo * num_nodes + hi) -> live edge
     del lookup[np.int64(0)]
+    heap_edge = np.arange(num_edges)
+    heap_key = np.empty(num_edges, np.float64)
+    position = np.arange(num_edges)
     for e in range(num_edges):
         ends[e, 0] = u[e]
         ends[e, 1] = v[e]
-        cls[e] = 0 if stitched[e] > 0 else 1
-        _set_key(e, quantile, quantised_sum, count, histogram, num, den, approx)
+        heap_key[e] = _primary(e, stitched, num, den)
         for side in range(2):
             slot = 2 * e + side
             node = ends[e, side]
@@ -218,22 +233,19 @@ def canonical_merge_loop(
                 following[tail[node]] = slot
             tail[node] = slot
         lookup[u[e] * num_nodes + v[e]] = e
-    heap = np.arange(num_edges)
-    position = np.arange(num_edges)
     size = num_edges
     for hole in range(num_edges // 2 - 1, -1, -1):
-        _sift_down(heap, position, size, hole, cls, num, den, approx, ends, use_approx)
+        _sift_down(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx)
     capacity = max(num_nodes - 1, 0)
     merge_lo = np.empty(capacity, np.int64)
     merge_hi = np.empty(capacity, np.int64)
     merge_num = np.empty(capacity, np.uint64)
     merge_den = np.empty(capacity, np.uint64)
     merge_stitched = np.empty(capacity, np.bool_)
-    parent = np.arange(num_nodes)
     merges = 0
     while size > 0:
-        e = heap[0]
-        size = _remove(heap, position, size, e, cls, num, den, approx, ends, use_approx)
+        e = heap_edge[0]
+        size = _remove(heap_edge, heap_key, position, size, e, num, den, ends, use_approx)
         a, b = min(ends[e, 0], ends[e, 1]), max(ends[e, 0], ends[e, 1])
         if frozen[a] or frozen[b]:
             frozen[a] = True
@@ -244,9 +256,8 @@ def canonical_merge_loop(
         merge_hi[merges] = b
         merge_num[merges] = num[e]
         merge_den[merges] = den[e]
-        merge_stitched[merges] = cls[e] == 0
+        merge_stitched[merges] = stitched[e] > 0
         merges += 1
-        parent[b] = a
         deleted[e] = True
         del lookup[a * num_nodes + b]
         # neither a nor b is frozen, so none of their edges is deferred: all live ones are in the heap
@@ -269,24 +280,24 @@ def canonical_merge_loop(
             g = lookup[key] if key in lookup else np.int64(-1)
             if g != -1:  # parallel edges: f leaves the heap (keys untouched meanwhile), its statistics join g
                 deleted[f] = True
-                size = _remove(heap, position, size, f, cls, num, den, approx, ends, use_approx)
-                quantised_sum[g] += quantised_sum[f]
-                count[g] += count[f]
+                size = _remove(heap_edge, heap_key, position, size, f, num, den, ends, use_approx)
                 stitched[g] += stitched[f]
-                for bin_ in range(histogram.shape[1]):
-                    histogram[g, bin_] += histogram[f, bin_]
-                if stitched[g] > 0:
-                    cls[g] = 0
-                _set_key(g, quantile, quantised_sum, count, histogram, num, den, approx)
-                _sift(heap, position, size, position[g], cls, num, den, approx, ends, use_approx)
+                quantised_sum[g] += quantised_sum[f]  # for mean scoring, the key's num and den
+                count[g] += count[f]
+                if quantile >= 0:
+                    for bin_ in range(histogram.shape[1]):
+                        histogram[g, bin_] += histogram[f, bin_]
+                    num[g] = quantile_bin(histogram, g, quantile)
+                heap_key[position[g]] = _primary(g, stitched, num, den)
+                _sift(heap_edge, heap_key, position, size, position[g], num, den, ends, use_approx)
                 if previous == -1:
                     head[b] = next_slot
                 else:
                     following[previous] = next_slot
-            else:  # f now joins a: its tie-break changed
+            else:  # f now joins a: only its tie-break changed
                 ends[f, side] = a
                 lookup[key] = f
-                _sift(heap, position, size, position[f], cls, num, den, approx, ends, use_approx)
+                _sift_down(heap_edge, heap_key, position, size, position[f], num, den, ends, use_approx)
                 previous = slot
             slot = next_slot
         tail[b] = previous
@@ -306,25 +317,7 @@ def canonical_merge_loop(
         merge_stitched[:merges],
         deferred,
         ends,
-        parent,
     )
-
-
-@numba.njit(cache=True)
-def roots(parent):  # pragma: no cover - compiled
-    """The root of every node of a union-find ``parent`` array (with path compression)."""
-    root = np.empty(len(parent), np.int64)
-    for node in range(len(parent)):
-        r = node
-        while parent[r] != r:
-            r = parent[r]
-        root[node] = r
-        n = node
-        while parent[n] != r:
-            following = parent[n]
-            parent[n] = r
-            n = following
-    return root
 
 
 @numba.njit(cache=True)

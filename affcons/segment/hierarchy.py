@@ -418,7 +418,7 @@ def _run(level, quantile, bins, ids, u, v, quantised_sum, count, stitched, histo
         raise ValueError("edge table has an (u, v) pair twice; combine() it first")
     quantised_sum, count, stitched = quantised_sum[order].copy(), count[order].copy(), stitched[order].copy()
     histogram = np.ascontiguousarray(histogram[order], np.int64)
-    lo, hi, num, den, is_stitch, deferred, ends, _ = canonical_merge_loop(
+    lo, hi, num, den, is_stitch, deferred, ends = canonical_merge_loop(
         len(ids),
         u,
         v,
