@@ -58,7 +58,8 @@ class EdgeTable:
     ``quantised_sum`` uint64[E] the exact integer sum of the same affinities quantised to 0..255 (uint8 affinities
     as they are, float ones as ``round(a * 255)`` after clipping to [0, 1]), the statistic of the canonical mean
     linkage (:mod:`affcons.segment.agglomerate`). :func:`affcons.segment.edge_table` always fills it; a table built
-    by hand without it gets ``round(affinity_sum * 255)``, the sum quantised as a whole.
+    by hand without it gets ``round(affinity_sum * 255)``, the sum quantised as a whole (0 where the sum is not
+    finite, at most 2^62).
     """
 
     u: np.ndarray
@@ -80,8 +81,10 @@ class EdgeTable:
         object.__setattr__(self, "histogram", histogram)
         linked = np.zeros(len(self.u), np.uint64) if self.linked is None else self.linked
         object.__setattr__(self, "linked", np.ascontiguousarray(linked, dtype=np.uint64))
-        if self.quantised_sum is None:
-            quantised = np.rint(np.maximum(self.affinity_sum, 0.0) * 255.0)
+        if self.quantised_sum is None:  # the float sum quantised as a whole: 0 when not finite, at most 2^62
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = np.rint(self.affinity_sum * 255.0)
+            quantised = np.where(np.isfinite(scaled), np.clip(scaled, 0.0, 2.0**62), 0.0)
         else:
             quantised = np.asarray(self.quantised_sum)
             if quantised.dtype.kind not in "ui" or (quantised.size and quantised.min() < 0):
