@@ -19,16 +19,27 @@ from hypothesis import strategies as st
 
 from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.errors import AgglomerationError
-from affcons.segment import QUANTILE_BINS, EdgeTable, build_merge_tree, edge_table, watershed_from_affinities
+from affcons.segment import (
+    QUANTILE_BINS,
+    EdgeTable,
+    build_merge_tree,
+    edge_table,
+    node_table,
+    watershed_from_affinities,
+)
 from affcons.segment.canonical import compare_fractions, key_before, quantile_bin
 from affcons.segment.hierarchy import (
     BlockState,
     block_state,
+    block_state_from_store,
+    face_pairs,
     finish,
     hierarchical_merge_tree,
     merge_tree_from_states,
     parent_state,
+    parent_state_from_store,
 )
+from affcons.store import open_store
 from affcons.synthetic import degraded_affinities
 from blockwise.testing import load_labels
 from tests.test_stitch import cut_into_blocks
@@ -474,3 +485,87 @@ def test_inconsistent_inputs_are_refused_naming_the_fragment():
     assert tree.lookup(1.0).tolist() == [1, 1, 1, 6]
     with pytest.raises(AgglomerationError, match="absorbed twice"):
         merge_tree_from_states([left, right, root, root], [1, 2, 5, 6], "mean")
+
+
+def test_face_pairs_are_the_face_neighbours_across_the_box_and_between_its_cells():
+    grid = (3, 5, 4)
+    coordinates = np.stack(np.unravel_index(np.arange(np.prod(grid)), grid), axis=1)
+    for begin, end, cell in (((0, 0, 0), (2, 2, 2), 1), ((1, 2, 0), (3, 5, 4), 2), ((0, 1, 1), (3, 4, 3), (1, 2, 3))):
+        inside = np.all((coordinates >= begin) & (coordinates < end), axis=1)
+        part = (coordinates - np.array(begin)) // np.broadcast_to(np.array(cell), (3,))
+        expected_outer, expected_inner = set(), set()
+        for a, b in itertools.permutations(range(len(coordinates)), 2):
+            if np.abs(coordinates[a] - coordinates[b]).sum() != 1:
+                continue
+            if inside[a] and not inside[b]:
+                expected_outer.add((a, b))
+            if inside[a] and inside[b] and a < b and np.any(part[a] != part[b]):
+                expected_inner.add((a, b))
+        outer, inner = face_pairs(grid, begin, end, cell)
+        assert sorted(map(tuple, outer.tolist())) == sorted(expected_outer)
+        assert sorted(map(tuple, inner.tolist())) == sorted(expected_inner)
+    assert len(face_pairs(grid, (0, 0, 0), grid)[0]) == 0  # the whole grid: nothing leaves it
+
+
+# ------------------------------------------------------------------------------- driven from a graph store
+
+
+def write_blockwise_rag(store, stored, fragments, links, block) -> tuple[int, ...]:
+    """Write nodes and edges per block under C-order grid indices, as the fragments and edges steps do (each edge
+    by the block of its upper voxel, with one voxel of lower context). Returns the grid shape."""
+    grid = tuple(-(-n // b) for n, b in zip(fragments.shape, block))
+    for index, position in enumerate(itertools.product(*(range(g) for g in grid))):
+        begin = [p * b for p, b in zip(position, block)]
+        crop = tuple(slice(o, o + b) for o, b in zip(begin, block))
+        store.write_nodes(index, node_table(fragments[crop], offset=begin))
+        lower = tuple(int(o > 0) for o in begin)
+        read = tuple(slice(o - c, o + b) for o, c, b in zip(begin, lower, block))
+        edges = edge_table(fragments[read], stored[(slice(None),) + read], store.histogram_bins, lower, links[read])
+        store.write_edges(index, edges)
+    return grid
+
+
+def drive_levels(store, grid, scoring, directory, stop_level=None) -> list[BlockState]:
+    """The levels as separate tasks would run them: one state file per block and level, children read back from
+    their files, nothing else kept between levels; the level that covers the grid (or ``stop_level``) finishes."""
+    level, size = 0, 1
+    while True:
+        finishing = all(size >= n for n in grid) or level == stop_level
+        positions = [(0, 0, 0)] if finishing else list(itertools.product(*(range(-(-n // size)) for n in grid)))
+        for position in positions:
+            begin = (0, 0, 0) if finishing else tuple(p * size for p in position)
+            end = grid if finishing else tuple(b + size for b in begin)
+            if level == 0:
+                state = block_state_from_store(store, grid, begin, end, scoring)
+            else:
+                child = size // 2
+                children = [
+                    BlockState.load(directory / f"{level - 1}-{'-'.join(map(str, p))}.npz")
+                    for p in itertools.product(
+                        *(range(b // child, -(-min(e, n) // child)) for b, e, n in zip(begin, end, grid))
+                    )
+                ]
+                state = parent_state_from_store(store, grid, begin, end, child, children, scoring, level)
+            state.save(directory / f"{level}-{'-'.join(map(str, position))}.npz")
+        if finishing:
+            return [BlockState.load(path) for path in sorted(directory.glob("*.npz"))]
+        level, size = level + 1, size * 2
+
+
+@pytest.mark.parametrize("scoring", ["mean", "quantile50"])
+def test_levels_driven_from_a_graph_store_equal_the_global_tree(store_url, gala_basins, tmp_path, scoring):
+    """SQLite: 4 x 4 x 4 blocks; MongoDB (the slow protocol stand-in): 2 x 2 x 2."""
+    stored, basins = gala_basins
+    block = (16, 32, 32) if store_url.startswith("sqlite") else (25, 50, 50)
+    fragments, links = cut_into_blocks(basins, block)
+    with open_store(store_url, "w", histogram_bins=16 if scoring != "mean" else 0) as store:
+        grid = write_blockwise_rag(store, stored, fragments, links, block)
+        assert grid in ((4, 4, 4), (2, 2, 2))
+        nodes, edges = store.read_nodes(), store.read_edges()
+        expected = build_merge_tree(edges, scoring, node_ids=nodes.ids)
+        for stop in (None, 1):
+            directory = tmp_path / f"states-{stop}"
+            directory.mkdir()
+            states = drive_levels(store, grid, scoring, directory, stop)
+            assert_same_tree(merge_tree_from_states(states, nodes.ids, scoring), expected)
+    assert expected.num_stitches > 0

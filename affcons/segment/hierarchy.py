@@ -347,7 +347,74 @@ def hierarchical_merge_tree(
     return merge_tree_from_states(all_states, ids, scoring), report
 
 
+def block_state_from_store(store, grid_shape, begin, end, scoring: str = "mean") -> BlockState:
+    """Level 0 for the box ``[begin, end)`` of the fragment-block grid ``grid_shape``, read from a
+    :class:`~affcons.store.RagStore` whose nodes and edges were written under C-order grid indices: the box's
+    nodes, the edges between them, and the boundary from the edges across the box's faces."""
+    blocks = _box_blocks(grid_shape, begin, end)
+    nodes = store.read_block_nodes(blocks)
+    outer, _ = face_pairs(grid_shape, begin, end)
+    leaving = store.read_face_edges(outer)
+    boundary = np.intersect1d(np.union1d(leaving.u, leaving.v), nodes.ids)
+    return block_state(nodes.ids, store.read_block_edges(blocks), boundary, scoring)
+
+
+def parent_state_from_store(
+    store, grid_shape, begin, end, child_shape, children: Sequence[BlockState], scoring: str = "mean", level=None
+) -> BlockState:
+    """Level k for the box ``[begin, end)`` whose children are its cells of ``child_shape`` blocks per axis (their
+    states in ``children``): reads only the edges across the children's shared faces and across the box's faces.
+    The box of the whole grid has no boundary: it is the root, or the one-process finish of a stop level."""
+    outer, inner = face_pairs(grid_shape, begin, end, child_shape)
+    leaving = store.read_face_edges(outer)
+    members = np.concatenate([c.member_ids for c in children]) if children else np.zeros(0, _U64)
+    boundary = np.intersect1d(np.union1d(leaving.u, leaving.v), members)
+    return parent_state(children, store.read_face_edges(inner), boundary, scoring, level)
+
+
+def face_pairs(grid_shape, begin, end, cell=None) -> tuple[np.ndarray, np.ndarray]:
+    """Face-adjacent pairs of blocks of a grid around and inside the box ``[begin, end)`` (grid coordinates per
+    axis), as linear C-order block indices (``(z * ny + y) * nx + x``, the blockwise grid index).
+
+    Returns ``(outer, inner)``, int64[P, 2] each: ``outer`` pairs (block inside the box, block outside it) across
+    the box's faces, clipped to the grid -- the faces edges leave the box through; ``inner`` pairs of blocks inside
+    the box that lie in different cells of the partition of the box into cells of ``cell`` blocks per axis (an int
+    or one per axis, aligned at ``begin``; default: no partition, no pairs) -- the faces between a parent's
+    children.
+    """
+    shape = np.asarray(grid_shape, np.int64)
+    begin = np.maximum(np.asarray(begin, np.int64), 0)
+    end = np.minimum(np.asarray(end, np.int64), shape)
+    outer, inner = [], []
+    for axis in range(3):
+        others = [np.arange(begin[a], end[a]) if a != axis else None for a in range(3)]
+        planes = []  # (low side coordinate along axis, list to append to)
+        if begin[axis] > 0:
+            planes.append((begin[axis] - 1, outer, True))
+        if end[axis] < shape[axis]:
+            planes.append((end[axis] - 1, outer, False))
+        if cell is not None:
+            step = int(np.broadcast_to(np.asarray(cell, np.int64), (3,))[axis])
+            planes += [(c - 1, inner, False) for c in range(begin[axis] + step, end[axis], step)]
+        for low, target, inside_is_high in planes:
+            grids = np.meshgrid(*[np.array([low]) if a == axis else others[a] for a in range(3)], indexing="ij")
+            low_index = np.ravel_multi_index(tuple(g.ravel() for g in grids), tuple(shape))
+            high_index = low_index + int(np.prod(shape[axis + 1 :]))
+            pair = (high_index, low_index) if inside_is_high else (low_index, high_index)
+            target.append(np.stack(pair, axis=1))
+    empty = np.zeros((0, 2), np.int64)
+    return (np.concatenate(outer) if outer else empty, np.concatenate(inner) if inner else empty)
+
+
 # ------------------------------------------------------------------------------------------------------ helpers
+
+
+def _box_blocks(grid_shape, begin, end) -> np.ndarray:
+    """C-order grid indices of the blocks in the box ``[begin, end)`` (clipped to the grid)."""
+    shape = tuple(int(n) for n in grid_shape)
+    ranges = [np.arange(max(int(b), 0), min(int(e), n)) for b, e, n in zip(begin, end, shape)]
+    grids = np.meshgrid(*ranges, indexing="ij")
+    return np.ravel_multi_index(tuple(g.ravel() for g in grids), shape).astype(np.int64)
 
 
 def _scoring(scoring: str, histogram_bins: int | None) -> int:
