@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import time
 
 import numpy as np
@@ -397,6 +398,23 @@ def test_mode_a_keeps_content_and_refuses_other_histogram_bins(store_url):
     with open_store(store_url, "a", histogram_bins=BINS) as store:
         with pytest.raises(StoreError, match="edges have 0 histogram bins, the store keeps 4"):
             store.write_edges(1, block_tables(1, bins=0)[1])
+
+
+def test_a_store_of_the_previous_schema_is_refused_naming_both_versions(store_url):
+    """Schema 2 stores lack the quantised sums and crossing flags: reopening one is an error, not a wrong read."""
+    open_store(store_url, "w").close()
+    if store_url.startswith("sqlite"):
+        connection = sqlite3.connect(store_url[len("sqlite:///") :])
+        connection.execute("UPDATE store_info SET value = 2 WHERE key = 'schema_version'")
+        connection.commit()
+        connection.close()
+    else:
+        client = pymongo.MongoClient(store_url, serverSelectionTimeoutMS=3000)
+        client.get_default_database().store_info.update_one({"_id": "schema"}, {"$set": {"version": 2}})
+        client.close()
+    for mode in ("r", "a"):
+        with pytest.raises(StoreError, match="store schema version 2, this affcons reads 3"):
+            open_store(store_url, mode)
 
 
 def test_mode_r_on_a_missing_store_errors_naming_the_url(store_url):
