@@ -9,13 +9,21 @@ noise 0.15, seed 0), quantised to uint8 as the pipeline stores them, so that bot
 2. the time to build each tree (best of 7, the two orders alternating), canonical / waterz;
 3. the hierarchical (frozen-boundary) tree of a blockwise cut of the same watershed (per-block fragments, face
    stitching) for three block layouts: whether it is byte-identical to the global canonical tree, the frozen
-   residual per level, and the time, hierarchical (all blocks in one process) / global.
+   residual per level, and the time, hierarchical (all blocks in one process) / global;
+4. peak memory per edge (RSS growth sampled every 5 ms, each case in a fresh process) on a 3-D lattice RAG of
+   ~3.7e5 edges: the global canonical build, the waterz replay, a level-0 block with half its fragments on the
+   boundary, and the one-process finish of a residual of the same size, against the models
+   (:func:`affcons.segment.agglomerate.merge_tree_bytes_per_edge`,
+   :func:`affcons.segment.hierarchy.level_bytes_per_edge`); quantile scoring uses 16 bins here.
 
     python benchmarks/canonical_vs_waterz.py [--scoring mean|quantile50]
 """
 
 import argparse
 import itertools
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -23,9 +31,10 @@ import numpy as np
 from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.evaluate import evaluate
 from affcons.segment import QUANTILE_BINS, apply_lookup, build_merge_tree, edge_table, watershed_from_affinities
-from affcons.segment.agglomerate import parse_scoring
-from affcons.segment.hierarchy import hierarchical_merge_tree
+from affcons.segment.agglomerate import merge_tree_bytes_per_edge, parse_scoring
+from affcons.segment.hierarchy import BlockState, block_state, finish, hierarchical_merge_tree, level_bytes_per_edge
 from affcons.segment.stitch import face_links
+from affcons.segment.tables import EdgeTable
 from affcons.synthetic import degraded_affinities
 from blockwise.testing import GALA, GALA_TEST, ISBI
 
@@ -140,16 +149,110 @@ def hierarchical_check(basins, affs, stored, block, scoring, bins) -> None:
     )
 
 
+MEMORY_CASES = ("global canonical", "global waterz", "level-0 block", "finish")
+
+
+def lattice_rag(side: int, bins: int) -> tuple[EdgeTable, np.ndarray]:
+    """Fragments on a side^3 lattice, edges to the face neighbours, random counts and affinities."""
+    rng = np.random.default_rng(0)
+    index = np.arange(1, side**3 + 1, dtype=np.uint64).reshape(side, side, side)
+    u = np.concatenate([index.take(range(side - 1), axis=a).ravel() for a in range(3)])
+    v = np.concatenate([index.take(range(1, side), axis=a).ravel() for a in range(3)])
+    order = np.lexsort((v, u))
+    u, v = u[order], v[order]
+    count = rng.integers(1, 50, len(u)).astype(np.uint64)
+    histogram = np.zeros((len(u), bins), np.uint32)
+    if bins:
+        histogram[np.arange(len(u)), rng.integers(0, bins, len(u))] = count
+    quantised = count * rng.integers(0, 256, len(u)).astype(np.uint64)
+    return EdgeTable(u, v, quantised / 255.0, count, histogram, None, quantised), index.ravel()
+
+
+def memory_case(case: str, scoring: str, side: int = 50) -> None:
+    """Run one memory case in this process and print its peak RSS growth per edge (a line the parent parses)."""
+    import psutil
+
+    bins = 16 if scoring != "mean" else 0
+    edges, ids = lattice_rag(side, bins)
+    if case == "finish":  # a residual of the same size: a state in which every fragment froze, every edge deferred
+        none = np.zeros(0, np.uint64)
+        residual = BlockState(
+            0,
+            parse_scoring(scoring),
+            bins,
+            none,
+            none,
+            none,
+            none,
+            np.zeros(0, bool),
+            ids,
+            ids,
+            edges.u,
+            edges.v,
+            edges.quantised_sum,
+            edges.count,
+            np.zeros(len(edges), np.uint64),
+            edges.histogram.astype(np.uint64),
+        )
+        edges = EdgeTable.empty(bins)
+    run = {
+        "global canonical": lambda: build_merge_tree(edges, scoring, ids, order="canonical"),
+        "global waterz": lambda: build_merge_tree(edges, scoring, ids, order="waterz"),
+        "level-0 block": lambda: block_state(ids, edges, ids[::2], scoring),
+        "finish": lambda: finish([residual], edges, scoring),
+    }[case]
+    warm = lattice_rag(3, bins)
+    build_merge_tree(warm[0], scoring, warm[1], order="canonical" if case != "global waterz" else "waterz")
+    finish([block_state(warm[1], warm[0], warm[1][:5], scoring)], EdgeTable.empty(bins), scoring)
+    process = psutil.Process()
+    base = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.wait(0.005):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run()
+    done.set()
+    sampler.join()
+    size = 3 * side**2 * (side - 1)
+    print(f"{(max(peak, process.memory_info().rss) - base) / size:.0f} {size}")
+
+
+def memory(scoring: str) -> None:
+    quantile = scoring != "mean"
+    bins = 16 if quantile else 0
+    models = {
+        "global canonical": merge_tree_bytes_per_edge(bins, "canonical", quantile),
+        "global waterz": merge_tree_bytes_per_edge(bins, "waterz", quantile),
+        "level-0 block": level_bytes_per_edge(bins, quantile),
+        "finish": level_bytes_per_edge(bins, quantile),
+    }
+    print(f"\n## peak memory per edge (RSS growth), 3-D lattice RAG, scoring {scoring}, {bins} bins")
+    for case in MEMORY_CASES:
+        command = [sys.executable, __file__, "--scoring", scoring, "--memory-case", case]
+        measured, edges = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+        print(f"{case:>17}: {edges} edges, measured {measured} B/edge, model {models[case]} B/edge")
+
+
 def main() -> None:
     import h5py
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scoring", default="mean", choices=["mean", "quantile50"])
+    parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_case:
+        memory_case(args.memory_case, args.scoring)
+        return
     for name, (path, dataset) in VOLUMES.items():
         with h5py.File(path, "r") as f:
             labels = f[dataset][()].astype(np.uint64)
         compare(name, labels, args.scoring)
+    memory(args.scoring)
 
 
 if __name__ == "__main__":

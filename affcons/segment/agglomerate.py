@@ -26,7 +26,12 @@ import numba
 import numpy as np
 
 from affcons.errors import ConfigError
-from affcons.segment.canonical import canonical_merge_loop, fits_float_shortcut, merge_scores
+from affcons.segment.canonical import (
+    canonical_bytes_per_edge,
+    canonical_merge_loop,
+    fits_float_shortcut,
+    merge_scores,
+)
 from affcons.segment.stitch import relabel_edges, stitch_groups, stitched_edges
 from affcons.segment.tables import EdgeTable
 
@@ -349,31 +354,47 @@ def build_merge_tree(
     return _agglomerate(edges, ids, quantile)
 
 
-def loop_statistics(edges: EdgeTable, quantile: int) -> tuple[np.ndarray, ...]:
-    """The canonical loop's statistics of ``edges`` (copies): quantised sums, counts, stitched flags (uint64) and
-    histograms (int64[E, B] for quantile scoring, [E, 0] for mean). Refuses what the loop cannot order."""
+def loop_statistics(edges: EdgeTable, quantile: int, order: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The canonical loop's statistics of ``edges`` in row order ``order`` (None: as they are), as new arrays the
+    loop may modify: quantised sums, counts, stitched flags (uint64) and histograms (int64[E, B] for quantile
+    scoring, [E, 0] for mean). Refuses what the loop cannot order."""
     if len(edges) and np.any(edges.u >= edges.v):
         raise ValueError("edge table rows need u < v")
     if quantile < 0 and np.any(edges.count == 0):
         raise ValueError("mean scoring needs count >= 1 on every edge (a mean of no voxel pairs is undefined)")
-    histogram = edges.histogram.astype(np.int64) if quantile >= 0 else np.zeros((len(edges), 0), np.int64)
+    rows = slice(None) if order is None else order
+    if quantile >= 0:
+        histogram = edges.histogram[rows].astype(np.int64)
+    else:
+        histogram = np.zeros((len(edges), 0), np.int64)
     return (
-        edges.quantised_sum.copy(),
-        edges.count.copy(),
-        stitched_edges(edges).astype(np.uint64),
+        edges.quantised_sum[rows].copy(),
+        edges.count[rows].copy(),
+        stitched_edges(edges)[rows].astype(np.uint64),
         histogram,
     )
+
+
+def sorted_pairs(u: np.ndarray, v: np.ndarray) -> np.ndarray | None:
+    """The order that sorts node index pairs (u, v), or None where they are sorted already (as combined tables and
+    store reads are); a pair twice is a ValueError."""
+    if len(u) < 2 or np.all((u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (v[1:] > v[:-1]))):
+        return None
+    order = np.lexsort((v, u))
+    su, sv = u[order], v[order]
+    if np.any((su[1:] == su[:-1]) & (sv[1:] == sv[:-1])):
+        raise ValueError("edge table has an (u, v) pair twice; combine() it first")
+    return order
 
 
 def _canonical_tree(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
     """The canonical merge tree of ``edges`` (combined) over the sorted fragment ``ids``."""
     u = np.searchsorted(ids, edges.u).astype(np.int64)
     v = np.searchsorted(ids, edges.v).astype(np.int64)
-    order = np.lexsort((v, u))
-    u, v = u[order], v[order]
-    if len(u) > 1 and np.any((u[1:] == u[:-1]) & (v[1:] == v[:-1])):
-        raise ValueError("edge table has an (u, v) pair twice; combine() it first")
-    quantised_sum, count, stitched, histogram = (c[order] for c in loop_statistics(edges, quantile))
+    order = sorted_pairs(u, v)
+    if order is not None:
+        u, v = u[order], v[order]
+    quantised_sum, count, stitched, histogram = loop_statistics(edges, quantile, order)
     lo, hi, num, den, is_stitch, _, _ = canonical_merge_loop(
         len(ids),
         u,
@@ -407,15 +428,21 @@ def _agglomerate(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
     return MergeTree(ids, kept, absorbed, score, level)
 
 
-def merge_tree_bytes_per_edge(histogram_bins: int) -> int:
+def merge_tree_bytes_per_edge(histogram_bins: int, order: str = "canonical", quantile: bool | None = None) -> int:
     """Peak bytes per RAG edge inside :func:`build_merge_tree`, counted from the arrays it allocates.
 
-    Per edge: endpoints (2 x int64) and statistics (sum, count: float64; histogram: int64 per bin) handed to the
-    loop; current endpoints (2 x int64); two incidence slots (2 x int64); score (float32), stale and deleted flags;
-    one heap entry (float32 + int64); one typed-dict entry of the pair lookup (hash, key, value: 3 x int64, plus about
-    2 x int64 of index table). Stitching (when a block face cut fragments) adds the relabelled table (endpoints,
-    sum, count, linked: 5 x 8 B, histogram: 4 B per bin) and its sort order (int64).
+    ``quantile``: whether the scoring is a quantile (default: ``histogram_bins > 0``). Canonical order: see
+    :func:`affcons.segment.canonical.canonical_bytes_per_edge`. Waterz order, per edge: endpoints (2 x int64) and
+    statistics (sum, count: float64; histogram: int64 per bin) handed to the loop; current endpoints (2 x int64);
+    two incidence slots (2 x int64); score (float32), stale and deleted flags; one heap entry (float32 + int64); one
+    typed-dict entry of the pair lookup (hash, key, value: 3 x int64, plus about 2 x int64 of index table).
+    Stitching (when a block face cut fragments) adds the relabelled table (endpoints, sum, count, linked: 5 x 8 B,
+    histogram: 4 B per bin) and its sort order (int64).
     """
+    if quantile is None:
+        quantile = histogram_bins > 0
+    if parse_order(order) == "canonical":
+        return canonical_bytes_per_edge(histogram_bins, quantile)
     stitched_copy = 5 * 8 + 4 * histogram_bins + 8
     inputs = 2 * 8 + 8 + 8 + 8 * histogram_bins + stitched_copy
     loop_state = 2 * 8 + 2 * 8 + 4 + 1 + 1 + (4 + 8)

@@ -54,6 +54,8 @@ def _mul_128(a, b):  # pragma: no cover - compiled
 @numba.njit(cache=True)
 def compare_fractions(a, b, c, d):  # pragma: no cover - compiled
     """Sign of ``a / b - c / d`` for uint64 ``a, c >= 0`` and ``b, d > 0``, exactly (128-bit products)."""
+    if b == d:  # common for ties: no products needed
+        return 1 if a > c else (-1 if a < c else 0)
     left_high, left_low = _mul_128(np.uint64(a), np.uint64(d))
     right_high, right_low = _mul_128(np.uint64(c), np.uint64(b))
     if left_high != right_high:
@@ -100,23 +102,35 @@ def quantile_bin(histogram, row, quantile):  # pragma: no cover - compiled
 
 
 # --------------------------------------------------------------------------------------- the loop's indexed heap
-# Entries: heap_edge[i] and heap_key[i], the edge's float64 primary key (-inf for a stitched edge, else -num/den);
-# position[e] is the entry of edge e (-1: not in the heap). The primary key decides when the two differ (and
-# use_approx holds); equal primary keys fall back to the exact fraction and the tie-break.
+# Entry i: heap_edge[i], heap_key[i] (the edge's float64 primary key: -inf for a stitched edge, else -num/den) and
+# heap_tie[i] (the tie-break packed as lo * 2^32 + hi, larger first; used when num_nodes < 2^32, else read from
+# ends). position[e] is the entry of edge e (-1: not in the heap). The primary key decides where it differs (and
+# use_approx holds). Equal primary keys mean equal fractions for quantile scoring (integers over 1); for mean
+# scoring they fall back to the exact fraction comparison, then the tie-break.
+#
+# An edge that moves to the merged cluster keeps its fraction; only its tie-break rises. With packed tie-breaks its
+# entry keeps the old one (a snapshot below its key, so the heap order of the snapshots stays valid) and is marked
+# stale; when a stale entry reaches the top it is refiled with its current tie-break. A popped entry that is not
+# stale is then the true minimum: every other entry is at or below its edge's key. Edges whose statistics change
+# (parallel edges joining) are refiled at once.
 
 
 @numba.njit(cache=True)
-def _before(key_e, e, key_f, f, num, den, ends, use_approx):  # pragma: no cover - compiled
-    """Whether edge e (primary key ``key_e``) comes strictly before edge f."""
+def _before(key_e, tie_e, e, key_f, tie_f, f, num, den, ends, settings):  # pragma: no cover - compiled
+    """Whether heap entry (key_e, tie_e) of edge e comes strictly before entry (key_f, tie_f) of edge f.
+    ``settings`` = (use_approx, exact fractions needed on equal keys, tie-breaks packed)."""
+    use_approx, compare_equal, packed = settings
     if use_approx and key_e != key_f:
         return key_e < key_f
     stitched_e, stitched_f = key_e == -np.inf, key_f == -np.inf
     if stitched_e != stitched_f:
         return stitched_e
-    if not stitched_e:
+    if not stitched_e and (compare_equal or not use_approx):
         order = compare_fractions(num[e], den[e], num[f], den[f])
         if order != 0:
             return order > 0
+    if packed:
+        return tie_e > tie_f
     lo_e, lo_f = min(ends[e, 0], ends[e, 1]), min(ends[f, 0], ends[f, 1])
     if lo_e != lo_f:
         return lo_e > lo_f
@@ -124,53 +138,76 @@ def _before(key_e, e, key_f, f, num, den, ends, use_approx):  # pragma: no cover
 
 
 @numba.njit(cache=True)
-def _sift_down(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx):  # pragma: no cover - compiled
-    edge, key = heap_edge[hole], heap_key[hole]
+def _tie(e, ends):  # pragma: no cover - compiled
+    lo, hi = min(ends[e, 0], ends[e, 1]), max(ends[e, 0], ends[e, 1])
+    return (np.uint64(lo) << np.uint64(32)) | np.uint64(hi)
+
+
+@numba.njit(cache=True)
+def _move(heap_edge, heap_key, heap_tie, position, target, source):  # pragma: no cover - compiled
+    heap_edge[target], heap_key[target], heap_tie[target] = heap_edge[source], heap_key[source], heap_tie[source]
+    position[heap_edge[target]] = target
+
+
+@numba.njit(cache=True)
+def _sift_down(
+    heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, settings
+):  # pragma: no cover - compiled
+    edge, key, tie = heap_edge[hole], heap_key[hole], heap_tie[hole]
     while True:
         child = 2 * hole + 1
         if child >= size:
             break
-        if child + 1 < size and _before(
-            heap_key[child + 1], heap_edge[child + 1], heap_key[child], heap_edge[child], num, den, ends, use_approx
+        right = child + 1
+        if right < size and _before(
+            heap_key[right],
+            heap_tie[right],
+            heap_edge[right],
+            heap_key[child],
+            heap_tie[child],
+            heap_edge[child],
+            num,
+            den,
+            ends,
+            settings,
         ):
-            child += 1
-        if not _before(heap_key[child], heap_edge[child], key, edge, num, den, ends, use_approx):
+            child = right
+        if not _before(heap_key[child], heap_tie[child], heap_edge[child], key, tie, edge, num, den, ends, settings):
             break
-        heap_edge[hole], heap_key[hole] = heap_edge[child], heap_key[child]
-        position[heap_edge[hole]] = hole
+        _move(heap_edge, heap_key, heap_tie, position, hole, child)
         hole = child
-    heap_edge[hole], heap_key[hole] = edge, key
+    heap_edge[hole], heap_key[hole], heap_tie[hole] = edge, key, tie
     position[edge] = hole
 
 
 @numba.njit(cache=True)
-def _sift(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx):  # pragma: no cover - compiled
+def _sift(heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, settings):  # pragma: no cover - compiled
     """Restore the heap order around entry ``hole`` after its key rose or fell."""
-    edge, key = heap_edge[hole], heap_key[hole]
+    edge, key, tie = heap_edge[hole], heap_key[hole], heap_tie[hole]
     start = hole
     while hole > 0:
         parent = (hole - 1) // 2
-        if not _before(key, edge, heap_key[parent], heap_edge[parent], num, den, ends, use_approx):
+        if not _before(key, tie, edge, heap_key[parent], heap_tie[parent], heap_edge[parent], num, den, ends, settings):
             break
-        heap_edge[hole], heap_key[hole] = heap_edge[parent], heap_key[parent]
-        position[heap_edge[hole]] = hole
+        _move(heap_edge, heap_key, heap_tie, position, hole, parent)
         hole = parent
-    heap_edge[hole], heap_key[hole] = edge, key
+    heap_edge[hole], heap_key[hole], heap_tie[hole] = edge, key, tie
     position[edge] = hole
     if hole == start:
-        _sift_down(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx)
+        _sift_down(heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, settings)
 
 
 @numba.njit(cache=True)
-def _remove(heap_edge, heap_key, position, size, edge, num, den, ends, use_approx):  # pragma: no cover - compiled
+def _remove(
+    heap_edge, heap_key, heap_tie, position, size, edge, num, den, ends, settings
+):  # pragma: no cover - compiled
     """Remove ``edge`` from the heap; returns the new size."""
     hole = position[edge]
     position[edge] = -1
     size -= 1
     if hole != size:
-        heap_edge[hole], heap_key[hole] = heap_edge[size], heap_key[size]
-        position[heap_edge[hole]] = hole
-        _sift(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx)
+        _move(heap_edge, heap_key, heap_tie, position, hole, size)
+        _sift(heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, settings)
     return size
 
 
@@ -219,11 +256,16 @@ def canonical_merge_loop(
     del lookup[np.int64(0)]
     heap_edge = np.arange(num_edges)
     heap_key = np.empty(num_edges, np.float64)
+    heap_tie = np.empty(num_edges, np.uint64)
     position = np.arange(num_edges)
+    packed = num_nodes < 2**32
+    settings = (use_approx, quantile < 0, packed)
+    stale = np.zeros(num_edges, np.bool_)
     for e in range(num_edges):
         ends[e, 0] = u[e]
         ends[e, 1] = v[e]
         heap_key[e] = _primary(e, stitched, num, den)
+        heap_tie[e] = _tie(e, ends)
         for side in range(2):
             slot = 2 * e + side
             node = ends[e, side]
@@ -235,7 +277,7 @@ def canonical_merge_loop(
         lookup[u[e] * num_nodes + v[e]] = e
     size = num_edges
     for hole in range(num_edges // 2 - 1, -1, -1):
-        _sift_down(heap_edge, heap_key, position, size, hole, num, den, ends, use_approx)
+        _sift_down(heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, settings)
     capacity = max(num_nodes - 1, 0)
     merge_lo = np.empty(capacity, np.int64)
     merge_hi = np.empty(capacity, np.int64)
@@ -245,7 +287,12 @@ def canonical_merge_loop(
     merges = 0
     while size > 0:
         e = heap_edge[0]
-        size = _remove(heap_edge, heap_key, position, size, e, num, den, ends, use_approx)
+        if stale[e]:  # its tie-break rose since it was filed: refile it (it may still be the minimum)
+            stale[e] = False
+            heap_tie[0] = _tie(e, ends)
+            _sift_down(heap_edge, heap_key, heap_tie, position, size, 0, num, den, ends, settings)
+            continue
+        size = _remove(heap_edge, heap_key, heap_tie, position, size, e, num, den, ends, settings)
         a, b = min(ends[e, 0], ends[e, 1]), max(ends[e, 0], ends[e, 1])
         if frozen[a] or frozen[b]:
             frozen[a] = True
@@ -280,7 +327,7 @@ def canonical_merge_loop(
             g = lookup[key] if key in lookup else np.int64(-1)
             if g != -1:  # parallel edges: f leaves the heap (keys untouched meanwhile), its statistics join g
                 deleted[f] = True
-                size = _remove(heap_edge, heap_key, position, size, f, num, den, ends, use_approx)
+                size = _remove(heap_edge, heap_key, heap_tie, position, size, f, num, den, ends, settings)
                 stitched[g] += stitched[f]
                 quantised_sum[g] += quantised_sum[f]  # for mean scoring, the key's num and den
                 count[g] += count[f]
@@ -289,15 +336,20 @@ def canonical_merge_loop(
                         histogram[g, bin_] += histogram[f, bin_]
                     num[g] = quantile_bin(histogram, g, quantile)
                 heap_key[position[g]] = _primary(g, stitched, num, den)
-                _sift(heap_edge, heap_key, position, size, position[g], num, den, ends, use_approx)
+                heap_tie[position[g]] = _tie(g, ends)
+                stale[g] = False
+                _sift(heap_edge, heap_key, heap_tie, position, size, position[g], num, den, ends, settings)
                 if previous == -1:
                     head[b] = next_slot
                 else:
                     following[previous] = next_slot
-            else:  # f now joins a: only its tie-break changed
+            else:  # f now joins a: only its tie-break changed, and only upwards
                 ends[f, side] = a
                 lookup[key] = f
-                _sift_down(heap_edge, heap_key, position, size, position[f], num, den, ends, use_approx)
+                if packed:  # its entry (a snapshot) stays below its key: refile lazily when it reaches the top
+                    stale[f] = True
+                else:
+                    _sift_down(heap_edge, heap_key, heap_tie, position, size, position[f], num, den, ends, settings)
                 previous = slot
             slot = next_slot
         tail[b] = previous
@@ -391,3 +443,17 @@ def fits_float_shortcut(*columns: np.ndarray) -> bool:
     """Whether every value a loop can reach (at most a column's total) stays below 2^53 (totals summed in float64,
     with a factor 2 of margin for its rounding)."""
     return all(float(np.sum(c, dtype=np.float64)) < EXACT_FLOAT_LIMIT / 2 for c in columns)
+
+
+def canonical_bytes_per_edge(histogram_bins: int, quantile: bool) -> int:
+    """Peak bytes per RAG edge of a canonical build, counted from the arrays it allocates (the edge table itself not
+    included): node-index endpoints (2 x int64); the statistics the loop works on (quantised sum, count, stitched:
+    3 x uint64, plus a bool while the flags are made) and, for quantile scoring, the histogram as int64 (a sort
+    order and a uint32 copy of the histogram join them when a table comes unsorted); in the loop: current ends
+    (2 x int64), three flags, two incidence slots (2 x int64), the heap entry (edge, primary key, packed tie-break,
+    position: 4 x 8 B), the typed-dict entry of the pair lookup (about 5 x 8 B) and, for quantile scoring, the
+    key's bin and denominator (2 x 8 B)."""
+    bins = histogram_bins if quantile else 0
+    statistics = 3 * 8 + 1 + 8 * bins
+    loop = 2 * 8 + 3 + 2 * 8 + 4 * 8 + 5 * 8 + (2 * 8 if quantile else 0)
+    return 2 * 8 + statistics + loop

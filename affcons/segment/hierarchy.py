@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from affcons.errors import AgglomerationError, ConfigError
-from affcons.segment.agglomerate import MergeTree, loop_statistics, parse_scoring
+from affcons.segment.agglomerate import MergeTree, loop_statistics, parse_scoring, sorted_pairs
 from affcons.segment.canonical import (
     EXACT_FLOAT_LIMIT,
     argsort_keys,
@@ -176,7 +176,10 @@ def block_state(
     boundary = np.unique(np.asarray(boundary, _U64))
     frozen = np.zeros(len(ids), np.bool_)
     frozen[_positions(ids, boundary, "boundary fragment", "the block's fragments")] = True
-    statistics = loop_statistics(edges, quantile)
+    order = sorted_pairs(u, v)
+    if order is not None:
+        u, v = u[order], v[order]
+    statistics = loop_statistics(edges, quantile, order)
     bins = edges.histogram_bins if quantile >= 0 else 0
     return _run(level, quantile, bins, ids, u, v, *statistics, frozen, boundary)
 
@@ -406,6 +409,22 @@ def face_pairs(grid_shape, begin, end, cell=None) -> tuple[np.ndarray, np.ndarra
     return (np.concatenate(outer) if outer else empty, np.concatenate(inner) if inner else empty)
 
 
+def level_bytes_per_edge(histogram_bins: int, quantile: bool) -> int:
+    """Upper bound of the peak bytes per edge of the graph a block agglomerates (its own edges at level 0; its
+    children's deferred edges plus the crossing edges above), beyond the inputs: the joined statistics (endpoints,
+    quantised sum, count, stitched: 5 x 8 B; int64 histogram), node-index endpoints (2 x int64), the combined
+    copy and its sort order (6 x 8 B; histogram), the canonical loop (see
+    :func:`affcons.segment.canonical.canonical_bytes_per_edge`) and the state it writes (at most every edge
+    deferred: 5 x 8 B; uint64 histogram). Inputs: a crossing edge costs ``EdgeTable.bytes_per_edge`` and a deferred
+    edge of a child state 5 x 8 B plus 8 B per bin; a frozen cluster 16 B."""
+    bins = histogram_bins if quantile else 0
+    joined = 5 * 8 + 8 * bins
+    combined = 6 * 8 + 8 * bins
+    loop = 2 * 8 + 3 + 2 * 8 + 4 * 8 + 5 * 8 + (2 * 8 if quantile else 0)
+    state = 5 * 8 + 8 * bins
+    return joined + 2 * 8 + combined + loop + state
+
+
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
@@ -478,13 +497,9 @@ def _combine(u, v, *columns):
 
 
 def _run(level, quantile, bins, ids, u, v, quantised_sum, count, stitched, histogram, frozen, boundary):
-    """Run the canonical loop with the frozen rule over nodes ``ids`` and package the state."""
-    order = np.lexsort((v, u))
-    u, v = u[order], v[order]
-    if len(u) > 1 and np.any((u[1:] == u[:-1]) & (v[1:] == v[:-1])):
-        raise ValueError("edge table has an (u, v) pair twice; combine() it first")
-    quantised_sum, count, stitched = quantised_sum[order].copy(), count[order].copy(), stitched[order].copy()
-    histogram = np.ascontiguousarray(histogram[order], np.int64)
+    """Run the canonical loop with the frozen rule over nodes ``ids`` on edges sorted by (u, v) (unique), whose
+    statistic arrays it may modify, and package the state."""
+    histogram = np.ascontiguousarray(histogram, np.int64)
     lo, hi, num, den, is_stitch, deferred, ends = canonical_merge_loop(
         len(ids),
         u,
