@@ -480,6 +480,9 @@ def test_inconsistent_inputs_are_refused_naming_the_fragment():
         parent_state([left, right], EdgeTable([2], [6], [1.0], [1], np.zeros((1, 0))), [], "mean")
     with pytest.raises(AgglomerationError, match="two child states"):
         parent_state([left, left], EdgeTable.empty(), [], "mean")
+    both = block_state(np.array([5, 6], np.uint64), EdgeTable.empty(), [5, 6], "mean")
+    with pytest.raises(AgglomerationError, match=r"crossing edge \(5, 6\) lies inside one child"):
+        parent_state([left, both], EdgeTable([5], [6], [1.0], [1], np.zeros((1, 0))), [], "mean")
     root = finish([left, right], EdgeTable([2], [5], [1.0], [1], np.zeros((1, 0))), "mean")
     tree = merge_tree_from_states([left, right, root], [1, 2, 5, 6], "mean")
     assert tree.lookup(1.0).tolist() == [1, 1, 1, 6]

@@ -206,20 +206,29 @@ def parent_state(
     for child in children:
         if child.quantile != quantile:
             raise AgglomerationError(f"a child state was agglomerated with another scoring than {scoring!r}")
-    ids = np.concatenate([c.cluster_ids for c in children]) if children else np.zeros(0, _U64)
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
+    ids = np.sort(np.concatenate([c.cluster_ids for c in children]) if children else np.zeros(0, _U64))
     if len(ids) > 1 and np.any(ids[1:] == ids[:-1]):
         raise AgglomerationError(f"cluster {ids[1:][ids[1:] == ids[:-1]][0]} is frozen in two child states")
-    member_ids = np.sort(np.concatenate([c.member_ids for c in children]) if children else np.zeros(0, _U64))
+    member_ids = np.concatenate([c.member_ids for c in children]) if children else np.zeros(0, _U64)
+    member_child = np.repeat(np.arange(len(children)), [len(c.member_ids) for c in children])
+    order = np.argsort(member_ids, kind="stable")
+    member_ids, member_child = member_ids[order], member_child[order]
     if len(member_ids) > 1 and np.any(member_ids[1:] == member_ids[:-1]):
         raise AgglomerationError(f"fragment {member_ids[1:][member_ids[1:] == member_ids[:-1]][0]} is in two blocks")
     if len(crossing) and np.any(crossing.u >= crossing.v):
         raise ValueError("crossing edge rows need u < v")
     if quantile < 0 and np.any(crossing.count == 0):
         raise ValueError("mean scoring needs count >= 1 on every edge (a mean of no voxel pairs is undefined)")
-    for endpoint in (crossing.u, crossing.v):  # boundary members are frozen singletons, named by their own id
-        _positions(member_ids, endpoint, "crossing edge endpoint", "the children's boundary members")
+    # boundary members are frozen singletons, named by their own id; a crossing edge joins two children
+    child_u = member_child[
+        _positions(member_ids, crossing.u, "crossing edge endpoint", "the children's boundary members")
+    ]
+    child_v = member_child[
+        _positions(member_ids, crossing.v, "crossing edge endpoint", "the children's boundary members")
+    ]
+    if np.any(child_u == child_v):
+        i = int(np.flatnonzero(child_u == child_v)[0])
+        raise AgglomerationError(f"crossing edge ({crossing.u[i]}, {crossing.v[i]}) lies inside one child block")
     boundary = np.unique(np.asarray(boundary, _U64))
     _positions(member_ids, boundary, "boundary fragment", "the children's boundary members")
     # the children's deferred edges and the crossing fragment edges, parallel edges added
