@@ -55,7 +55,8 @@ class BlockState:
       a later crossing edge can reach. Each is a frozen cluster of its own (frozen from the start, it never
       merges inside the block), so a crossing edge joins the clusters named by its two fragments.
     - Deferred edges ``edge_u < edge_v`` [D] between frozen clusters, with ``edge_quantised_sum``, ``edge_count``,
-      ``edge_stitched`` (number of stitched fragment edges in it) and ``edge_histogram`` [D, B], all uint64.
+      ``edge_stitched`` (number of stitched fragment edges in it), all uint64, and ``edge_histogram`` [D, B]
+      (uint32, or uint64 where a bin exceeds 2^32 - 1).
     """
 
     level: int
@@ -91,11 +92,11 @@ class BlockState:
         }
 
     def save(self, file) -> None:
-        """Write the state as one ``.npz`` (numpy arrays only) to ``file`` (a path or a binary file object). Atomicity
-        is the caller's: write to a temporary name and rename."""
+        """Write the state as one compressed ``.npz`` (numpy arrays only) to ``file`` (a path or a binary file
+        object). Atomicity is the caller's: write to a temporary name and rename."""
         arrays = {f.name: getattr(self, f.name) for f in fields(self)}
         arrays.update(format=STATE_FORMAT, level=self.level, quantile=self.quantile, histogram_bins=self.histogram_bins)
-        np.savez(file, **{name: np.asarray(value) for name, value in arrays.items()})
+        np.savez_compressed(file, **{name: np.asarray(value) for name, value in arrays.items()})
 
     @staticmethod
     def load(file) -> "BlockState":
@@ -136,7 +137,6 @@ class BlockState:
             "edge_quantised_sum": _U64,
             "edge_count": _U64,
             "edge_stitched": _U64,
-            "edge_histogram": _U64,
         }
         for name, dtype in expected.items():
             if getattr(self, name).dtype != dtype:
@@ -148,6 +148,8 @@ class BlockState:
         for group in groups:
             if len({getattr(self, name).shape[0] for name in group}) != 1:
                 raise AgglomerationError(f"block state arrays {', '.join(group)} differ in length")
+        if self.edge_histogram.dtype not in (np.uint32, _U64):
+            raise AgglomerationError(f"block state array edge_histogram has dtype {self.edge_histogram.dtype}")
         if self.edge_histogram.ndim != 2 or self.edge_histogram.shape[1] != self.histogram_bins:
             raise AgglomerationError(
                 f"block state edge_histogram has shape {self.edge_histogram.shape}, expected (D, {self.histogram_bins})"
@@ -424,8 +426,9 @@ def level_bytes_per_edge(histogram_bins: int, quantile: bool) -> int:
     quantised sum, count, stitched: 5 x 8 B; int64 histogram), node-index endpoints (2 x int64), the combined
     copy and its sort order (6 x 8 B; histogram), the canonical loop (see
     :func:`affcons.segment.canonical.canonical_bytes_per_edge`) and the state it writes (at most every edge
-    deferred: 5 x 8 B; uint64 histogram). Inputs: a crossing edge costs ``EdgeTable.bytes_per_edge`` and a deferred
-    edge of a child state 5 x 8 B plus 8 B per bin; a frozen cluster 16 B."""
+    deferred: 5 x 8 B; int64 histogram before narrowing). Inputs: a crossing edge costs
+    ``EdgeTable.bytes_per_edge`` and a deferred edge of a child state 5 x 8 B plus 4 B per bin; a frozen cluster
+    16 B."""
     bins = histogram_bins if quantile else 0
     joined = 5 * 8 + 8 * bins
     combined = 6 * 8 + 8 * bins
@@ -541,8 +544,14 @@ def _run(level, quantile, bins, ids, u, v, quantised_sum, count, stitched, histo
         edge_quantised_sum=quantised_sum[deferred][edge_order],
         edge_count=count[deferred][edge_order],
         edge_stitched=stitched[deferred][edge_order],
-        edge_histogram=histogram[deferred][edge_order].astype(_U64).reshape(len(edge_u), bins),
+        edge_histogram=_narrow(histogram[deferred][edge_order].reshape(len(edge_u), bins)),
     )
+
+
+def _narrow(histogram: np.ndarray) -> np.ndarray:
+    """int64 counts as uint32 when every one fits (they nearly always do), else uint64."""
+    fits = histogram.size == 0 or int(histogram.max()) <= np.iinfo(np.uint32).max
+    return histogram.astype(np.uint32 if fits else _U64)
 
 
 def _level_report(level: int, states: list[BlockState]) -> dict:
