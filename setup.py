@@ -37,7 +37,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["affcons", "affcons.*", "blockwise", "blockwise.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "nx-27017==0.8.1", "ruff==0.17.5"]},
+    extras_require={"test": ["pytest==9.2.0", "nx-27017==0.8.1", "ruff==0.17.5", "hypothesis==6.170.15"]},
     entry_points={
         "console_scripts": ["affcons=affcons.cli:main"],
         # The CLI's commands (affcons.cli), in the order `affcons --help` lists them.
