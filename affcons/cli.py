@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 
+import affcons
 from affcons.errors import AffconsError
 
 COMMANDS = {
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="affcons", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"affcons {affcons.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             importlib.import_module(module_name).configure_parser(sub)
     args = parser.parse_args(argv)
+    if not args.verbose:  # numexpr (imported by pandas, by dask) logs its thread count at INFO when first imported
+        logging.getLogger("numexpr").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

@@ -162,14 +162,17 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
     from affcons.train.strategies import CRACStrategy, load_confidence_net
     from affcons.train.trainer import Trainer, prepare_stage_dir, seed_everything
 
+    s2 = config.pseudo.s2
+    needs_confidence_net = config.variant != "supervised" and s2.enabled and s2.gate < config.run.iterations
+    if needs_confidence_net:  # checked before anything is written
+        if not s2.checkpoint:
+            raise ConfigError("pseudo.s2.enabled needs pseudo.s2.checkpoint (run `affcons pretrain`), or --no-s2")
+        check_confidence_checkpoint(resolve_path(s2.checkpoint))
     stage_dir = run_dir / "crac"
     prepare_stage_dir(stage_dir, args.resume)
     device, dataset, validation = _common_setup(config, run_dir)
     confidence_net = None
-    s2 = config.pseudo.s2
-    if config.variant != "supervised" and s2.enabled and s2.gate < config.run.iterations:
-        if not s2.checkpoint:
-            raise ConfigError("pseudo.s2.enabled needs pseudo.s2.checkpoint (run `affcons pretrain`), or --no-s2")
+    if needs_confidence_net:
         confidence_net = load_confidence_net(resolve_path(s2.checkpoint), device)
     seed_everything(config.run.seed, config.run.deterministic)
     strategy = CRACStrategy(config, device, confidence_net)
@@ -190,6 +193,27 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
     summary["run_dir"] = str(run_dir)
     summary["sparse"] = dataset.sparse_report.summary()
     return summary
+
+
+def check_confidence_checkpoint(path: Path) -> None:
+    """A missing S2 confidence net is a CheckpointError that says which pre-training writes it, and the options.
+
+    ``affcons pretrain -c NAME`` writes ``runs/NAME/confidence.pt``: a missing file of that form names ``NAME`` when
+    ``configs/NAME.yaml`` exists.
+    """
+    if path.is_file():
+        return
+    how = "run the pre-training first (`affcons pretrain -c CONFIG` writes runs/CONFIG/confidence.pt)"
+    if path.name == "confidence.pt":
+        try:
+            resolve_config_path(path.parent.name)
+            how = f"run the pre-training first: `affcons pretrain -c {path.parent.name}`"
+        except ConfigError:
+            pass
+    raise CheckpointError(
+        f"strategy S2 needs the confidence net {path}, which does not exist yet: {how}; "
+        "or name another with --confidence-checkpoint PATH; or train without S2: --no-s2"
+    )
 
 
 def pretrain(config, run_dir: Path, args: argparse.Namespace) -> dict:
@@ -274,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_parser(parser)
     args = parser.parse_args(options)
     args.command = command
+    if not args.verbose:  # numexpr (imported by pandas, by dask) logs its thread count at INFO when first imported
+        logging.getLogger("numexpr").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
