@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "psutil==7.2.2",
     "dask==2026.8.0",
     "neuroglancer==2.41.2",
+    "matplotlib==3.11.2",
 ]
 
 setup(
