@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common_setup(config, run_dir: Path):
-    """Device, seeds, data (a missing volume is a VolumeError naming it) and the validation volume."""
+def _load_data(config):
+    """Device, seeds, data (a missing volume is a VolumeError naming it) and the validation volume; writes nothing."""
     from affcons.nets import select_device
     from affcons.train.dataset import CropDataset, load_volume
 
@@ -138,6 +138,11 @@ def _common_setup(config, run_dir: Path):
     validation = None
     if config.validation.volume is not None:
         validation = load_volume(config.validation.volume, "validation.volume", need_labels=True)
+    return device, dataset, validation
+
+
+def _write_run_files(config, run_dir: Path, dataset) -> None:
+    """The run directory with the config used and the sparse-label report."""
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / f"config-{config.kind}.yaml")
     (run_dir / "sparse.json").write_text(
@@ -152,8 +157,6 @@ def _common_setup(config, run_dir: Path):
             indent=1,
         )
     )
-    logger.info("run directory %s, device %s", run_dir, device)
-    return device, dataset, validation
 
 
 def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
@@ -162,15 +165,17 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
     from affcons.train.strategies import CRACStrategy, load_confidence_net
     from affcons.train.trainer import Trainer, prepare_stage_dir, seed_everything
 
+    stage_dir = run_dir / "crac"
+    prepare_stage_dir(stage_dir, args.resume)
+    device, dataset, validation = _load_data(config)
     s2 = config.pseudo.s2
     needs_confidence_net = config.variant != "supervised" and s2.enabled and s2.gate < config.run.iterations
     if needs_confidence_net:  # checked before anything is written
         if not s2.checkpoint:
             raise ConfigError("pseudo.s2.enabled needs pseudo.s2.checkpoint (run `affcons pretrain`), or --no-s2")
         check_confidence_checkpoint(resolve_path(s2.checkpoint))
-    stage_dir = run_dir / "crac"
-    prepare_stage_dir(stage_dir, args.resume)
-    device, dataset, validation = _common_setup(config, run_dir)
+    _write_run_files(config, run_dir, dataset)
+    logger.info("run directory %s, device %s", run_dir, device)
     confidence_net = None
     if needs_confidence_net:
         confidence_net = load_confidence_net(resolve_path(s2.checkpoint), device)
@@ -211,7 +216,7 @@ def check_confidence_checkpoint(path: Path) -> None:
         except ConfigError:
             pass
     raise CheckpointError(
-        f"strategy S2 needs the confidence net {path}, which does not exist yet: {how}; "
+        f"checkpoint {path} does not exist: strategy S2 needs this confidence net; {how}; "
         "or name another with --confidence-checkpoint PATH; or train without S2: --no-s2"
     )
 
@@ -222,7 +227,9 @@ def pretrain(config, run_dir: Path, args: argparse.Namespace) -> dict:
     from affcons.train.strategies import ConfidenceStrategy, EmbeddingWarmupStrategy
     from affcons.train.trainer import Trainer, prepare_stage_dir, seed_everything
 
-    device, dataset, validation = _common_setup(config, run_dir)
+    device, dataset, validation = _load_data(config)
+    _write_run_files(config, run_dir, dataset)
+    logger.info("run directory %s, device %s", run_dir, device)
     summaries = {"run_dir": str(run_dir), "sparse": dataset.sparse_report.summary()}
     stage1_dir, stage2_dir = run_dir / "stage1", run_dir / "stage2"
     if args.stage in ("1", "all"):
