@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "psutil==7.2.2",
     "dask==2026.8.0",
+    "neuroglancer==2.41.2",
+    "matplotlib==3.11.2",
 ]
 
 setup(

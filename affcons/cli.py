@@ -14,6 +14,7 @@ import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import affcons
 from affcons.errors import AffconsError
 from affcons.secrets import redact
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="affcons", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"affcons {affcons.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     modules = {}
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = command.load()
             modules[name].configure_parser(sub)
     args = parser.parse_args(argv)
+    if not args.verbose:  # numexpr (imported by pandas, by dask) logs its thread count at INFO when first imported
+        logging.getLogger("numexpr").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

@@ -5,6 +5,7 @@ resolves ``NAME`` to ``configs/NAME.yaml`` (current directory first, then the re
 path, and turns every validation problem into a :class:`~affcons.errors.ConfigError` naming the key and the file.
 """
 
+import difflib
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,18 +33,24 @@ ModelT = TypeVar("ModelT", bound=StrictModel)
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """Return the YAML file for ``name_or_path``: an existing path, else ``configs/NAME.yaml``.
 
-    ``configs/`` is looked up in the current directory first, then in the repository that holds this package.
+    ``configs/`` is looked up in the current directory first, then in the repository that holds this package. An
+    unknown name is a ConfigError that suggests the closest names and lists the configs there are.
     """
     candidate = Path(name_or_path)
     if candidate.is_file():
         return candidate
     name = candidate.name if candidate.suffix in (".yaml", ".yml") else f"{candidate.name}.yaml"
-    for directory in (Path.cwd() / "configs", REPO_CONFIG_DIR):
+    directories = list(dict.fromkeys(d.resolve() for d in (Path.cwd() / "configs", REPO_CONFIG_DIR)))
+    for directory in directories:
         if (directory / name).is_file():
             return directory / name
+    available = sorted({path.stem for directory in directories for path in directory.glob("*.yaml")})
+    close = difflib.get_close_matches(Path(name).stem, available, n=3, cutoff=0.6)
+    suggestion = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(
-        f"config {str(name_or_path)!r} not found: neither a file nor configs/{name} "
-        f"(looked in {Path.cwd() / 'configs'} and {REPO_CONFIG_DIR})"
+        f"config {str(name_or_path)!r} not found: no such file, and no {name} in "
+        f"{' or '.join(str(d) for d in directories)}.{suggestion} "
+        f"Configs: {', '.join(available) or 'none'}"
     )
 
 
