@@ -52,6 +52,8 @@ setup(
             "pretrain=affcons.commands:PRETRAIN",
             "train=affcons.commands:TRAIN",
             "run=blockwise.commands:RUN",
+            "view=blockwise.commands:VIEW",
+            "report=blockwise.commands:REPORT",
         ],
     },
 )

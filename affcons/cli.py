@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = command.load()
             modules[name].configure_parser(sub)
     args = parser.parse_args(argv)
-    if not args.verbose:  # numexpr (imported by pandas, by dask) logs its thread count at INFO when first imported
-        logging.getLogger("numexpr").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

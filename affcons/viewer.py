@@ -364,8 +364,8 @@ def serve(
     """Start serving ``layers`` to neuroglancer and return the session (its ``url`` is the page to open).
 
     Args:
-        layers: what to show; the first visible image layer (else the first layer) sets the viewer's axes (nm),
-            position (the volume's centre) and zoom.
+        layers: what to show; the first visible image layer (else the first layer) sets the viewer's axes (nm); the
+            view is centred on, and zoomed to, the first visible segmentation layer (else that image layer).
         bind_address: interface of both servers; ``0.0.0.0`` makes them reachable from other machines (the URL then
             names this host). neuroglancer binds once per process: later calls reuse its first address.
         layout: neuroglancer layout (``4panel``, ``xy``, ``xz``, ``yz``, ``3d``, ...).
@@ -386,12 +386,14 @@ def serve(
         neuroglancer.set_server_bind_address(bind_address)
     data_server = DataServer([layer.path for layer in layers], bind_address)
     viewer = neuroglancer.Viewer()
-    reference = next((info for layer, info in zip(layers, infos) if layer.visible and layer.kind == "image"), infos[0])
+    reference = first_visible(layers, infos, "image") or infos[0]
+    focus = first_visible(layers, infos, "segmentation") or reference
     with viewer.txn() as state:
         state.dimensions = neuroglancer.CoordinateSpace(names=["z", "y", "x"], units="nm", scales=reference.voxel_size)
-        spatial_shape = reference.shape[reference.channel_axes :]
-        state.position = [o / v + s / 2 for o, v, s in zip(reference.offset, reference.voxel_size, spatial_shape)]
-        state.cross_section_scale = max(spatial_shape[1:]) / panel_pixels
+        focus_nm = [s * v for s, v in zip(focus.shape[focus.channel_axes :], focus.voxel_size)]
+        centre_nm = [o + e / 2 for o, e in zip(focus.offset, focus_nm)]
+        state.position = [c / v for c, v in zip(centre_nm, reference.voxel_size)]
+        state.cross_section_scale = max(e / v for e, v in zip(focus_nm[1:], reference.voxel_size[1:])) / panel_pixels
         state.display_dimensions = ["x", "y", "z"]  # the xy panel shows x across, y down; z is the section
         state.layout = layout
         for index, (layer, info) in enumerate(zip(layers, infos)):
@@ -408,6 +410,11 @@ def serve(
             state.layers[layer.name].visible = layer.visible
     logger.info("neuroglancer: %s (data from %s)", viewer.get_viewer_url(), data_server.url)
     return ViewerSession(viewer, data_server, layers)
+
+
+def first_visible(layers: Sequence[Layer], infos: Sequence[VolumeInfo], kind: str) -> VolumeInfo | None:
+    """The geometry of the first visible layer of ``kind``, or None."""
+    return next((info for layer, info in zip(layers, infos) if layer.visible and layer.kind == kind), None)
 
 
 def _layer_source(neuroglancer, url: str, info: VolumeInfo):

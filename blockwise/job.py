@@ -13,8 +13,9 @@ Stages (each resumes: re-running the same command after an interruption continue
 4. ``evaluate`` (if ``evaluate.ground_truth`` is set): VOI split/merge (nats) and ARAND of every segmentation in the
    evaluation ROI.
 
-At the end the outputs are described for neuroglancer: paths, shapes, voxel sizes and offsets are printed and stored
-in the summary, and ``RUN_DIR/neuroglancer.py`` is a script that opens them in a local neuroglancer viewer.
+At the end the outputs are described (paths, shapes, voxel sizes and offsets, printed and in the summary),
+``RUN_DIR/report.html`` is written (:mod:`blockwise.report`), and ``affcons view RUN_DIR`` shows them in
+neuroglancer.
 
 The job's config (:class:`~blockwise.config.JobConfig`) composes the ``predict`` and ``segment`` settings of the two
 commands; its ``job.yaml`` in the run directory carries its fingerprint, so a changed config for an existing run
@@ -22,7 +23,7 @@ directory is refused before anything runs. Exit codes: 0 done, 1 blocks failed i
 an existing output of another config.
 """
 
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -186,9 +187,10 @@ class Job(Driver):
         from blockwise.predict import PredictDriver
         from blockwise.predict import resolve as resolve_predict
 
+        self.check_run_dir()  # refusals write nothing
         if not dry_run:
             self.lock()
-        self.check_run_dir()
+            self.check_run_dir()  # again: no other driver can write here now
         if dry_run:
             predict_config, _ = resolve_predict(self.predict_options(resolve_path(self.config.raw)))
             print(PredictDriver(predict_config).plan(), file=self.stream)
@@ -258,14 +260,25 @@ class Job(Driver):
         self.summary["status"] = "complete"
         self.summary["wall_s"] = round(time.time() - started, 3)
         self.summary["outputs"] = self.describe_outputs(raw, segment_config, predict_config)
-        script = self.run_dir.neuroglancer_script
-        script.write_text(neuroglancer_script(self.summary["outputs"]))
+        self.write_summary()
+        report = self.write_report()
         print(
-            format_outputs(self.summary["outputs"], script, self.run_dir.summary, self.summary["wall_s"]),
+            format_outputs(self.summary["outputs"], self.run_dir, report, self.summary["wall_s"]),
             file=self.stream,
             flush=True,
         )  # the result: printed even with --quiet
         return 0
+
+    def write_report(self) -> Path | None:
+        """``RUN_DIR/report.html`` (:mod:`blockwise.report`); a failure to draw it is reported, not raised."""
+        from blockwise.layout import run_contents
+        from blockwise.report import write_run_report
+
+        try:
+            return write_run_report(run_contents(self.run_dir.path), self.run_dir.report)
+        except Exception as error:  # the run itself is complete; its report is an extra
+            print(f"{self.command}: warning: report not written: {error}", file=sys.stderr, flush=True)
+            return None
 
     def _run_stage(self, index: int, name: str, detail: str, driver: Driver, keys) -> int:
         """Run a stage's driver; record its wall time and the ``keys`` of its own summary; return its exit code."""
@@ -307,57 +320,14 @@ class Job(Driver):
         return outputs
 
 
-def format_outputs(outputs: list[dict], script: Path, summary: Path, wall: float) -> str:
+def format_outputs(outputs: list[dict], run_dir: RunDir, report: Path | None, wall: float) -> str:
     lines = [f"done in {wall:.1f} s. Outputs (zarr v3; offsets and voxel sizes in nm, z y x):"]
     for entry in outputs:
         lines.append(
             f"  {entry['name']:<18} {entry['kind']:<12} {entry['path']}  shape {entry['shape']} "
             f"{entry['dtype']}  voxel {entry['voxel_size_nm']}  offset {entry['offset_nm']}"
         )
-    lines.append(f"neuroglancer: pip install neuroglancer && python -i {script}   (summary: {summary})")
+    lines.append(f"view them: affcons view {run_dir}   (summary: {run_dir.summary})")
+    if report is not None:
+        lines.append(f"report: {report}")
     return "\n".join(lines)
-
-
-def neuroglancer_script(outputs: list[dict]) -> str:
-    """A Python script that shows the outputs in a local neuroglancer viewer (``python -i neuroglancer.py``)."""
-    return NEUROGLANCER_TEMPLATE.replace("__OUTPUTS__", repr(json.dumps(outputs, indent=1)))
-
-
-NEUROGLANCER_TEMPLATE = '''"""Open the outputs of this affcons run in neuroglancer:
-    pip install neuroglancer; python -i neuroglancer.py
-
-Each output is a zarr v3 array in nm (z, y, x); the affinities have a leading channel axis (the first three channels
-are shown as RGB). Volumes are loaded into memory: crop them (array[...]) for large runs.
-"""
-import json
-
-import neuroglancer
-import numpy as np
-import zarr
-
-OUTPUTS = json.loads(__OUTPUTS__)
-RGB = "void main() { emitRGB(vec3(toNormalized(getDataValue(0)), toNormalized(getDataValue(1)), " \\
-      "toNormalized(getDataValue(2)))); }"
-
-neuroglancer.set_server_bind_address("127.0.0.1")
-viewer = neuroglancer.Viewer()
-with viewer.txn() as state:
-    for entry in OUTPUTS:
-        data = zarr.open_array(entry["path"], mode="r")
-        spatial = neuroglancer.CoordinateSpace(names=["z", "y", "x"], units="nm", scales=entry["voxel_size_nm"])
-        offset = [o // v for o, v in zip(entry["offset_nm"], entry["voxel_size_nm"])]
-        if len(entry["shape"]) == 4:  # affinities: channels first
-            space = neuroglancer.CoordinateSpace(names=["c^", "z", "y", "x"], units=["", "nm", "nm", "nm"],
-                                                 scales=[1] + entry["voxel_size_nm"])
-            source = neuroglancer.LocalVolume(np.asarray(data[:3]), dimensions=space, voxel_offset=[0] + offset)
-            state.layers[entry["name"]] = neuroglancer.ImageLayer(source=source, shader=RGB, visible=False)
-        elif entry["kind"] == "segmentation":
-            source = neuroglancer.LocalVolume(np.asarray(data[:]).astype(np.uint64), dimensions=spatial,
-                                              voxel_offset=offset)
-            state.layers[entry["name"]] = neuroglancer.SegmentationLayer(source=source, visible=False)
-        else:
-            source = neuroglancer.LocalVolume(np.asarray(data[:]), dimensions=spatial, voxel_offset=offset)
-            state.layers[entry["name"]] = neuroglancer.ImageLayer(source=source, visible=entry["name"] == "raw")
-    state.layers[[e["name"] for e in OUTPUTS if e["kind"] == "segmentation"][-1]].visible = True
-print(viewer)
-'''

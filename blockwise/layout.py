@@ -8,6 +8,7 @@ resolved config, daisy's done markers, worker logs, block timers, the summary an
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from affcons.errors import VolumeError
@@ -127,8 +128,9 @@ class RunDir:
         return RunDir(self.path / "segment")
 
     @property
-    def neuroglancer_script(self) -> Path:
-        return self.path / "neuroglancer.py"
+    def report(self) -> Path:
+        """``report.html``: the run's metrics, segment sizes, stage times and sections (``affcons report``)."""
+        return self.path / "report.html"
 
     def write_summary(self, summary: dict) -> None:
         """``summary.json``, atomically, mode 600 (it names the graph store)."""
@@ -190,3 +192,47 @@ def input_is_complete(path: str) -> bool:
             "command until it exits 0, then use its output"
         )
     return bool(attrs and attrs.get("complete") is True)
+
+
+@dataclass(frozen=True)
+class RunContents:
+    """What a run directory or an output container holds, for viewing and reporting."""
+
+    #: The output container (``OUT.zarr``), or None for a training run.
+    container: Path | None
+    #: The raw volume when it lives outside the container (zarr raw used in place by ``affcons run``).
+    raw: Path | None
+    #: The run's ``summary.json``, if any.
+    summary: dict | None
+    #: The best threshold of the run's evaluation, if any.
+    best_threshold: float | None
+    #: Training ``history.jsonl`` files (CRAC training, or pre-training stages), if any.
+    histories: list[Path]
+
+
+def run_contents(path: str | Path) -> RunContents:
+    """Read what ``path`` holds: an ``affcons run`` / ``affcons segment`` / ``affcons predict`` run directory, a
+    training run directory (``crac/``, ``stage1/``, ``stage2/`` with ``history.jsonl``), or a zarr container."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise VolumeError(f"{path}: no such run directory or zarr container")
+    histories = [p for p in (path / "crac" / "history.jsonl", path / "stage1" / "history.jsonl") if p.is_file()]
+    if path.suffix == ".zarr":
+        return RunContents(path, None, None, None, histories)
+    summary_path = RunDir(path).summary
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if summary is None and not histories:
+        raise VolumeError(
+            f"{path} holds no summary.json and no training history: give a run directory of affcons run, segment, "
+            "predict or train, or a zarr container"
+        )
+    out = (summary or {}).get("out") or (summary or {}).get("config", {}).get("out")
+    container = None
+    if out:
+        container = Path(out) if str(out).endswith(".zarr") else Path(out).parent  # predict: out.zarr/affs
+    raw = None
+    raw_path = ((summary or {}).get("stages", {}).get("import") or {}).get("raw")
+    if raw_path and container is not None and Path(raw_path).parent != container:
+        raw = Path(raw_path)
+    best = ((summary or {}).get("metrics") or {}).get("best") or {}
+    return RunContents(container, raw, summary, best.get("threshold"), histories)

@@ -245,8 +245,9 @@ class PredictDriver(Driver):
         return format_predict_plan(self.config, PredictStep(self.config))
 
     def run(self) -> int:
+        self.check_existing()  # refusals write nothing
         self.lock()
-        existing = self.check_existing()
+        existing = self.check_existing()  # again: no other driver can write here now
         config = self.config
         execution = config.execution
         device = describe_device(config.device, config.precision, config.gpus, execution.workers, config.threads)

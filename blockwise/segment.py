@@ -204,12 +204,12 @@ class SegmentDriver(Driver):
     def run(self, dry_run: bool = False) -> int:
         from blockwise.plan import format_segment_plan, segment_plan
 
+        self.check_existing()  # refusals write nothing
         if dry_run:
-            self.check_existing()
             print(format_segment_plan(segment_plan(self.config)), file=self.stream)
             return 0
         self.lock()
-        self.check_existing()
+        self.check_existing()  # again: no other driver can write here now
         started = self.start_summary(stages={}, tasks={})
         self.write_config()
         inject_fault("driver", -1, "after-config")

@@ -170,7 +170,7 @@ def test_persistent_failure_exits_1_lists_the_block_and_a_rerun_completes(workdi
     monkeypatch.setenv(FAULT_ENV, json.dumps({"step": "predict", "block": 5, "action": "raise"}))
     assert cli_main(predict_args(workdir, "failed.zarr/affs", (4, 32, 32), "--max-retries", "0")) == 1
     error = capsys.readouterr().err
-    assert "1 failed" in error and "failed blocks (grid index @ write ROI nm): 5 @ [" in error
+    assert "1 failed" in error and "1 block(s) not done (grid index @ write ROI nm): 5 @ [" in error
     result = summary(workdir, "failed.zarr/affs")
     assert result["status"] == "failed" and [b["block"] for b in result["task"]["failed_blocks"]] == [5]
     assert zarr.open_array(str(workdir / "failed.zarr/affs")).attrs["complete"] is False

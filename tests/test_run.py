@@ -66,7 +66,9 @@ def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys
     assert outputs["raw"]["voxel_size_nm"] == [50, 4, 4] and outputs["raw"]["shape"] == [30, 512, 512]
     for entry in outputs.values():
         assert entry["path"] in printed and str(entry["offset_nm"]) in printed
-    compile((run_dir / "neuroglancer.py").read_text(), "neuroglancer.py", "exec")
+    report = (run_dir / "report.html").read_text()
+    assert 'id="metrics"' in report and 'id="slices"' in report and "data:image/png;base64," in report
+    assert f"affcons view {run_dir}" in printed
     assert (run_dir / "predict" / "tracking").is_dir() and (run_dir / "segment" / "rag.db").is_file()
 
     assert cli_main(["run", "-c", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
