@@ -81,6 +81,8 @@ def validate(model: type[ModelT], data: dict, source: str) -> ModelT:
                 problems.append(f"missing required key '{key}'")
             elif not item["loc"]:  # a check of the whole model: its input is every value (secrets included)
                 problems.append(item["msg"].removeprefix("Value error, "))
+            elif item["type"] == "value_error":  # affcons' own checks: the message names the value and the rule
+                problems.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
             else:
                 problems.append(f"key '{key}': {item['msg']} (got {item.get('input')!r})")
         raise ConfigError(redact(f"{source}: " + "; ".join(problems))) from None

@@ -188,9 +188,19 @@ class Job(Driver):
         from blockwise.predict import resolve as resolve_predict
 
         self.check_run_dir()  # refusals write nothing
+        self.check_launcher()
         if not dry_run:
             self.lock()
             self.check_run_dir()  # again: no other driver can write here now
+        if not dry_run and self.finished_before():
+            summary = self.summary
+            print(
+                f"{self.command}: already complete (finished {summary.get('started')}); nothing to do. Outputs:",
+                file=self.stream,
+            )
+            report = self.run_dir.report if self.run_dir.report.is_file() else None
+            print(format_outputs(summary["outputs"], self.run_dir, report, summary["wall_s"]), file=self.stream)
+            return 0
         if dry_run:
             predict_config, _ = resolve_predict(self.predict_options(resolve_path(self.config.raw)))
             print(PredictDriver(predict_config).plan(), file=self.stream)
@@ -211,6 +221,24 @@ class Job(Driver):
                 self.summary["status"] = "failed"
             self.write_summary()
         return status
+
+    def finished_before(self) -> bool:
+        """True (and ``self.summary`` loaded) when this config's run finished here before and all its outputs are
+        still there, marked complete: a re-run then starts no worker and leaves the first run's summary as it is."""
+        import json
+
+        try:
+            summary = json.loads(self.run_dir.summary.read_text())
+        except (OSError, ValueError):
+            return False
+        if summary.get("status") != "complete" or summary.get("fingerprint") != self.fingerprint:
+            return False
+        for entry in summary.get("outputs", []):
+            attrs = read_attrs(entry["path"])
+            if attrs is None or (entry["name"] != RAW and attrs.get("complete") is not True):
+                return False
+        self.summary = summary
+        return bool(summary.get("outputs"))
 
     def _run_stages(self, started: float) -> int:
         from affcons.evaluate import format_table

@@ -14,9 +14,11 @@
 
 import functools
 import shlex
+import shutil
 import subprocess
 import sys
 
+from affcons.errors import ConfigError
 from blockwise.config import LauncherConfig
 from blockwise.worker import serve_blocks
 
@@ -38,6 +40,19 @@ def submit_command(launcher: LauncherConfig, command: list[str], needs_gpu: bool
     if launcher.type == "lsf":
         return ["bsub", "-K", *extra, *command]
     raise ValueError(f"launcher {launcher.type!r} has no worker command")
+
+
+def check_launcher(launcher: LauncherConfig) -> None:
+    """Refuse a cluster launcher whose submit program is not on this machine's PATH (before anything runs)."""
+    if launcher.type == "local":
+        return
+    program = submit_command(launcher, ["true"])[0]
+    if shutil.which(program) is None:
+        scheduler = "Slurm" if launcher.type == "slurm" else "LSF"
+        raise ConfigError(
+            f"--launcher {launcher.type}: {program!r} is not on PATH, so no worker could start. Run this command on "
+            f"a node of the {scheduler} cluster (where {program} works), or use --launcher local"
+        )
 
 
 def worker_command(launcher: LauncherConfig, config_path: str, step) -> list[str]:

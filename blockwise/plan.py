@@ -13,6 +13,8 @@ Any global step (agglomerate: the whole RAG in one process) whose estimated memo
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+
 from blockwise.config import SegmentConfig
 
 LARGE_MACHINE_BYTES = 128e9
@@ -97,9 +99,62 @@ def agglomerate_bytes_per_edge(rates: Rates, histogram_bins: int) -> float:
     return max(rates.agglomerate_bytes_per_edge, model)
 
 
-def segment_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
-    """The blocks, sizes and estimated cost of ``config`` (see the module docstring)."""
+#: Largest sample box (voxels) of :func:`sample_density`, and how many boxes it takes along the ROI's diagonal.
+DENSITY_SAMPLE_VOXELS = (32, 256, 256)
+DENSITY_SAMPLES = 3
+
+
+def sample_density(config: SegmentConfig) -> tuple[float, float, int]:
+    """Fragments and RAG edges per voxel, measured on :data:`DENSITY_SAMPLES` boxes of the affinities along the ROI's
+    diagonal (each at most a block and :data:`DENSITY_SAMPLE_VOXELS`), with the run's watershed settings. Returns
+    ``(nodes_per_voxel, edges_per_voxel, voxels_sampled)``; a fragment cut by a box face counts once per box, so
+    the densities are slightly high (the plan errs on the side of memory)."""
+    from funlib.geometry import Coordinate, Roi
+
+    from affcons.affinities import affinities_to_float
+    from affcons.segment import watershed_from_affinities
+    from blockwise.volumes import box_for
+
+    affs = box_for(config.affs, config.affs_offset, config.voxel_size)
+    voxel_size = Coordinate(config.voxel_size)
+    roi = Roi(config.roi_offset, config.roi_shape)
+    box = Coordinate(min(b, s, r) for b, s, r in zip(config.block_voxels, DENSITY_SAMPLE_VOXELS, config.roi_voxels))
+    free = roi.shape / voxel_size - box
+    nodes = edges = voxels = 0
+    for k in range(DENSITY_SAMPLES):
+        begin = roi.begin + Coordinate(f * k // max(DENSITY_SAMPLES - 1, 1) for f in free) * voxel_size
+        sample = affinities_to_float(affs.read(Roi(begin, box * voxel_size), channels=slice(0, 3)))
+        fragments, count = watershed_from_affinities(
+            sample,
+            boundary_threshold=config.fragments.boundary_threshold,
+            min_size=config.fragments.min_size,
+            per_slice=config.fragments.per_slice,
+            voxel_size=tuple(config.voxel_size),
+        )
+        nodes += count
+        edges += count_adjacent_pairs(fragments)
+        voxels += fragments.size
+    return nodes / voxels, edges / voxels, voxels
+
+
+def count_adjacent_pairs(labels: np.ndarray) -> int:
+    """Distinct unordered pairs of different non-zero ids that touch across a face of a 3-D label volume."""
+    pairs = []
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)[:-1].ravel()
+        b = np.moveaxis(labels, axis, 0)[1:].ravel()
+        touching = (a != b) & (a != 0) & (b != 0)
+        pairs.append(np.stack([np.minimum(a, b)[touching], np.maximum(a, b)[touching]], axis=1))
+    return len(np.unique(np.concatenate(pairs), axis=0))
+
+
+def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[float, float] | None = None) -> dict:
+    """The blocks, sizes and estimated cost of ``config`` (see the module docstring); ``density`` (fragments and
+    edges per voxel, e.g. from :func:`sample_density`) replaces the rates' assumed density."""
     from affcons.store.base import redact
+
+    if density is not None:
+        rates = replace(rates, nodes_per_voxel=density[0], edges_per_voxel=density[1])
 
     roi_voxels = config.roi_voxels
     block_voxels = config.block_voxels
@@ -151,6 +206,7 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
             "workers": workers,
             "nodes": nodes,
             "edges": edges,
+            "density": "sampled from the affinities" if density is not None else "assumed (Kasthuri15's)",
             "histogram_bins": bins,
             "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
             "total_s": round(sum(stage_s.values()) + 3 * rates.worker_startup_s, 1),
@@ -199,7 +255,8 @@ def format_segment_plan(plan: dict) -> str:
         f"  estimate    {estimate['workers']} worker(s): "
         + ", ".join(f"{k} {human_seconds(v)}" for k, v in estimate["stage_s"].items())
         + f"; total ~{human_seconds(estimate['total_s'])}",
-        f"              RAG ~{estimate['nodes']:.2g} nodes, ~{estimate['edges']:.2g} edges (assumed density); graph "
+        f"              RAG ~{estimate['nodes']:.2g} nodes, ~{estimate['edges']:.2g} edges ({estimate['density']}); "
+        "graph "
         f"store ~{human_bytes(estimate['store_bytes'])}; peak memory per worker "
         f"~{human_bytes(estimate['worker_peak_bytes'])}",
         f"  global step agglomerate: {estimate['agglomerate_bytes_per_edge']:.0f} B/edge -> "

@@ -242,10 +242,12 @@ class PredictDriver(Driver):
         from blockwise.plan import format_predict_plan
 
         self.check_existing()
+        self.check_launcher()
         return format_predict_plan(self.config, PredictStep(self.config))
 
     def run(self) -> int:
         self.check_existing()  # refusals write nothing
+        self.check_launcher()
         self.lock()
         existing = self.check_existing()  # again: no other driver can write here now
         config = self.config

@@ -260,6 +260,11 @@ def _first_line(text: str | None, limit: int = 300) -> str | None:
     return f"{first} ... {last}"
 
 
+#: Run-directory locks this process holds (real path -> open file), until it ends: a driver run again in the same
+#: process (tests, a notebook) takes over its predecessor's lock instead of being refused by it.
+HELD_LOCKS: dict = {}
+
+
 class Driver:
     """The base of the drivers: the resolved config and its fingerprint, messages, provenance attributes, the guards
     against state of another config, running steps as daisy tasks, failure reports and the summary file."""
@@ -292,11 +297,13 @@ class Driver:
         :class:`~affcons.errors.BusyError` naming its host and pid. An advisory ``flock``: the kernel drops it when
         the holder dies, so a killed driver never leaves a stale lock."""
         import fcntl
-        import os
         import socket
 
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.run_dir.lock, "a+")
+        key = os.path.realpath(self.run_dir.lock)
+        handle = HELD_LOCKS.pop(key, None)  # held by an earlier driver of this process, which has finished
+        if handle is None:
+            handle = open(self.run_dir.lock, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -312,7 +319,7 @@ class Driver:
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         handle.write(f"{self.command} on host {socket.gethostname()}, pid {os.getpid()}, since {started}\n")
         handle.flush()
-        self._lock_handle = handle
+        HELD_LOCKS[key] = handle
 
     def start_summary(self, **extra) -> float:
         """A fresh summary (fingerprint, version, start time, public config); returns the start time."""
@@ -364,6 +371,12 @@ class Driver:
         elif self.run_dir.path.exists() and any(p != self.run_dir.lock for p in self.run_dir.path.iterdir()):
             raise OutputExistsError(f"run directory {self.run_dir} exists, is not empty and has no {self.config_file}")
 
+    def check_launcher(self) -> None:
+        """A cluster launcher needs its submit program here (:func:`blockwise.launchers.check_launcher`)."""
+        from blockwise.launchers import check_launcher
+
+        check_launcher(self.config.execution.launcher)
+
     def check_output(self, where: str, attrs: dict | None) -> bool:
         """Refuse an existing output (``attrs`` from :func:`blockwise.layout.read_attrs`) of another config or
         command; True if the output exists (with this config's fingerprint)."""
@@ -384,10 +397,13 @@ class Driver:
         if reset:
             for directory in (step.timers_dir(), self.run_dir.errors(step.task_id)):
                 shutil.rmtree(directory, ignore_errors=True)
+        elif recorded_blocks(step.timers_dir()) >= set(range(step.num_blocks)):
+            # every block left its record in an earlier run: nothing to schedule, no worker to start
+            n = step.num_blocks
+            return TaskReport(step.task_id, total=n, completed=n, skipped=n)
         function = process_function(step, execution.launcher, str(self.run_dir / self.config_file))
         progress = execution.progress and not self.quiet
-        report = run_task(step, function, execution, self.run_dir, requires, reset=reset, progress=progress)
-        return report
+        return run_task(step, function, execution, self.run_dir, requires, reset=reset, progress=progress)
 
     @staticmethod
     def stage_record(start: float, step) -> dict:

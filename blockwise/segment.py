@@ -202,11 +202,14 @@ class SegmentDriver(Driver):
     # ------------------------------------------------------------------------------------------------- run
 
     def run(self, dry_run: bool = False) -> int:
-        from blockwise.plan import format_segment_plan, segment_plan
+        from blockwise.plan import format_segment_plan, sample_density, segment_plan
 
         self.check_existing()  # refusals write nothing
+        self.check_launcher()
         if dry_run:
-            print(format_segment_plan(segment_plan(self.config)), file=self.stream)
+            nodes_per_voxel, edges_per_voxel, _ = sample_density(self.config)
+            plan = segment_plan(self.config, density=(nodes_per_voxel, edges_per_voxel))
+            print(format_segment_plan(plan), file=self.stream)
             return 0
         self.lock()
         self.check_existing()  # again: no other driver can write here now

@@ -4,6 +4,7 @@ locally; the worker rebuilds its step from ``RUN_DIR/config.yaml`` alone and con
 ``DAISY_CONTEXT``. The result is byte-identical to the local launcher's."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,16 @@ def test_worker_commands_of_each_launcher(tmp_path):
     assert sbatch == ["sbatch", "--wait", "--wrap", "py " + " ".join(tail)]
     bsub = worker_command(LauncherConfig(type="lsf", extra_args=["-q", "short"], python="py"), "C.yaml", step)
     assert bsub == ["bsub", "-K", "-q", "short", "py", *tail]
+
+
+@pytest.mark.parametrize("launcher, tool", [("slurm", "srun"), ("lsf", "bsub")])
+def test_a_cluster_launcher_without_its_submit_program_is_refused_before_anything_is_written(
+    monkeypatch, tmp_path, capsys, launcher, tool
+):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # python, but no scheduler
+    out = tmp_path / "out.zarr"
+    for dry_run in (["--dry-run"], []):
+        assert run_cli(reliability_argv(out, workers=1, extra=["--launcher", launcher, *dry_run])) == 2
+        error = capsys.readouterr().err
+        assert f"'{tool}' is not on PATH" in error and "--launcher local" in error, error
+    assert not out.exists() and not (tmp_path / "out.affcons-run").exists()

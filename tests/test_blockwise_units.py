@@ -136,3 +136,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert "grid [2, 2, 2]: fragments 8, edges 8, extract 8 blocks" in plan
     assert "global step agglomerate" in plan and "fits one 128 GB machine" in plan
     assert tree_snapshot(tmp_path) == before
+
+
+def test_dry_run_estimates_the_rag_from_samples_of_the_affinities_within_2x_of_the_real_run(capsys):
+    import json
+    import re
+
+    from blockwise.testing import reference_run, reliability_argv, run_cli
+
+    out, _ = reference_run()
+    real = json.loads((out.parent / f"{out.stem}.affcons-run" / "summary.json").read_text())
+    assert run_cli([*reliability_argv(out), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    nodes, edges = (float(n) for n in re.search(r"RAG ~(\S+) nodes, ~(\S+) edges \(sampled", plan).groups())
+    assert 0.5 < nodes / real["nodes"] < 2 and 0.5 < edges / real["edges"] < 2, (nodes, edges, real)

@@ -74,3 +74,10 @@ def test_train_with_a_missing_confidence_net_of_unknown_origin(tmp_path, capsys)
     error = capsys.readouterr().err
     assert code == 2
     assert "`affcons pretrain -c CONFIG` writes runs/CONFIG/confidence.pt" in error and "--no-s2" in error, error
+
+
+def test_a_bad_value_is_named_by_its_key_without_pydantic_wording(tmp_path, capsys):
+    argv = ["segment", "--affs", str(tmp_path / "a.zarr/affs"), "--out", str(tmp_path / "o.zarr"), "--thresholds"]
+    assert main([*argv, "1.5"]) == 2
+    error = capsys.readouterr().err
+    assert "extract.thresholds: threshold 1.5 is outside [0, 1]" in error and "Value error" not in error, error

@@ -2,6 +2,7 @@
 daisy workers with a tiny random network on an 8 x 64 x 64 crop of the bundled ISBI volume; a re-run resumes."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -71,6 +72,15 @@ def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys
     assert f"affcons view {run_dir}" in printed
     assert (run_dir / "predict" / "tracking").is_dir() and (run_dir / "segment" / "rag.db").is_file()
 
+    # a finished run: re-running it starts nothing and keeps the first run's summary
+    first_summary = (run_dir / "summary.json").read_bytes()
+    assert cli_main(["run", "-c", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert (run_dir / "summary.json").read_bytes() == first_summary
+    assert not (run_dir / "predict" / "logs").exists() or len(list((run_dir / "predict" / "logs").rglob("*.err"))) == 1
+
+    # an output gone: the run is redone where needed; blocks with records start no worker
+    shutil.rmtree(run_dir / "out.zarr" / "segmentation_0.60")
     assert cli_main(["run", "-c", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
     again = json.loads((run_dir / "summary.json").read_text())
     assert again["status"] == "complete"
@@ -100,3 +110,18 @@ def test_job_execution_is_the_execution_section_of_segment_and_predict(tmp_path)
         assert execution.launcher.type == "slurm" and execution.progress is False  # --quiet
     with pytest.raises(ConfigError, match=r"execution\.workers"):
         load_config(JobConfig, job_config(tmp_path, execution={"workers": 0}))
+
+
+def test_raw_without_a_voxel_size_is_refused_naming_the_run_option_which_then_works(tmp_path, capsys):
+    import h5py
+
+    with h5py.File(ISBI, "r") as source, h5py.File(tmp_path / "bare.h5", "w") as bare:
+        bare["raw"] = source["raw"][10:18, 400:464, 400:464]  # no resolution attribute
+    make_checkpoint(tmp_path / "model.pt")
+    config = job_config(tmp_path, raw=str(tmp_path / "bare.h5:raw"), roi_offset=None, roi_shape=None, evaluate=None)
+    argv = ["run", "-c", str(config), "--run-dir", str(tmp_path / "run"), "--dry-run"]
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert "no voxel size" in error and "--voxel-size Z Y X" in error, error
+    assert cli_main([*argv, "--voxel-size", "50", "4", "4"]) == 0
+    assert "50, 4, 4" in capsys.readouterr().out

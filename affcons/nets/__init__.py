@@ -178,7 +178,10 @@ def load_model(
         raise CheckpointError(f"{checkpoint_path}: a {state.get('stage')!r} checkpoint, not a CRAC training checkpoint")
     models = state.get("ema") if use_ema else state.get("models")
     if use_ema and not models:
-        raise CheckpointError(f"{checkpoint_path}: no EMA weights (not an EMA run); call load_model(use_ema=False)")
+        raise CheckpointError(
+            f"{checkpoint_path}: no EMA weights (not an EMA run); use its regular weights (leave out --use-ema / "
+            "use_ema)"
+        )
     names = ("affinity",) if config.variant == "supervised" else ("embedding", "affinity")
     if not models or any(name not in models for name in names):
         raise CheckpointError(f"{checkpoint_path}: holds {sorted(models or {})}, expected the nets {list(names)}")

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from affcons.commands.arguments import positive_int
+from blockwise.commands.options import ZYX
 from blockwise.commands.predict import gpu_list
 
 
@@ -33,6 +34,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device", dest="predict.device", choices=("auto", "cpu", "cuda"), help="override predict.device"
+    )
+    parser.add_argument(
+        "--voxel-size",
+        nargs=3,
+        type=positive_int,
+        metavar=ZYX,
+        help="voxel size of the raw, nm (for raw that stores none; must match a stored one)",
     )
     parser.add_argument("--checkpoint", dest="predict.checkpoint", metavar="PATH", help="override predict.checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="check the config and print the plan; run nothing")
