@@ -195,11 +195,13 @@ class Job(Driver):
         if not dry_run and self.finished_before():
             summary = self.summary
             print(
-                f"{self.command}: already complete (finished {summary.get('started')}); nothing to do. Outputs:",
+                f"{self.command}: already complete (the run started {summary.get('started')}, took {summary['wall_s']:.0f} s); "
+                "nothing to do. Outputs:",
                 file=self.stream,
             )
             report = self.run_dir.report if self.run_dir.report.is_file() else None
-            print(format_outputs(summary["outputs"], self.run_dir, report, summary["wall_s"]), file=self.stream)
+            listing = format_outputs(summary["outputs"], self.run_dir, report, summary["wall_s"]).split("\n", 1)[1]
+            print(listing, file=self.stream)  # without the first run's "done in" line
             return 0
         if dry_run:
             predict_config, _ = resolve_predict(self.predict_options(resolve_path(self.config.raw)))
