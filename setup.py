@@ -54,6 +54,7 @@ setup(
             "run=blockwise.commands:RUN",
             "view=blockwise.commands:VIEW",
             "report=blockwise.commands:REPORT",
+            "pyramid=blockwise.commands:PYRAMID",
         ],
     },
 )

@@ -365,3 +365,52 @@ class JobConfig(Fingerprinted, StrictModel):
         for key in ("execution", "run_dir"):
             data.pop(key)
         return data
+
+
+# ------------------------------------------------------------------------------------------- affcons pyramid
+
+
+class PyramidOptions(StrictModel):
+    """What the user gives ``affcons pyramid`` (command line and ``--config`` file)."""
+
+    #: The array to downsample: ``c.zarr/name`` (zarr v3, with funlib.persistence metadata).
+    source: str | None = None
+    #: The multiscale group to write (default: ``c.zarr/name_multiscale``).
+    out: str | None = None
+    #: ``mean`` (intensities, affinities), ``mode`` (ids), ``auto``: mode for integer arrays of 32 bits or more
+    #: and for arrays named like ids (fragments, segmentation*, labels*), mean otherwise.
+    mode: Literal["auto", "mean", "mode"] = "auto"
+    #: Stop once every axis of the coarsest level has at most this many voxels.
+    max_extent: int = pydantic.Field(256, ge=1)
+    #: Chunks (= blocks) of every level, voxels (z, y, x); clipped to each level's shape.
+    chunk_shape: Triple = (64, 256, 256)
+    compression: Compression = "blosc-zstd"
+    run_dir: str | None = None
+    execution: ExecutionConfig = ExecutionConfig()
+
+
+class PyramidConfig(Fingerprinted, StrictModel):
+    """A resolved ``affcons pyramid`` run (:func:`blockwise.pyramid.resolve`); levels ``s0`` (a copy of the source)
+    to ``s<n>``, each ``factors[k]`` coarser than the source."""
+
+    source: str
+    out: str
+    mode: Literal["mean", "mode"]
+    #: Of the source: nm (z, y, x), corner offset nm, spatial shape in voxels, leading channel axes, dtype.
+    voxel_size: Triple
+    offset: Triple
+    shape: Triple
+    channels: list[int]
+    dtype: str
+    #: Per level, its factor relative to the source (level 0: 1, 1, 1).
+    factors: list[Triple]
+    chunk_shape: Triple
+    compression: Compression
+    run_dir: str
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def fingerprint_fields(self) -> dict:
+        data = self.model_dump(mode="json")
+        for key in ("execution", "run_dir"):
+            data.pop(key)
+        return data

@@ -195,8 +195,8 @@ class Job(Driver):
         if not dry_run and self.finished_before():
             summary = self.summary
             print(
-                f"{self.command}: already complete (the run started {summary.get('started')}, took {summary['wall_s']:.0f} s); "
-                "nothing to do. Outputs:",
+                f"{self.command}: already complete (the run started {summary.get('started')}, took "
+                f"{summary['wall_s']:.0f} s); nothing to do. Outputs:",
                 file=self.stream,
             )
             report = self.run_dir.report if self.run_dir.report.is_file() else None

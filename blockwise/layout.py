@@ -37,10 +37,11 @@ def segmentation_name(threshold: float) -> str:
 class RunDir:
     """The files of one run directory, by name (nothing is created here)."""
 
-    #: Resolved configs: ``affcons segment``, ``affcons predict``, ``affcons run``.
+    #: Resolved configs: ``affcons segment``, ``affcons predict``, ``affcons run``, ``affcons pyramid``.
     SEGMENT_CONFIG = "config.yaml"
     PREDICT_CONFIG = "predict.yaml"
     JOB_CONFIG = "job.yaml"
+    PYRAMID_CONFIG = "pyramid.yaml"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -150,6 +151,17 @@ def predict_run_dir(out: str) -> Path:
     volume = split_dataset_path(out)
     name = volume.dataset.replace("/", "_") or AFFS
     return volume.container.absolute().parent / f"{volume.container.stem}.{name}.predict-run"
+
+
+def pyramid_run_dir(out: str) -> Path:
+    """Default run directory of ``affcons pyramid``: ``/data/out.zarr/seg_multiscale`` ->
+    ``/data/out.seg_multiscale.pyramid-run``."""
+    from affcons.io import split_dataset_path
+
+    volume = split_dataset_path(out)
+    return (
+        volume.container.absolute().parent / f"{volume.container.stem}.{volume.dataset.replace('/', '_')}.pyramid-run"
+    )
 
 
 def _array_directory(path: str | Path) -> Path:

@@ -4,7 +4,8 @@
 
 from affcons.config import load_config
 from affcons.errors import ConfigError
-from blockwise.config import PredictConfig, SegmentConfig
+from blockwise.config import PredictConfig, PyramidConfig, SegmentConfig
+from blockwise.steps.downsample import DownsampleStep
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.extract import ExtractStep
 from blockwise.steps.fragments import FragmentsStep
@@ -16,6 +17,7 @@ STEPS = {
     "fragments": (FragmentsStep, SegmentConfig),
     "edges": (EdgesStep, SegmentConfig),
     "extract": (ExtractStep, SegmentConfig),
+    "downsample": (DownsampleStep, PyramidConfig),
 }
 
 

@@ -7,6 +7,7 @@ from affcons.commands import Command
 SEGMENT = Command("blockwise fragments -> RAG -> agglomeration -> segmentations", "blockwise.commands.segment")
 PREDICT = Command("blockwise affinity prediction with a trained network", "blockwise.commands.predict")
 RUN = Command("the main job: prediction -> segmentation -> evaluation", "blockwise.commands.run")
+PYRAMID = Command("a multiscale (OME-Zarr) copy of a volume, blockwise", "blockwise.commands.pyramid")
 VIEW = Command("show a run's outputs in neuroglancer (served from disk)", "blockwise.commands.view")
 REPORT = Command(
     "an HTML report of a run: metrics, segment sizes, stage times, training curves", "blockwise.commands.report"
