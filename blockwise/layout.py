@@ -210,6 +210,8 @@ def input_is_complete(path: str) -> bool:
 class RunContents:
     """What a run directory or an output container holds, for viewing and reporting."""
 
+    #: The run directory or container asked about.
+    location: Path
     #: The output container (``OUT.zarr``), or None for a training run.
     container: Path | None
     #: The raw volume when it lives outside the container (zarr raw used in place by ``affcons run``).
@@ -230,7 +232,7 @@ def run_contents(path: str | Path) -> RunContents:
         raise VolumeError(f"{path}: no such run directory or zarr container")
     histories = [p for p in (path / "crac" / "history.jsonl", path / "stage1" / "history.jsonl") if p.is_file()]
     if path.suffix == ".zarr":
-        return RunContents(path, None, None, None, histories)
+        return RunContents(path, path, None, None, None, histories)
     summary_path = RunDir(path).summary
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     if summary is None and not histories:
@@ -247,4 +249,4 @@ def run_contents(path: str | Path) -> RunContents:
     if raw_path and container is not None and Path(raw_path).parent != container:
         raw = Path(raw_path)
     best = ((summary or {}).get("metrics") or {}).get("best") or {}
-    return RunContents(container, raw, summary, best.get("threshold"), histories)
+    return RunContents(path, container, raw, summary, best.get("threshold"), histories)

@@ -26,5 +26,5 @@ def write_run_report(contents: RunContents, path: Path) -> Path:
         if raw.exists():
             shown = next((volume for volume in volumes.values() if volume.is_dir()), None)
             slices = slices_from_volumes(raw, shown)
-    title = f"affcons report: {path.parent}"
+    title = f"affcons report: {contents.location}"
     return write_report(path, contents.summary, history=history or None, slices=slices, sizes=sizes, title=title)
