@@ -214,15 +214,7 @@ class Job(Driver):
             return 0
         started = self.start_summary(run_dir=str(self.run_dir), out=str(self.out), stages={}, status="running")
         self.write_config()
-        status = 1
-        try:
-            status = self._run_stages(started)
-        finally:
-            self.summary["wall_s"] = round(time.time() - started, 3)
-            if status != 0:
-                self.summary["status"] = "failed"
-            self.write_summary()
-        return status
+        return self.run_recorded(self._run_stages, started, started)
 
     def finished_before(self) -> bool:
         """True (and ``self.summary`` loaded) when this config's run finished here before and all its outputs are

@@ -133,16 +133,7 @@ class PyramidDriver(Driver):
         started = self.start_summary(levels=self.levels(), stages={}, tasks={})
         self.write_config()
         daisy.logging.set_log_basedir(str(self.run_dir.logs))
-        fresh = self.create_levels()
-        status = 1
-        try:
-            status = self._run_levels(fresh, started)
-        finally:
-            self.summary["wall_s"] = round(time.time() - started, 3)
-            if status != 0:
-                self.summary["status"] = "failed"
-            self.write_summary()
-        return status
+        return self.run_recorded(self._run_levels, started, self.create_levels(), started)
 
     def _run_levels(self, fresh: list[bool], started: float) -> int:
         from affcons.multiscale import write_multiscales_metadata

@@ -422,6 +422,19 @@ class Driver:
         print(f"{self.command}: error: {message}", file=sys.stderr, flush=True)
         return 1
 
+    def run_recorded(self, body, started: float, *args) -> int:
+        """``body(*args)`` (returning an exit code), then the summary with the wall time since ``started`` and, on
+        any other outcome than 0 (an exception included), ``status: failed``."""
+        status = 1
+        try:
+            status = body(*args)
+        finally:
+            self.summary["wall_s"] = round(time.time() - started, 3)
+            if status != 0:
+                self.summary["status"] = "failed"
+            self.write_summary()
+        return status
+
     def write_summary(self) -> None:
         """``summary.json``; a failure to write it (a full disk) is reported, not raised: the run's own outcome
         decides the exit code."""

@@ -224,13 +224,7 @@ class SegmentDriver(Driver):
         with open_store(self.config.graph_url(), "a", self.config.histogram_bins) as store:
             self.check_store(store)
         inject_fault("driver", -1, "after-store")
-        fresh_fragments = self.create_fragments()
-        try:
-            status = self._run_steps(fresh_fragments, started)
-        finally:
-            self.summary["wall_s"] = round(time.time() - started, 3)
-            self.write_summary()
-        return status
+        return self.run_recorded(self._run_steps, started, self.create_fragments(), started)
 
     def _run_steps(self, fresh_fragments: bool, started: float) -> int:
         reports = []
