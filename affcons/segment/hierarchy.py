@@ -334,14 +334,14 @@ def hierarchical_merge_tree(
         boundary = np.union1d(
             edges.u[leaving & np.all(cell_u == cell, axis=1)], edges.v[leaving & np.all(cell_v == cell, axis=1)]
         )
-        states[cell] = block_state(ids[inside], _rows(edges, internal), boundary, scoring)
+        states[cell] = block_state(ids[inside], edges.rows(internal), boundary, scoring)
     report.append(_level_report(0, list(states.values())))
     all_states.extend(states.values())
     for level in range(1, last + 1):
         child_u, child_v = cell_u >> (level - 1), cell_v >> (level - 1)
         between_children = np.any(child_u != child_v, axis=1)
         if level == last and (stop_level is not None or level == depth):
-            residual = finish(list(states.values()), _rows(edges, between_children), scoring)
+            residual = finish(list(states.values()), edges.rows(between_children), scoring)
             report.append(_level_report(level, [residual]))
             all_states.append(residual)
             break
@@ -355,7 +355,7 @@ def hierarchical_merge_tree(
             in_v = np.all(parent_v == parent, axis=1)
             crossing = between_children & in_u & in_v
             boundary = np.union1d(edges.u[in_u & ~in_v], edges.v[in_v & ~in_u])
-            states[parent] = parent_state(children, _rows(edges, crossing), boundary, scoring, level)
+            states[parent] = parent_state(children, edges.rows(crossing), boundary, scoring, level)
         report.append(_level_report(level, list(states.values())))
         all_states.extend(states.values())
     return merge_tree_from_states(all_states, ids, scoring), report
@@ -477,18 +477,6 @@ def _positions(ids: np.ndarray, values: np.ndarray, what: str, where: str) -> np
     if missing.any():
         raise AgglomerationError(f"{what} {values[missing][0]} is not among {where}")
     return found.astype(np.int64)
-
-
-def _rows(edges: EdgeTable, mask: np.ndarray) -> EdgeTable:
-    return EdgeTable(
-        edges.u[mask],
-        edges.v[mask],
-        edges.affinity_sum[mask],
-        edges.count[mask],
-        edges.histogram[mask],
-        edges.linked[mask],
-        edges.quantised_sum[mask],
-    )
 
 
 def _combine(u, v, *columns):

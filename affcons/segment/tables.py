@@ -108,6 +108,18 @@ class EdgeTable:
     def histogram_bins(self) -> int:
         return self.histogram.shape[1]
 
+    def rows(self, selection: np.ndarray) -> "EdgeTable":
+        """The edges that ``selection`` (a boolean mask or an index array over the edges) picks, every column."""
+        return EdgeTable(
+            self.u[selection],
+            self.v[selection],
+            self.affinity_sum[selection],
+            self.count[selection],
+            self.histogram[selection],
+            self.linked[selection],
+            self.quantised_sum[selection],
+        )
+
     @staticmethod
     def bytes_per_edge(histogram_bins: int = 0) -> int:
         """Bytes of one row: u, v, sum, count, linked, quantised sum (8 B each) and the histogram (4 B per bin)."""

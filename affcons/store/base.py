@@ -221,7 +221,7 @@ class RagStore(ABC):
         )
         block_u, block_v = self._endpoint_blocks(crossing)
         keep = np.isin(block_u, blocks) & np.isin(block_v, blocks)
-        return EdgeTable.concatenate([self._edge_table(internal), _rows(crossing, keep)], self.histogram_bins).combine()
+        return EdgeTable.concatenate([self._edge_table(internal), crossing.rows(keep)], self.histogram_bins).combine()
 
     def read_face_edges(self, pairs) -> EdgeTable:
         """The edges between the blocks of each pair in ``pairs`` (int[P, 2] of block ids, either order): one
@@ -240,7 +240,7 @@ class RagStore(ABC):
         wanted = np.sort(pairs, axis=1)
         found = np.stack([np.minimum(block_u, block_v), np.maximum(block_u, block_v)], axis=1)
         _, label = np.unique(np.concatenate([wanted, found]), axis=0, return_inverse=True)
-        return _rows(crossing, np.isin(label.ravel()[len(wanted) :], label.ravel()[: len(wanted)]))
+        return crossing.rows(np.isin(label.ravel()[len(wanted) :], label.ravel()[: len(wanted)]))
 
     def count_nodes(self) -> int:
         """Number of stored nodes."""
@@ -419,16 +419,4 @@ def _node_table(batches: list[tuple]) -> NodeTable:
         ids[order].astype(ID_DTYPE),
         np.concatenate([b[1] for b in batches])[order],
         np.concatenate([b[2] for b in batches])[order].astype(np.uint64),
-    )
-
-
-def _rows(edges: EdgeTable, mask: np.ndarray) -> EdgeTable:
-    return EdgeTable(
-        edges.u[mask],
-        edges.v[mask],
-        edges.affinity_sum[mask],
-        edges.count[mask],
-        edges.histogram[mask],
-        edges.linked[mask],
-        edges.quantised_sum[mask],
     )
