@@ -56,7 +56,7 @@ def uint8_tables(per_slice: bool, boundary_threshold: float) -> tuple[np.ndarray
     if per_slice:
         pairs = np.indices((256, 256)).reshape(2, -1).astype(np.float32) / np.float32(255.0)
         boundary = (1.0 - pairs.mean(axis=0, dtype=np.float32)).astype(np.float32)
-        return reference_levels(boundary), boundary < np.float32(boundary_threshold)
+        return reference_levels(boundary), boundary.astype(np.float64) < boundary_threshold
     sums = np.arange(3 * 255 + 1)
     exact = (765 - sums) / 765.0
     if np.any(np.abs(exact - boundary_threshold) <= 1e-5):
@@ -134,7 +134,7 @@ def squared_distance_limits_hold(shape, voxel_size, per_slice: bool) -> bool:
     return bound < EXACT_SQUARE_ROOTS and 8 * bound * widest < 2**62
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _lower_envelope(values, length, weight, out, sites, boundary_num, boundary_den):  # pragma: no cover
     """``out[x] = min_p weight (x - p)^2 + values[p]`` over ``p`` with ``values[p] >= 0`` (-1: none), x < length.
 
