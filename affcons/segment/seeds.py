@@ -73,7 +73,7 @@ def _pad_index(z, y, x, padded_y, padded_x):  # pragma: no cover - compiled
 def levels_from_tables(affs, mask, per_slice, level_table, inside_table, levels, labels, interior):  # pragma: no cover
     """uint8 affinities (C >= 3, z, y, x) -> padded levels, padded labels (unlabelled ``-2 - level`` in the mask,
     WALL outside), interior (uint8 (z, y, x), 1 inside cells and the mask), through the tables of
-    :func:`uint8_tables`."""
+    :func:`uint8_tables`. ``mask``: bool (z, y, x) or None (everything; numba prunes the test)."""
     _, nz, ny, nx = affs.shape
     padded_y, padded_x = ny + 2, nx + 2
     for z in range(nz):
@@ -86,7 +86,7 @@ def levels_from_tables(affs, mask, per_slice, level_table, inside_table, levels,
                     key = np.int64(affs[0, z, y, x]) + np.int64(affs[1, z, y, x]) + np.int64(affs[2, z, y, x])
                 level = level_table[key]
                 levels[base + x] = level
-                inside = mask[z, y, x]
+                inside = True if mask is None else mask[z, y, x]
                 interior[z, y, x] = inside_table[key] and inside
                 labels[base + x] = -2 - np.int64(level) if inside else WALL
 
@@ -113,7 +113,7 @@ def levels_from_floats(affs, divisor, mask, per_slice, threshold, levels, labels
                 boundary = np.float32(np.float32(1.0) - np.float32(total / count))
                 level = np.uint8(min(max(np.rint(np.float32(boundary * scale)), np.float32(0.0)), scale))
                 levels[base + x] = level
-                inside = mask[z, y, x]
+                inside = True if mask is None else mask[z, y, x]
                 interior[z, y, x] = np.float64(boundary) < threshold and inside
                 labels[base + x] = -2 - np.int64(level) if inside else WALL
 

@@ -73,7 +73,7 @@ def flooded_basins(
     if mask is not None and mask.shape != shape:
         raise VolumeError(f"mask shape {mask.shape} differs from the affinities' spatial shape {shape}")
     with _timed(seconds, "levels"):
-        mask = np.ones(shape, np.bool_) if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
+        mask = None if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
         padded = tuple(s + 2 for s in shape)
         levels = np.zeros(padded, np.uint8).reshape(-1)
         labels = np.full(padded, WALL, np.int32 if np.prod(padded) < 2**31 else np.int64).reshape(-1)
