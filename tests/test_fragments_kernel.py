@@ -12,9 +12,8 @@ from scipy import ndimage
 from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.errors import VolumeError
 from affcons.segment import NodeTable, block_fragments, node_table, watershed_from_affinities
-from affcons.segment.reference_watershed import boundary_map, reference_watershed
+from affcons.segment.reference_watershed import boundary_map, reference_levels, reference_watershed
 from affcons.segment.seeds import (
-    reference_levels,
     squared_distance_limits_hold,
     squared_distances,
     threshold_for_comparison,

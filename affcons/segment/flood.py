@@ -17,7 +17,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from affcons.segment.seeds import LEVELS, WALL
+from affcons.segment.reference_watershed import LEVELS
+from affcons.segment.seeds import WALL
 
 
 def neighbour_offsets(shape, per_slice: bool) -> np.ndarray:

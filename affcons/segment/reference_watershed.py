@@ -12,7 +12,9 @@ import numpy as np
 from scipy import ndimage
 
 from affcons.errors import VolumeError
-from affcons.segment.seeds import LEVELS, reference_levels
+
+#: Boundary values are quantised to this many levels by the flood.
+LEVELS = 256
 
 
 def boundary_map(affs: np.ndarray, per_slice: bool = False) -> np.ndarray:
@@ -26,6 +28,11 @@ def boundary_map(affs: np.ndarray, per_slice: bool = False) -> np.ndarray:
         raise VolumeError(f"affinities must have shape (C >= 3, z, y, x), got {affs.shape}")
     channels = affs[1:3] if per_slice else affs[0:3]
     return (1.0 - channels.mean(axis=0, dtype=np.float32)).astype(np.float32)
+
+
+def reference_levels(boundary: np.ndarray) -> np.ndarray:
+    """The flood's 8-bit levels of a float boundary map: ``rint(255 b)`` clipped to 0..255."""
+    return np.clip(np.rint(boundary * (LEVELS - 1)), 0, LEVELS - 1).astype(np.uint8)
 
 
 def distance_maxima_seeds(

@@ -1,6 +1,7 @@
 """Watershed seeds in compiled code: boundary levels from affinities, an exact integer distance transform, and the
 labelled plateaus of its local maxima. Each function reproduces a step of the scipy reference
-(:func:`affcons.segment.watershed.reference_watershed`) bit for bit; why each is exact is said where it is done.
+(:func:`affcons.segment.reference_watershed.reference_watershed`) bit for bit; why each is exact is said where it
+is done.
 
 Arrays that the flood shares (levels, labels, squared distances) are *padded*: one voxel more on each side of each
 axis, so that neighbour offsets need no bounds checks. The padding of labels is a wall (-1), that of squared
@@ -12,8 +13,7 @@ from functools import lru_cache
 import numba
 import numpy as np
 
-#: Boundary values are quantised to this many levels by the flood.
-LEVELS = 256
+from affcons.segment.reference_watershed import boundary_map, reference_levels
 
 #: Labels of voxels the flood never enters: the padding and voxels outside the mask. An unlabelled voxel of level
 #: ``l`` holds ``-2 - l``, a labelled one its label (> 0).
@@ -22,11 +22,6 @@ WALL = -1
 #: Squared distances stay below this, so that distinct integers have distinct float64 square roots (see
 #: :func:`squared_distance_limits_hold`).
 EXACT_SQUARE_ROOTS = 2**48
-
-
-def reference_levels(boundary: np.ndarray) -> np.ndarray:
-    """The flood's 8-bit levels of a float boundary map, as the reference computes them: ``rint(255 b)`` clipped."""
-    return np.clip(np.rint(boundary * (LEVELS - 1)), 0, LEVELS - 1).astype(np.uint8)
 
 
 def threshold_for_comparison(boundary_threshold) -> float:
@@ -54,8 +49,9 @@ def uint8_tables(per_slice: bool, boundary_threshold: float) -> tuple[np.ndarray
         boundary_threshold: already rounded by :func:`threshold_for_comparison`.
     """
     if per_slice:
-        pairs = np.indices((256, 256)).reshape(2, -1).astype(np.float32) / np.float32(255.0)
-        boundary = (1.0 - pairs.mean(axis=0, dtype=np.float32)).astype(np.float32)
+        pairs = np.zeros((3, 1, 1, 256 * 256), np.float32)
+        pairs[1:, 0, 0] = np.indices((256, 256)).reshape(2, -1).astype(np.float32) / np.float32(255.0)
+        boundary = boundary_map(pairs, per_slice=True)[0, 0]
         return reference_levels(boundary), boundary.astype(np.float64) < boundary_threshold
     sums = np.arange(3 * 255 + 1)
     exact = (765 - sums) / 765.0
