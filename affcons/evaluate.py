@@ -78,9 +78,9 @@ def _scores(gt_index: np.ndarray, seg_index: np.ndarray, counts: np.ndarray) -> 
 
 @dataclass(frozen=True)
 class Contingency:
-    """Voxel counts of (fragment id, ground-truth id) pairs over the voxels with ground truth != 0, one row per
-    pair present, sorted by fragment then ground-truth id: ``fragments`` and ``ground_truth`` uint64[K], ``counts``
-    int64[K]."""
+    """Voxel counts of (fragment id, ground-truth id) pairs over all voxels of a region, one row per pair present,
+    sorted by fragment then ground-truth id: ``fragments`` and ``ground_truth`` uint64[K], ``counts`` int64[K]. Rows
+    of ground truth 0 are kept (they give the segments of the region) and ignored by the scores."""
 
     fragments: np.ndarray
     ground_truth: np.ndarray
@@ -98,6 +98,7 @@ def fragment_contingency(fragments, ground_truth, roi=None, slab: int | None = N
         slab: z sections read at a time (default: about 2^24 voxels, a multiple of the fragments' z chunk).
 
     Memory: the two label slabs plus a hash table of the pairs (48 bytes per pair at most), not the volume.
+    ``counts.sum()`` is the number of voxels of the region.
     Ground-truth ids must be non-negative (:class:`VolumeError`).
     """
     if isinstance(fragments, np.ndarray) != isinstance(ground_truth, np.ndarray):
@@ -200,15 +201,13 @@ def _insert(keys_fragment, keys_truth, counts, fragment, truth, count):  # pragm
 
 @numba.njit(cache=True)
 def _count_pairs(fragments, ground_truth, keys_fragment, keys_truth, counts, size):  # pragma: no cover - compiled
-    """Add the pairs of the voxels with ground truth != 0 to the table, a run of equal pairs along x at a time."""
+    """Add the pairs of the voxels to the table, a run of equal pairs along x at a time."""
     nz, ny, nx = fragments.shape
     run_fragment, run_truth, run = np.uint64(0), np.uint64(0), 0
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
                 truth = np.uint64(ground_truth[z, y, x])
-                if truth == 0:
-                    continue
                 fragment = np.uint64(fragments[z, y, x])
                 if run > 0 and fragment == run_fragment and truth == run_truth:
                     run += 1
@@ -229,17 +228,30 @@ def scores_from_lut(contingency: Contingency, ids: np.ndarray, segment_of: np.nd
     """:func:`evaluate` of the segmentation that relabels the fragments by ``ids`` (sorted uint64) ->
     ``segment_of`` (fragments missing from ``ids`` keep their id, 0 stays 0: ``affcons.segment.apply_lookup``),
     from the fragments' contingency table: the same contingency arrays, so the same numbers to the last bit."""
-    from affcons.segment import apply_lookup
-
-    if len(contingency.counts) == 0:
+    labelled = contingency.ground_truth != 0
+    if not labelled.any():
         raise VolumeError("the ground truth has no labelled voxel (all 0): nothing to evaluate")
-    segments = apply_lookup(contingency.fragments, np.asarray(ids, np.uint64), np.asarray(segment_of, np.uint64))
-    order = np.lexsort((segments, contingency.ground_truth))
-    truth, segments, counts = contingency.ground_truth[order], segments[order], contingency.counts[order]
+    segments = _segments(contingency.fragments[labelled], ids, segment_of)
+    order = np.lexsort((segments, contingency.ground_truth[labelled]))
+    truth, segments = contingency.ground_truth[labelled][order], segments[order]
+    counts = contingency.counts[labelled][order]
     starts = np.flatnonzero(np.r_[True, (truth[1:] != truth[:-1]) | (segments[1:] != segments[:-1])])
     gt_index = np.unique(truth[starts], return_inverse=True)[1]
     seg_index = np.unique(segments[starts], return_inverse=True)[1]
     return _scores(gt_index, seg_index, np.add.reduceat(counts, starts).astype(np.float64))
+
+
+def segments_from_lut(contingency: Contingency, ids: np.ndarray, segment_of: np.ndarray) -> int:
+    """The number of non-zero segments in the contingency's region after relabelling as in :func:`scores_from_lut`
+    (over all its voxels, ground truth 0 or not)."""
+    segments = np.unique(_segments(contingency.fragments, ids, segment_of))
+    return int(np.count_nonzero(segments))
+
+
+def _segments(fragments: np.ndarray, ids: np.ndarray, segment_of: np.ndarray) -> np.ndarray:
+    from affcons.segment import apply_lookup
+
+    return apply_lookup(fragments, np.asarray(ids, np.uint64), np.asarray(segment_of, np.uint64))
 
 
 def format_table(rows: list[dict], columns=("threshold", "segments", "voi_split", "voi_merge", "voi", "arand")) -> str:

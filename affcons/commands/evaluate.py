@@ -2,8 +2,8 @@
 
 Either one segmentation (``--seg``), or the fragments of a run with its merge tree at several thresholds
 (``--fragments``, ``--tree``, ``--thresholds``: the fragment x ground-truth table is counted once and each threshold
-is scored from it). Volumes are read in z slabs, so memory does not grow with the volume; ``--roi-offset`` and
-``--roi-shape`` (nm) score a region.
+is scored from it; ``segments`` is the number of segments in the scored region). Volumes are read in z slabs, so
+memory does not grow with the volume; ``--roi-offset`` and ``--roi-shape`` (nm) score a region.
 """
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 from funlib.geometry import Roi
 
 from affcons.errors import ConfigError, VolumeError
-from affcons.evaluate import format_table, fragment_contingency, scores_from_lut
+from affcons.evaluate import format_table, fragment_contingency, scores_from_lut, segments_from_lut
 from affcons.io import open_volume
 
 
@@ -87,7 +87,7 @@ def run(args) -> int:
     rows = []
     for threshold in sorted(args.thresholds):
         lookup = tree.lookup(threshold)
-        row = {"threshold": threshold, "segments": int(len(np.unique(lookup)))}
+        row = {"threshold": threshold, "segments": segments_from_lut(table, tree.ids, lookup)}
         rows.append({**row, **scores_from_lut(table, tree.ids, lookup)})
     print(json.dumps(rows) if args.json else format_table(rows))
     return 0
