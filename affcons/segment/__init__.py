@@ -9,7 +9,7 @@ import numpy as np
 from affcons.segment.agglomerate import MergeTree, build_merge_tree, parse_scoring
 from affcons.segment.rag import edge_table, node_table
 from affcons.segment.tables import EdgeTable, NodeTable
-from affcons.segment.watershed import watershed_from_affinities
+from affcons.segment.watershed import block_fragments, watershed_from_affinities
 
 __all__ = [
     "EdgeTable",
@@ -17,6 +17,7 @@ __all__ = [
     "NodeTable",
     "agglomerate_fragments",
     "apply_lookup",
+    "block_fragments",
     "build_merge_tree",
     "edge_table",
     "node_table",
