@@ -249,7 +249,7 @@ def segments_from_lut(contingency: Contingency, ids: np.ndarray, segment_of: np.
 
 
 def _segments(fragments: np.ndarray, ids: np.ndarray, segment_of: np.ndarray) -> np.ndarray:
-    from affcons.segment import apply_lookup
+    from affcons.segment.lookup import apply_lookup
 
     return apply_lookup(fragments, np.asarray(ids, np.uint64), np.asarray(segment_of, np.uint64))
 
