@@ -30,6 +30,10 @@ class Timers:
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
+    def add(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere (e.g. the phases inside one compute call) to ``phase``."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
     def count(self, key: str, value: int) -> None:
         self.counts[key] = self.counts.get(key, 0) + int(value)
 
@@ -87,8 +91,9 @@ def summarise(directory: Path, since: float | None = None) -> dict:
     totals["processed_this_run"] = len(recent)
     totals["span_s"] = round(max(r["end"] for r in recent) - min(r["start"] for r in recent), 3) if recent else 0.0
     totals["workers_seen"] = len({r["pid"] for r in recent})
-    for key in ("read_s", "compute_s", "write_s"):
-        totals[key] = round(totals[key], 3)
+    for key, value in totals.items():
+        if key.endswith("_s") and key != "span_s":
+            totals[key] = round(value, 3)
     return totals
 
 

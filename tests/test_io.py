@@ -278,7 +278,12 @@ def test_create_volume_below_a_v2_group_is_refused(tmp_path):
 
 
 def test_create_volume_other_compressions(tmp_path):
-    for compression, codecs in (("gzip", ["bytes", "gzip"]), ("none", ["bytes"]), ("blosc-lz4", ["bytes", "blosc"])):
+    for compression, codecs in (
+        ("gzip", ["bytes", "gzip"]),
+        ("none", ["bytes"]),
+        ("blosc-lz4", ["bytes", "blosc"]),
+        ("zstd", ["bytes", "zstd"]),
+    ):
         roi = Roi((0, 0, 0), (4, 4, 4))
         create_volume(tmp_path / f"out.zarr/{compression}", roi, (1, 1, 1), "uint8", compression=compression)
         metadata = json.loads((tmp_path / f"out.zarr/{compression}/zarr.json").read_text())

@@ -7,9 +7,10 @@ that fits in memory.
 import numpy as np
 
 from affcons.segment.agglomerate import MergeTree, build_merge_tree, parse_scoring
+from affcons.segment.lookup import apply_lookup
 from affcons.segment.rag import edge_table, node_table
 from affcons.segment.tables import EdgeTable, NodeTable
-from affcons.segment.watershed import watershed_from_affinities
+from affcons.segment.watershed import block_fragments, watershed_from_affinities
 
 __all__ = [
     "EdgeTable",
@@ -17,6 +18,7 @@ __all__ = [
     "NodeTable",
     "agglomerate_fragments",
     "apply_lookup",
+    "block_fragments",
     "build_merge_tree",
     "edge_table",
     "node_table",
@@ -27,21 +29,6 @@ __all__ = [
 
 #: Histogram bins per edge for quantile scores (waterz uses 256).
 QUANTILE_BINS = 256
-
-
-def apply_lookup(fragments: np.ndarray, ids: np.ndarray, segment_of: np.ndarray) -> np.ndarray:
-    """Relabel ``fragments`` (uint64, 0 = none) by the table ``ids`` (sorted) -> ``segment_of``.
-
-    Fragments missing from ``ids`` keep their own id.
-    """
-    flat = fragments.ravel()
-    position = np.searchsorted(ids, flat)
-    position = np.minimum(position, max(len(ids) - 1, 0))
-    found = (len(ids) > 0) & (ids[position] == flat) if len(ids) else np.zeros(flat.shape, bool)
-    out = flat.copy()
-    out[found] = segment_of[position[found]]
-    out[flat == 0] = 0
-    return out.reshape(fragments.shape)
 
 
 def agglomerate_fragments(

@@ -109,27 +109,28 @@ def node_table(fragments: np.ndarray, voxel_size=(1, 1, 1), offset=(0, 0, 0)) ->
     """Ids, centres of mass (nm, world coordinates) and sizes (voxels) of the non-zero fragments, sorted by id.
 
     Args:
-        fragments: uint64 (z, y, x).
+        fragments: non-negative integer ids (z, y, x), 0 = no fragment.
         voxel_size: (z, y, x) nm.
         offset: world coordinate (nm) of voxel (0, 0, 0).
 
-    Dense ids (as the watershed makes them) are counted with ``bincount`` directly; sparse ids are first made
-    dense with ``np.unique``. Coordinates are summed in raster order in both cases.
+    Dense ids (as the watershed makes them) index the sums directly; sparse ids are first made dense with
+    ``np.unique``. One compiled pass adds sizes and float64 coordinates in raster order (the order ``bincount``
+    adds them in, so the centres are the same to the bit).
     """
+    from affcons.segment.moments import sizes_and_coordinate_sums
+
+    if fragments.ndim != 3 or not np.issubdtype(fragments.dtype, np.integer):
+        raise VolumeError(f"fragments must be a 3-D integer array, got shape {fragments.shape}, {fragments.dtype}")
     flat = fragments.ravel()
+    if np.issubdtype(fragments.dtype, np.signedinteger) and flat.min(initial=0) < 0:
+        raise VolumeError("fragment ids must be non-negative")
     largest = int(flat.max(initial=0))
     if largest <= 4 * flat.size:
-        index, ids = flat.astype(np.int64), np.arange(largest + 1, dtype=np.uint64)
+        ids, index = np.arange(largest + 1, dtype=np.uint64), fragments
     else:
         ids, index = np.unique(flat, return_inverse=True)
-    sizes = np.bincount(index, minlength=len(ids))
-    nz, ny, nx = fragments.shape
-    coordinates = (
-        np.repeat(np.arange(nz, dtype=np.float64), ny * nx),
-        np.tile(np.repeat(np.arange(ny, dtype=np.float64), nx), nz),
-        np.tile(np.arange(nx, dtype=np.float64), nz * ny),
-    )
-    sums = np.stack([np.bincount(index, weights=c, minlength=len(ids)) for c in coordinates], axis=1)
+        index = index.reshape(fragments.shape)
+    sizes, sums = sizes_and_coordinate_sums(index, len(ids))
     keep = (sizes > 0) & (ids != 0)
     centres = sums[keep] / sizes[keep][:, None]
     centres = centres * np.asarray(voxel_size, np.float64) + np.asarray(offset, np.float64)

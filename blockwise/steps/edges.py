@@ -36,7 +36,6 @@ class EdgesStep(GraphStep):
         super().__init__(config, Coordinate(config.voxel_size), writes_fragments=False)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
-        from affcons.affinities import affinities_to_float
         from affcons.segment import edge_table
 
         lower = tuple(int(b > r) for b, r in zip(write_roi.begin, self.roi.begin))
@@ -47,9 +46,7 @@ class EdgesStep(GraphStep):
             affs = self.read_affinities(read_roi, block_index)
             links = self.links.read(read_roi)
         with timers.time("compute"):
-            edges = edge_table(
-                fragments, affinities_to_float(affs), self.config.histogram_bins, lower_context=lower, links=links
-            )
+            edges = edge_table(fragments, affs, self.config.histogram_bins, lower_context=lower, links=links)
         with timers.time("write"):
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_edges(block_index, edges)
