@@ -1,6 +1,6 @@
 """The worker side of every step: the worker loop that local daisy workers run, and the cluster worker
 
-    python -m blockwise.worker --config RUN_DIR/config.yaml --step NAME [--thresholds T ...]
+    python -m blockwise.worker --config RUN_DIR/config.yaml --step NAME [--thresholds T ...] [--level K]
 
 which rebuilds the step from the run's resolved config file alone (``config.yaml`` of ``affcons segment``,
 ``predict.yaml`` of ``affcons predict``), connects to the daisy scheduler named by ``DAISY_CONTEXT`` (set by the
@@ -69,13 +69,16 @@ def serve_blocks(step) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m blockwise.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run directory's resolved config file")
-    parser.add_argument("--step", required=True, help="predict, fragments, edges or extract")
+    parser.add_argument("--step", required=True, help="predict, fragments, edges, hierarchy or extract")
     parser.add_argument("--thresholds", nargs="+", type=float, help="extract only: the thresholds of this task")
+    parser.add_argument("--level", type=int, help="hierarchy only: the level of this task")
     args = parser.parse_args(argv)
 
     from blockwise.registry import load_step
 
     parameters = {"thresholds": args.thresholds} if args.thresholds else {}
+    if args.level is not None:
+        parameters["level"] = args.level
     return serve_blocks(load_step(args.step, args.config, **parameters))
 
 
