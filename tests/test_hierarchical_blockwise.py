@@ -19,6 +19,7 @@ from affcons.store import open_store
 from blockwise.config import SegmentConfig
 from blockwise.faults import FAULT_ENV
 from blockwise.layout import RunDir, segment_run_dir
+from blockwise.registry import load_step
 from blockwise.testing import (
     chunk_digests,
     reference_run,
@@ -100,6 +101,9 @@ def test_non_power_of_two_grid_and_a_stop_level_give_the_global_tree(tmp_path):
     assert {p.name: p.read_bytes() for p in run_dir.lut_ids.parent.iterdir()} == luts
     assert summary_of(out)["tasks"]["hierarchy_0"]["skipped"] == 40
     assert [r["task"] for r in assert_levels(out, 2)["levels"]] == ["hierarchy_0", "hierarchy_1_root"]
+    # a cluster worker rebuilds the level from the run's config file and ``--level``
+    step = load_step("hierarchy", str(run_dir / RunDir.SEGMENT_CONFIG), level=1)
+    assert (step.task_id, step.num_blocks, step.worker_arguments()) == ("hierarchy_1_root", 1, ["--level", "1"])
 
 
 def test_failed_block_mid_level_then_rerun_gives_identical_bytes(tmp_path, capfd):
