@@ -13,7 +13,8 @@ Each command has three models that build on each other, so a field is declared o
 ``affcons run`` composes the settings in :class:`JobConfig`. Every length is in world units (nm, z y x) except the
 storage chunk shape and the network's patch and margin, which are voxels. ``fingerprint_fields()`` lists what
 decides the bytes of the outputs: a different value for an existing run directory or output is refused, nothing is
-overwritten; thresholds, workers, launcher and timeouts may change between runs of the same output.
+overwritten; thresholds, workers, launcher, timeouts and the agglomeration method may change between runs of the same
+output.
 """
 
 import hashlib
@@ -222,6 +223,8 @@ class SegmentConfig(Fingerprinted, SegmentOptions):
         data = self.model_dump(mode="json")
         keys = ("voxel_size", "roi_offset", "roi_shape", "block_size", "context", "chunk_shape", "compression")
         steps = ("fragments", "edges", "agglomerate")
+        # the agglomeration method and its stop level decide how, not what: every method gives the same tree
+        data["agglomerate"] = {"scoring": data["agglomerate"]["scoring"]}
         return {
             "affs": str(Path(self.affs).absolute()),
             "graph": redact(self.graph),

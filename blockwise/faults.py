@@ -5,6 +5,7 @@
 matches every block; with ``once`` the fault fires only while the marker file does not exist (it is created first).
 ``sleep`` slows every matching block (to kill a run midway), ``hang`` sleeps ``seconds`` (to exceed the block
 timeout), ``exit`` ends the worker process at once with :data:`FAULT_EXIT_CODE`.
+The hierarchical agglomeration's blocks also match their level's task id (``hierarchy_<k>``) at ``partial-write``.
 """
 
 import json

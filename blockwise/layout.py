@@ -101,6 +101,16 @@ class RunDir:
         return self.path / "agglomerate.json"
 
     @property
+    def hierarchy(self) -> Path:
+        """``hierarchy/``: the block states of the hierarchical agglomeration, one directory per level."""
+        return self.path / "hierarchy"
+
+    def hierarchy_state(self, level: int, block: int | None) -> Path:
+        """``hierarchy/<level>/<block>.npz`` (grid index of the level's block grid), or ``hierarchy/<level>/root.npz``
+        for ``block=None``: the level one process finishes (the root or the stop level)."""
+        return self.hierarchy / str(level) / f"{'root' if block is None else block}.npz"
+
+    @property
     def lut_ids(self) -> Path:
         """``luts/ids.npy``: every fragment id, sorted."""
         return self.path / "luts" / "ids.npy"

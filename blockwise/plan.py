@@ -176,7 +176,7 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
         "agglomerate": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
         "extract": voxels * len(thresholds) / rates.extract_voxels_per_s / workers,
     }
-    return {
+    plan = {
         "volume": {
             "affs": config.affs,
             "roi_offset_nm": list(config.roi_offset),
@@ -217,6 +217,44 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
             "agglomerate_fits_128GB": agglomerate_bytes <= LARGE_MACHINE_BYTES,
             "rates": asdict(rates),
         },
+    }
+    if config.agglomerate.method == "hierarchical":
+        plan["hierarchy"] = hierarchy_plan(grid, block_voxels, roi_voxels, config, rates)
+    return plan
+
+
+def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates: Rates) -> dict:
+    """The levels of the hierarchical agglomeration: blocks and box per level, and level 0's memory per worker
+    (the block's edges at the assumed density, as input table plus :func:`level_bytes_per_edge`)."""
+    from affcons.segment import EdgeTable
+    from affcons.segment.agglomerate import parse_scoring
+    from affcons.segment.hierarchy import level_bytes_per_edge
+    from blockwise.steps.hierarchy import level_grid, top_level
+
+    bins = config.histogram_bins
+    top = top_level(grid, config.agglomerate.stop_level)
+    levels = []
+    for level in range(top + 1):
+        cell = 2**level
+        blocks = 1 if level == top else math.prod(level_grid(grid, level))
+        box = roi_voxels if level == top else tuple(min(b * cell, r) for b, r in zip(block_voxels, roi_voxels))
+        levels.append(
+            {
+                "level": level,
+                "blocks": blocks,
+                "box_blocks": max(grid) if level == top else cell,
+                "box_voxels": list(box),
+                "one_process": level == top,
+            }
+        )
+    per_edge = level_bytes_per_edge(bins, parse_scoring(config.agglomerate.scoring) >= 0)
+    block_edges = math.prod(block_voxels) * rates.edges_per_voxel
+    return {
+        "levels": levels,
+        "stop_level": config.agglomerate.stop_level,
+        "level0_edges_per_block": block_edges,
+        "level_bytes_per_edge": per_edge,
+        "level0_worker_bytes": rates.worker_base_bytes + block_edges * (per_edge + EdgeTable.bytes_per_edge(bins)),
     }
 
 
@@ -259,10 +297,31 @@ def format_segment_plan(plan: dict) -> str:
         "graph "
         f"store ~{human_bytes(estimate['store_bytes'])}; peak memory per worker "
         f"~{human_bytes(estimate['worker_peak_bytes'])}",
-        f"  global step agglomerate: {estimate['agglomerate_bytes_per_edge']:.0f} B/edge -> "
+        ("  global alternative" if "hierarchy" in plan else "  global step")
+        + f" agglomerate: {estimate['agglomerate_bytes_per_edge']:.0f} B/edge -> "
         f"~{human_bytes(estimate['agglomerate_bytes'])} in one process: "
         + ("fits one 128 GB machine" if estimate["agglomerate_fits_128GB"] else "DOES NOT FIT one 128 GB machine"),
     ]
+    if "hierarchy" in plan:
+        hierarchy = plan["hierarchy"]
+        lines.append(
+            "  agglomeration hierarchical (exact, the same merge tree): "
+            + ", ".join(
+                f"level {h['level']} {h['blocks']} block(s) of {h['box_voxels']} voxels"
+                + (
+                    " (one process: the " + ("stop level)" if hierarchy["stop_level"] == h["level"] else "root)")
+                    if h["one_process"]
+                    else ""
+                )
+                for h in hierarchy["levels"]
+            )
+        )
+        lines.append(
+            f"              level 0: ~{hierarchy['level0_edges_per_block']:.2g} edges per block x "
+            f"{hierarchy['level_bytes_per_edge']} B/edge -> ~{human_bytes(hierarchy['level0_worker_bytes'])} per "
+            "worker; levels >= 1 hold their children's frozen residual (a surface, measured per level in "
+            "summary.json)"
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from blockwise.steps.downsample import DownsampleStep
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.extract import ExtractStep
 from blockwise.steps.fragments import FragmentsStep
+from blockwise.steps.hierarchy import HierarchyStep
 from blockwise.steps.predict import PredictStep
 
 #: step name -> (step class, config model of its run directory's config file)
@@ -16,6 +17,7 @@ STEPS = {
     "predict": (PredictStep, PredictConfig),
     "fragments": (FragmentsStep, SegmentConfig),
     "edges": (EdgesStep, SegmentConfig),
+    "hierarchy": (HierarchyStep, SegmentConfig),
     "extract": (ExtractStep, SegmentConfig),
     "downsample": (DownsampleStep, PyramidConfig),
 }
@@ -30,7 +32,7 @@ def step_class(name: str):
 
 def load_step(name: str, config_path: str, **parameters):
     """The step ``name`` rebuilt from the resolved config file at ``config_path`` (``parameters`` go to the step's
-    constructor, e.g. the extract task's ``thresholds``)."""
+    constructor, e.g. the extract task's ``thresholds``, the hierarchy task's ``level``)."""
     step_class(name)
     step_type, config_model = STEPS[name]
     return step_type(load_config(config_model, config_path), **parameters)

@@ -8,9 +8,11 @@ Order of a run (:meth:`SegmentDriver.run`):
    :class:`~affcons.errors.OutputExistsError` lists the fields that differ (exit code 2). ``--dry-run`` stops here
    and prints the plan (:mod:`blockwise.plan`).
 2. ``config.yaml`` (the resolved config), outputs created with provenance attributes and ``complete: false``.
-3. ``fragments``, then ``edges``, each one daisy task (:meth:`blockwise.runner.Driver.run_step`), then the global
-   ``agglomerate`` in this process (skipped when ``merge_tree.npz`` of this fingerprint exists and no fragment or
-   edge block was redone), then one ``extract`` task for the thresholds not yet complete.
+3. ``fragments``, then ``edges``, each one daisy task (:meth:`blockwise.runner.Driver.run_step`), then the
+   agglomeration (skipped when ``merge_tree.npz`` of this fingerprint exists and no fragment or edge block was
+   redone): ``global`` in this process, or ``hierarchical``, one daisy task per level
+   (:mod:`blockwise.steps.hierarchy`) and the tree assembled here; then one ``extract`` task for the thresholds not
+   yet complete.
 4. Only when every block of every task succeeded: ``complete: true`` on each new segmentation, exit code 0.
    Otherwise exit code 1 and the failed blocks per task (grid index and ROI) on stderr and in ``summary.json``.
 
@@ -243,7 +245,16 @@ class SegmentDriver(Driver):
         redone = any(r.completed > r.skipped for r in reports)
         info = None if redone else agglomerate.done(self.fingerprint)
         start = time.time()
-        if info is None:
+        if redone:  # the RAG changed: state files and done markers of earlier hierarchical levels are stale
+            self._forget_hierarchy()
+        if info is None and self.config.agglomerate.method == "hierarchical":
+            failed, info = self._run_hierarchy()
+            if failed is not None:
+                self.summary["stages"]["agglomerate"] = {"wall_s": round(time.time() - start, 3), **info}
+                return self.fail([failed])
+            info["reused"] = False
+            inject_fault("driver", -1, "after-merge-tree")
+        elif info is None:
             self.say(f"agglomerate: reading {self.summary['edges']} edges from {self.config.public_dump()['graph']}")
             info = agglomerate.run(self.fingerprint)
             info["reused"] = False
@@ -251,13 +262,25 @@ class SegmentDriver(Driver):
         else:
             info["reused"] = True
         self.summary["stages"]["agglomerate"] = {"wall_s": round(time.time() - start, 3), **info}
-        self.say(
-            f"agglomerate: {info['nodes']} nodes, {info['edges']} edges, {info['merges']} merges "
-            f"({'reused ' if info['reused'] else ''}{self.run_dir.merge_tree}); edge table "
-            f"{info['edge_table_bytes_per_edge']:.0f} B/edge, merge tree model "
-            f"{info['merge_tree_model_bytes_per_edge']} B/edge, measured peak growth "
-            f"{info['measured_bytes_per_edge']:.0f} B/edge"
-        )
+        if info.get("method") == "hierarchical" and not info["reused"]:
+            self.say(
+                f"agglomerate: {info['nodes']} nodes, {info['edges']} edges, {info['merges']} merges from "
+                f"{info['states']} block states of {len(info['levels'])} level(s) ({self.run_dir.merge_tree}); "
+                f"largest level worker {max(r['peak_rss_bytes'] for r in info['levels']) / 1e6:.0f} MB peak RSS, "
+                f"assembly {info['assembly_peak_rss_bytes'] / 1e6:.0f} MB"
+            )
+        else:
+            self.say(
+                f"agglomerate: {info['nodes']} nodes, {info['edges']} edges, {info['merges']} merges "
+                f"({'reused ' if info['reused'] else ''}{self.run_dir.merge_tree})"
+                + (
+                    f"; edge table {info['edge_table_bytes_per_edge']:.0f} B/edge, merge tree model "
+                    f"{info['merge_tree_model_bytes_per_edge']} B/edge, measured peak growth "
+                    f"{info['measured_bytes_per_edge']:.0f} B/edge"
+                    if "edge_table_bytes_per_edge" in info
+                    else ""
+                )
+            )
 
         thresholds = self.config.extract.thresholds
         pending = [t for t in thresholds if not self.segmentation_complete(t)]
@@ -282,6 +305,37 @@ class SegmentDriver(Driver):
         )
         self.say(f"done in {time.time() - started:.1f} s: {outputs}; summary: {self.run_dir.summary}")
         return 0
+
+    def _run_hierarchy(self):
+        """The levels of the hierarchical agglomeration, one daisy task each (resuming from their done markers), then
+        the merge tree from their states. Returns ``(report of the failed level or None, info)``."""
+        from blockwise.steps.hierarchy import HierarchicalAgglomeration
+
+        hierarchy = HierarchicalAgglomeration(self.config)
+        execution, levels = self.config.execution, []
+        for step in hierarchy.steps:
+            start = time.time()
+            self.say(
+                f"{step.task_id}: {step.num_blocks} block(s) of up to {step.cell if not step.is_top else 'all'} "
+                f"fragment blocks per axis, {execution.workers} worker(s), launcher {execution.launcher.type}"
+            )
+            report = self.run_step(step, {"cpu": 1})
+            self.summary["tasks"][step.task_id] = report.as_dict()
+            levels.append(hierarchy.level_record(step, start))
+            if not report.ok:
+                return report, {"method": "hierarchical", "levels": levels}
+            inject_fault("driver", -1, f"after-{step.task_id}")
+        return None, hierarchy.assemble(self.fingerprint, levels)
+
+    def _forget_hierarchy(self) -> None:
+        """Remove the state files, done markers, timer and error records of every hierarchical level (of an earlier
+        RAG, or of another stop level)."""
+        import shutil
+
+        shutil.rmtree(self.run_dir.hierarchy, ignore_errors=True)
+        for kind in ("tracking", "timers", "errors"):
+            for directory in (self.run_dir / kind).glob("hierarchy_*"):
+                shutil.rmtree(directory, ignore_errors=True)
 
     def _run_blockwise(self, step, reset: bool, start: float | None = None):
         """One step on one CPU per worker, its stage record in the summary."""

@@ -69,9 +69,9 @@ def serve_blocks(step) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m blockwise.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run directory's resolved config file")
-    parser.add_argument("--step", required=True, help="predict, fragments, edges, extract or downsample")
+    parser.add_argument("--step", required=True, help="predict, fragments, edges, hierarchy, extract or downsample")
     parser.add_argument("--thresholds", nargs="+", type=float, help="extract only: the thresholds of this task")
-    parser.add_argument("--level", type=int, help="downsample only: the pyramid level of this task")
+    parser.add_argument("--level", type=int, help="hierarchy and downsample: the level of this task")
     args = parser.parse_args(argv)
 
     from blockwise.registry import load_step

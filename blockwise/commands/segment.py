@@ -3,6 +3,7 @@
     affcons segment --affs OUT.zarr/affs --out OUT.zarr --thresholds 0.3 0.5 0.7 \\
         --block-size 64 256 256 --context 8 32 32 --workers 4 --graph sqlite:///run/rag.db \\
         [--run-dir DIR] [--dry-run] [--scoring mean|quantile50] [--roi-offset z y x --roi-shape z y x]
+        [--agglomeration global|hierarchical [--stop-level N]]
 
 ``--block-size``, ``--context`` and ``--chunk-shape`` are voxels; ``--roi-offset``/``--roi-shape`` are nm. A
 ``--config FILE`` (YAML, keys of :class:`blockwise.config.SegmentOptions`, lengths in nm) supplies defaults; options
@@ -49,6 +50,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         dest="agglomerate.scoring",
         metavar="SCORING",
         help="edge score: mean (default) or quantileQ, e.g. quantile50",
+    )
+    parser.add_argument(
+        "--agglomeration",
+        dest="agglomerate.method",
+        choices=("global", "hierarchical"),
+        help="global (default: the whole RAG in one process) or hierarchical (exact, one daisy task per octree level "
+        "of blocks; the same merge tree, for RAGs beyond one machine)",
+    )
+    parser.add_argument(
+        "--stop-level",
+        dest="agglomerate.stop_level",
+        metavar="N",
+        type=positive_int,
+        help="hierarchical only: finish the residual of level N in one process (default: go up to the root)",
     )
     add_region_arguments(parser, "process")
     parser.add_argument(
