@@ -125,3 +125,19 @@ def test_raw_without_a_voxel_size_is_refused_naming_the_run_option_which_then_wo
     assert "no voxel size" in error and "--voxel-size Z Y X" in error, error
     assert cli_main([*argv, "--voxel-size", "50", "4", "4"]) == 0
     assert "50, 4, 4" in capsys.readouterr().out
+
+
+def test_a_changed_config_for_an_existing_run_dir_is_refused_before_any_stage(tmp_path, capsys):
+    from blockwise.job import Job
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    Job(load_config(JobConfig, job_config(tmp_path)), run_dir, quiet=True).write_config()  # an earlier run's record
+    before = sorted(p.name for p in run_dir.iterdir())
+    changed = job_config(tmp_path, segment={"extract": {"thresholds": [0.5]}})
+    assert cli_main(["run", "-c", str(changed), "--run-dir", str(run_dir)]) == 2
+    error = capsys.readouterr()
+    assert "[1/4]" not in error.out, "a stage ran"
+    assert "written with a different config" in error.err and "Use another --run-dir" in error.err, error.err
+    assert "--out" not in error.err.split("Use another")[1]  # affcons run has no --out
+    assert sorted(p.name for p in run_dir.iterdir()) == before
