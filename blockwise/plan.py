@@ -206,7 +206,7 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
             "workers": workers,
             "nodes": nodes,
             "edges": edges,
-            "density": "sampled from the affinities" if density is not None else "assumed (Kasthuri15's)",
+            "density": "sampled from the affinities" if density is not None else "assumed: Kasthuri15's",
             "histogram_bins": bins,
             "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
             "total_s": round(sum(stage_s.values()) + 3 * rates.worker_startup_s, 1),
