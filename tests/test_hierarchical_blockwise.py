@@ -170,3 +170,23 @@ def test_dry_run_lists_the_levels(tmp_path, capsys):
     assert "level 2 1 block(s) of [50, 100, 100] voxels (one process: the stop level)" in plan, plan
     assert "global alternative agglomerate" in plan
     assert not out.exists()
+
+
+def test_driver_killed_between_levels_and_a_worker_killed_mid_level_resume_to_identical_bytes(tmp_path, monkeypatch):
+    """Grid 2 x 2 x 2: the driver dies right after level 0 (a process exit, as by SIGKILL); the re-run's root-level
+    worker dies mid-block once (daisy replaces it and retries the block); the outputs are the global reference's."""
+    import subprocess
+    import sys
+
+    _, digests = reference_run()
+    out = tmp_path / "out.zarr"
+    argv = reliability_argv(out, extra=HIERARCHICAL)
+    monkeypatch.setenv(FAULT_ENV, json.dumps({"step": "driver", "point": "after-hierarchy_0", "action": "exit"}))
+    assert subprocess.run([sys.executable, "-m", "affcons.cli", *argv]).returncode == 73
+    assert not run_dir_of(out).merge_tree.exists()
+    fault = {"step": "hierarchy_1_root", "point": "partial-write", "action": "exit", "once": str(tmp_path / "died")}
+    monkeypatch.setenv(FAULT_ENV, json.dumps(fault))
+    assert run_cli(argv) == 0
+    assert (tmp_path / "died").exists(), "the root-level worker was killed once"
+    assert chunk_digests(out) == digests
+    assert summary_of(out)["tasks"]["hierarchy_0"]["skipped"] == 8
