@@ -11,7 +11,8 @@ Stages (each resumes: re-running the same command after an interruption continue
    ``OUT.zarr/segmentation_<t>``; its run directory is ``RUN_DIR/segment`` and the graph store defaults to
    ``sqlite:///RUN_DIR/segment/rag.db``.
 4. ``evaluate`` (if ``evaluate.ground_truth`` is set): VOI split/merge (nats) and ARAND of every segmentation in the
-   evaluation ROI.
+   evaluation ROI, from the fragments' contingency table with the ground truth (read once) and each threshold's
+   lookup table (:func:`affcons.evaluate.scores_from_lut`).
 
 At the end the outputs are described (paths, shapes, voxel sizes and offsets, printed and in the summary),
 ``RUN_DIR/report.html`` is written (:mod:`blockwise.report`), and ``affcons view RUN_DIR`` shows them in
@@ -147,11 +148,13 @@ class Job(Driver):
         return validate(SegmentOptions, options, f"{self.run_dir / self.config_file}: segment")
 
     def evaluate(self, segment_config) -> dict:
-        """Scores of every segmentation in the evaluation ROI."""
+        """Scores of every segmentation in the evaluation ROI, from one read of the fragments and the ground truth:
+        the (fragment, ground truth) contingency table, cut by each threshold's lookup table (the same numbers as
+        scoring each ``segmentation_<t>``, which are these lookups applied to the fragments)."""
         import numpy as np
         from funlib.geometry import Roi
 
-        from affcons.evaluate import evaluate
+        from affcons.evaluate import fragment_contingency, scores_from_lut, segments_from_lut
         from affcons.io import open_volume
 
         spec = self.config.evaluate
@@ -163,12 +166,14 @@ class Job(Driver):
             roi = Roi(spec.roi_offset, spec.roi_shape)
         if not gt.roi.contains(roi):
             raise VolumeError(f"evaluation ROI {roi} is not inside the ground truth's ROI {gt.roi} ({path})")
-        labels = np.asarray(gt[roi])
+        table = fragment_contingency(open_volume(f"{self.out}/{FRAGMENTS}"), gt, roi)
+        run_dir = self.run_dir.segment
+        ids = np.load(run_dir.lut_ids)
         rows = []
         for threshold in segment_config.extract.thresholds:
-            segmentation = np.asarray(open_volume(f"{self.out}/{segmentation_name(threshold)}")[roi])
-            scores = evaluate(segmentation, labels)
-            segments = int(len(np.unique(segmentation[segmentation != 0])))
+            segment_of = np.load(run_dir.lut_segments(threshold))
+            scores = scores_from_lut(table, ids, segment_of)
+            segments = segments_from_lut(table, ids, segment_of)
             rows.append(
                 {"threshold": float(threshold), "segments": segments, **{k: float(v) for k, v in scores.items()}}
             )

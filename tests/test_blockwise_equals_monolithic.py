@@ -9,6 +9,8 @@
    split more at a low threshold (0.3: +0.013 to +0.052 here); the stitched run is within 0.005.
 """
 
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -17,6 +19,7 @@ from affcons.affinities import affinities_to_float
 from affcons.evaluate import evaluate
 from affcons.segment import agglomerate_fragments, apply_lookup, segment_affinities
 from affcons.synthetic import degraded_affinities
+from blockwise.layout import RunDir, segment_run_dir
 from blockwise.testing import face_links_of_run, load_labels, run_cli, same_partition, segment_argv, write_affinities
 
 THRESHOLDS = (0.3, 0.5, 0.7)
@@ -79,3 +82,9 @@ def test_blockwise_equals_monolithic_on_anisotropic_uint8_isbi(tmp_path):
     # per-slice fragments never cross a section
     for z in range(1, fragments.shape[0]):
         assert not np.intersect1d(np.unique(fragments[z - 1]), np.unique(fragments[z])).size
+    # the fragments kernel's phases are in the summary, inside the step's compute time (each rounded to 1 ms)
+    stage = json.loads(RunDir(segment_run_dir(out)).summary.read_text())["stages"]["fragments"]
+    phases = {key for key in stage if key.startswith("compute_") and key != "compute_s"}
+    kernel = {f"compute_{phase}_s" for phase in ("levels", "seeds", "flood", "links", "relabel", "nodes")}
+    assert kernel <= phases
+    assert 0 < sum(stage[key] for key in phases) <= stage["compute_s"] + 0.001 * len(phases)

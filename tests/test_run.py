@@ -4,6 +4,7 @@ daisy workers with a tiny random network on an 8 x 64 x 64 crop of the bundled I
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -61,6 +62,7 @@ def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys
     rows = summary["metrics"]["per_threshold"]
     assert [row["threshold"] for row in rows] == [0.4, 0.6] and all(row["voi"] >= 0 for row in rows)
     assert summary["metrics"]["roi_shape"] == [200, 256, 256]
+    assert rows == scored_segmentations(tmp_path / "run" / "out.zarr", summary["metrics"], [0.4, 0.6])
     outputs = {entry["name"]: entry for entry in summary["outputs"]}
     assert set(outputs) == {"raw", "affinities", "disagreement", "fragments", "segmentation_0.40", "segmentation_0.60"}
     assert outputs["affinities"]["shape"] == [3, 8, 64, 64] and outputs["affinities"]["offset_nm"] == [500, 400, 400]
@@ -86,6 +88,24 @@ def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys
     assert again["status"] == "complete"
     assert again["stages"]["predict"]["task"]["skipped"] == 2 and again["stages"]["predict"]["task"]["processed"] == 0
     assert again["metrics"]["per_threshold"] == rows
+
+
+def scored_segmentations(out, metrics, thresholds) -> list[dict]:
+    """The metric rows of each written ``segmentation_<t>`` scored whole in the evaluation ROI (:func:`evaluate`)."""
+    from funlib.geometry import Roi
+
+    from affcons.evaluate import evaluate
+    from affcons.io import open_volume
+    from blockwise.layout import segmentation_name
+
+    roi = Roi(metrics["roi_offset"], metrics["roi_shape"])
+    truth = np.asarray(open_volume(f"{ISBI}:labels/neurites_3dcc", voxel_size=(50, 4, 4))[roi])
+    rows = []
+    for threshold in thresholds:
+        segmentation = np.asarray(open_volume(f"{out}/{segmentation_name(threshold)}")[roi])
+        segments = len(np.unique(segmentation[segmentation != 0]))
+        rows.append({"threshold": threshold, "segments": segments, **evaluate(segmentation, truth)})
+    return rows
 
 
 def test_job_config_rejects_unknown_keys(tmp_path):
