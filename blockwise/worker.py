@@ -45,7 +45,8 @@ def serve_blocks(step) -> int:
     scheduler hands out until there are none (the scheduler is found through ``DAISY_CONTEXT``), tear down.
 
     A block whose processing raises is reported failed to the scheduler (with its traceback; daisy retries it up to
-    ``max_retries`` times) and the worker goes on with the next block: one bad block fails that block only. A
+    ``max_retries`` times) and the worker goes on with the next block: one bad block fails that block only. When no
+    block can be asked for (the scheduler is gone) the worker ends with that error instead of retrying forever. A
     failure to set up (a store that is down, a model that does not load) ends the worker with the exception, a dirty
     exit that daisy counts against ``max_worker_restarts``. Returns 0."""
     import daisy.v2 as daisy
@@ -54,12 +55,16 @@ def serve_blocks(step) -> int:
     client = daisy.Client()
     try:
         while True:
+            acquired = False
             try:
                 with client.acquire_block() as block:
+                    acquired = True
                     if block is None:
                         break
                     process(step, block.write_roi)
-            except Exception:  # reported to the scheduler by acquire_block, recorded by process
+            except Exception:  # a block's failure: reported to the scheduler by acquire_block, recorded by process
+                if not acquired:
+                    raise  # no block could be asked for: the scheduler is gone (its driver died), so is this worker
                 continue
     finally:
         step.teardown()
