@@ -11,11 +11,13 @@ mis-schedules the downstream task of a pipeline whose read ROI extends on one si
 """
 
 import datetime
+import logging
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import affcons
 from affcons.config import dump_config, load_config
@@ -176,6 +178,8 @@ def _schedule(sender, step, process_function, execution, run_dir, requires, rese
 
     faulthandler.disable()  # a bus error here is reported by the driver, not by a dump of this process's stack
     die_with(driver_pid)
+    if logging.getLogger("daisy").getEffectiveLevel() > logging.WARNING:  # not --verbose
+        divert_native_stderr(run_dir.logs / f"scheduler-{step.task_id}.log")
     import daisy.v2 as daisy
 
     task = make_task(step, process_function, execution, run_dir, requires)
@@ -185,7 +189,7 @@ def _schedule(sender, step, process_function, execution, run_dir, requires, rese
     counters = {}
     try:
         states = daisy.Server().run_blockwise(task, resources=resources, progress=progress, summary=False)
-    except Exception as exception:  # the scheduler itself failed
+    except BaseException as exception:  # the scheduler itself failed (a panic of daisy's core is a BaseException)
         states = {}
         counters["error"] = f"the daisy scheduler failed: {type(exception).__name__}: {exception}"
     state = states.get(step.task_id)
@@ -203,6 +207,35 @@ def _schedule(sender, step, process_function, execution, run_dir, requires, rese
             counters["error"] = f"abandoned: {state.abandon_reason}"
     sender.send(counters)
     sender.close()
+
+
+def divert_native_stderr(path: Path) -> None:
+    """Send what native code writes to file descriptor 2 (daisy's scheduler core logs each failed block with its
+    traceback there) to ``path``, and keep Python's ``sys.stderr`` (progress bars, messages) on the terminal. The
+    driver reports failed blocks itself, with their errors; the full tracebacks stay in the log. Descriptor 2 becomes
+    a pipe drained by a thread, so a full disk drops log lines instead of failing the writer."""
+    import threading
+
+    sys.stderr.flush()
+    sys.stderr = open(os.dup(2), "w", buffering=1, errors="replace")  # noqa: SIM115 (this process's stderr for good)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def drain() -> None:
+        log = None
+        with open(read_end, "rb", buffering=0) as pipe:
+            for line in pipe:
+                try:
+                    if log is None:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        log = open(path, "ab")  # noqa: SIM115 (open while the process lives)
+                    log.write(line)
+                    log.flush()
+                except OSError:  # a full disk: the line is lost, the scheduler goes on
+                    pass
+
+    threading.Thread(target=drain, name="native stderr", daemon=True).start()
 
 
 def die_with(parent_pid: int) -> None:
