@@ -42,10 +42,11 @@ from affcons.train.strategies import CRACStrategy  # noqa: E402
 from affcons.train.trainer import Trainer, seed_everything  # noqa: E402
 
 ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
+CONFIDENCE_FILTERS = [4, 6, 8, 12, 16]  # the reduced protocol's CPSN (benchmarks/crac_protocol.py)
 ARMS = {
-    "old": {"threads": 1, "channels_last": False, "parallel_branches": False},
-    "new": {"threads": 1, "channels_last": True, "parallel_branches": True},
-    "intra-op": {"threads": 2, "channels_last": True, "parallel_branches": False},
+    "old": {"threads": 1, "channels_last": False, "parallel_branches": False, "fused_optimizer": False},
+    "new": {"threads": 1, "channels_last": True, "parallel_branches": True, "fused_optimizer": True},
+    "intra-op": {"threads": 2, "channels_last": True, "parallel_branches": False, "fused_optimizer": True},
 }
 
 
@@ -76,6 +77,7 @@ def config(arm: dict, iterations: int, s2: bool) -> CRACConfig:
                 "image_every": 0,
                 "channels_last": arm["channels_last"],
                 "parallel_branches": arm["parallel_branches"],
+                "fused_optimizer": arm["fused_optimizer"],
             },
             "optim": {"lr": 1e-3, "eps": 1e-8},
             "validation": {"volume": None},
@@ -94,7 +96,7 @@ def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) 
         seed_everything(cfg.run.seed, True)
         confidence = None
         if s2:
-            confidence = build_confidence_net(ConfidenceModelConfig(filters=[8, 12, 16, 24, 32], bn_momentum=0.1))
+            confidence = build_confidence_net(ConfidenceModelConfig(filters=CONFIDENCE_FILTERS, bn_momentum=0.1))
             confidence.eval().requires_grad_(False)
         strategy = CRACStrategy(cfg, torch.device("cpu"), confidence)
         dataset = CropDataset(cfg.data, cfg.model.offsets, cfg.run.seed, cfg.run.batch_size)
@@ -102,20 +104,23 @@ def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) 
             strategy, cfg, dataset, out / scenario / name, "crac", cfg.run.iterations, torch.device("cpu")
         )
     seconds = {name: 0.0 for name in arms}
+    cpu_seconds = {name: 0.0 for name in arms}
     for index in range(blocks):
         for name in arms:
             torch.set_num_threads(ARMS[name]["threads"])
             trainer = trainers[name]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             trainer.run(stop_at=trainer.iteration + block)
             if index > 0:
                 seconds[name] += time.perf_counter() - start
+                cpu_seconds[name] += time.process_time() - cpu_start
     timed = (blocks - 1) * block
     result = {}
     for name in arms:
         history = trainers[name].history[block:]
         result[name] = {
             "iterations_per_second": timed / seconds[name],
+            "cpu_seconds_per_iteration": cpu_seconds[name] / timed,
             "phases": {key: float(np.mean([h[key] for h in history])) for key in history[0] if key.startswith("time/")},
             "losses": [h["loss/total"] for h in trainers[name].history],
         }
@@ -175,9 +180,10 @@ def main(argv=None) -> int:
                 losses = np.asarray(r["losses"])
                 reference = np.asarray(old["losses"])
                 difference = float(np.max(np.abs(losses - reference) / np.abs(reference)))
-                speed = r["iterations_per_second"]
+                speed, cpu = r["iterations_per_second"], r["cpu_seconds_per_iteration"]
                 print(
-                    f"  {name:<8} {speed:.3f} it/s  x{speed / old['iterations_per_second']:.2f}"
+                    f"  {name:<8} {speed:.3f} it/s  x{speed / old['iterations_per_second']:.2f}; "
+                    f"{cpu:.2f} CPU s/it  x{old['cpu_seconds_per_iteration'] / cpu:.2f}"
                     f"  ({phases}); loss curve vs old: max relative difference {difference:.1e}"
                 )
     torch.set_num_threads(1)

@@ -176,6 +176,7 @@ class RunConfig(StrictModel):
     # CPU: the two CRAC networks' forward and backward passes run in two threads (their graphs are disjoint when the
     # pseudo-labels are detached), so two cores are used without intra-op threads; ignored on CUDA
     parallel_branches: bool = True
+    fused_optimizer: bool = True  # CPU: Adam's fused kernel (one pass over all parameters); ignored on CUDA
     deterministic: bool = True  # cudnn.deterministic, as in the reference setup_seed
 
 

@@ -98,6 +98,7 @@ class Trainer:
             eps=optim.eps,
             weight_decay=optim.weight_decay,
             amsgrad=optim.amsgrad,
+            fused=True if run.fused_optimizer and device.type == "cpu" else None,
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if run.compile and self.use_cuda:
