@@ -140,11 +140,11 @@ class FilterResult:
 
 def channel_groups(offsets) -> dict[str, list[int]]:
     """Consecutive (z, y, x) triples of ``offsets`` (CRAC's 12 offsets form 4 distance groups), named by their
-    distances, e.g. ``"1/1/1"`` for the nearest neighbours and ``"4/27/27"``; a remainder forms the last group."""
+    distances, e.g. ``"1-1-1"`` for the nearest neighbours and ``"4-27-27"``; a remainder forms the last group."""
     groups = {}
     for start in range(0, len(offsets), 3):
         members = list(range(start, min(start + 3, len(offsets))))
-        name = "/".join(str(max(abs(int(v)) for v in offsets[c])) for c in members)
+        name = "-".join(str(max(abs(int(v)) for v in offsets[c])) for c in members)
         groups[name] = members
     return groups
 

@@ -160,7 +160,7 @@ def test_channel_groups_of_the_crac_offsets():
     from affcons.affinities import CRAC_OFFSETS
 
     groups = channel_groups(CRAC_OFFSETS)
-    assert groups == {"1/1/1": [0, 1, 2], "2/3/3": [3, 4, 5], "3/9/9": [6, 7, 8], "4/27/27": [9, 10, 11]}
+    assert groups == {"1-1-1": [0, 1, 2], "2-3-3": [3, 4, 5], "3-9-9": [6, 7, 8], "4-27-27": [9, 10, 11]}
 
 
 def test_filter_counts_by_hand():

@@ -117,8 +117,8 @@ def test_oracle_pseudo_labels_are_the_truth_on_every_unlabelled_pair():
         expected = pseudo_loss(a_imp, batch["truth"], batch["weight"], unlabelled, valid, fresh.channel_weight)
     assert abs(output.scalars["loss/pse_imp"] - float(expected)) < 1e-6 * float(expected)
     # the measurements against the truth are logged: pairs, right and S1 counts per channel group
-    assert output.scalars["filter/explicit/1/1/1/pairs"] > 0
-    assert 0 <= output.scalars["filter/implicit/4/27/27/s1_right"] <= output.scalars["filter/implicit/4/27/27/s1_kept"]
+    assert output.scalars["filter/explicit/1-1-1/pairs"] > 0
+    assert 0 <= output.scalars["filter/implicit/4-27-27/s1_right"] <= output.scalars["filter/implicit/4-27-27/s1_kept"]
 
 
 def test_schedules():
