@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "psutil==7.2.2",
     "dask==2026.8.0",
+    "neuroglancer==2.41.2",
+    "matplotlib==3.11.2",
 ]
 
 setup(
@@ -37,6 +39,21 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["affcons", "affcons.*", "blockwise", "blockwise.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "nx-27017==0.8.1", "ruff==0.17.5"]},
-    entry_points={"console_scripts": ["affcons=affcons.cli:main"]},
+    extras_require={"test": ["pytest==9.2.0", "nx-27017==0.8.1", "ruff==0.17.5", "hypothesis==6.170.15"]},
+    entry_points={
+        "console_scripts": ["affcons=affcons.cli:main"],
+        # The CLI's commands (affcons.cli), in the order `affcons --help` lists them.
+        "affcons.commands": [
+            "import=affcons.commands:IMPORT",
+            "info=affcons.commands:INFO",
+            "evaluate=affcons.commands:EVALUATE",
+            "segment=blockwise.commands:SEGMENT",
+            "predict=blockwise.commands:PREDICT",
+            "pretrain=affcons.commands:PRETRAIN",
+            "train=affcons.commands:TRAIN",
+            "run=blockwise.commands:RUN",
+            "view=blockwise.commands:VIEW",
+            "report=blockwise.commands:REPORT",
+        ],
+    },
 )

@@ -5,6 +5,7 @@ resolves ``NAME`` to ``configs/NAME.yaml`` (current directory first, then the re
 path, and turns every validation problem into a :class:`~affcons.errors.ConfigError` naming the key and the file.
 """
 
+import difflib
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,8 +13,12 @@ import pydantic
 import yaml
 
 from affcons.errors import ConfigError
+from affcons.files import write_text
+from affcons.secrets import redact
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The repository that holds this package: relative paths in configs are taken from here, never from the cwd.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_CONFIG_DIR = REPO_ROOT / "configs"
 
 
 class StrictModel(pydantic.BaseModel):
@@ -28,18 +33,24 @@ ModelT = TypeVar("ModelT", bound=StrictModel)
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """Return the YAML file for ``name_or_path``: an existing path, else ``configs/NAME.yaml``.
 
-    ``configs/`` is looked up in the current directory first, then in the repository that holds this package.
+    ``configs/`` is looked up in the current directory first, then in the repository that holds this package. An
+    unknown name is a ConfigError that suggests the closest names and lists the configs there are.
     """
     candidate = Path(name_or_path)
     if candidate.is_file():
         return candidate
     name = candidate.name if candidate.suffix in (".yaml", ".yml") else f"{candidate.name}.yaml"
-    for directory in (Path.cwd() / "configs", REPO_CONFIG_DIR):
+    directories = list(dict.fromkeys(d.resolve() for d in (Path.cwd() / "configs", REPO_CONFIG_DIR)))
+    for directory in directories:
         if (directory / name).is_file():
             return directory / name
+    available = sorted({path.stem for directory in directories for path in directory.glob("*.yaml")})
+    close = difflib.get_close_matches(Path(name).stem, available, n=3, cutoff=0.6)
+    suggestion = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ConfigError(
-        f"config {str(name_or_path)!r} not found: neither a file nor configs/{name} "
-        f"(looked in {Path.cwd() / 'configs'} and {REPO_CONFIG_DIR})"
+        f"config {str(name_or_path)!r} not found: no such file, and no {name} in "
+        f"{' or '.join(str(d) for d in directories)}.{suggestion} "
+        f"Configs: {', '.join(available) or 'none'}"
     )
 
 
@@ -68,9 +79,11 @@ def validate(model: type[ModelT], data: dict, source: str) -> ModelT:
                 problems.append(f"unknown key '{key}'")
             elif item["type"] == "missing":
                 problems.append(f"missing required key '{key}'")
+            elif not item["loc"]:  # a check of the whole model: its input is every value (secrets included)
+                problems.append(item["msg"].removeprefix("Value error, "))
             else:
                 problems.append(f"key '{key}': {item['msg']} (got {item.get('input')!r})")
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+        raise ConfigError(redact(f"{source}: " + "; ".join(problems))) from None
 
 
 def load_config(model: type[ModelT], name_or_path: str | Path) -> ModelT:
@@ -79,6 +92,6 @@ def load_config(model: type[ModelT], name_or_path: str | Path) -> ModelT:
     return validate(model, read_yaml(path), str(path))
 
 
-def dump_config(config: StrictModel, path: Path) -> None:
-    """Write ``config`` as YAML (JSON-compatible values), so a run records exactly what it used."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def dump_config(config: StrictModel, path: Path, mode: int | None = None) -> None:
+    """Write ``config`` as YAML (JSON-compatible values), atomically, so a run records exactly what it used."""
+    write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), mode)

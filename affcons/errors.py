@@ -31,3 +31,12 @@ class CheckpointError(AffconsError, ValueError):
 
 class BlockwiseError(AffconsError, RuntimeError):
     """A blockwise task had failed or orphaned blocks; the message lists them."""
+
+
+class BusyError(AffconsError, BlockingIOError):
+    """Another process holds the run directory (its lock names the host and process)."""
+
+
+class AgglomerationError(AffconsError, ValueError):
+    """Inputs of the hierarchical agglomeration disagree: a block state file is corrupt or of another run, or edges
+    refer to fragments that no block lists."""

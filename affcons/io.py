@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -22,9 +23,9 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds
 from funlib.persistence.arrays.metadata import MetaDataFormat
 from numpy.typing import DTypeLike
-from zarr.codecs import BloscCodec, GzipCodec
 
 import affcons
+from affcons.codecs import zarr_compressors
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,6 @@ UNITS = ("nm", "nm", "nm")
 
 #: Default spatial chunk shape in voxels (clipped to the volume).
 DEFAULT_CHUNK_SHAPE = (64, 64, 64)
-
-#: Compression names accepted by :func:`create_volume`.
-COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "gzip", "none")
 
 #: Upper bound (bytes) on one slab held in memory by :func:`copy_volume`.
 SLAB_BYTES = 128 * 2**20
@@ -235,10 +233,11 @@ def create_volume(
         dtype: numpy dtype of the voxels.
         num_channels: ``None`` for a (z, y, x) array, else the length of a leading channel axis (c, z, y, x).
         chunk_shape: voxels (z, y, x); channels are never split. Default: 64 per axis, clipped to the volume.
-        compression: one of :data:`COMPRESSIONS`.
+        compression: one of :data:`affcons.codecs.COMPRESSIONS`.
         mode: "w-" refuses an existing dataset (:class:`OutputExistsError`, nothing changes); "a" reuses an existing
             dataset of the same shape, dtype, voxel size, ROI and (if given) chunk shape, and refuses a different one;
-            "w" replaces an existing dataset.
+            "w" replaces an existing dataset. A new dataset appears at once, complete (created under a temporary
+            name and renamed).
         attrs: extra JSON attributes (e.g. ``{"config": ...}``); ``affcons_version`` and ``created`` (UTC, ISO 8601)
             are added unless given. With mode "a" an existing dataset's attributes are updated with ``attrs``.
 
@@ -263,7 +262,7 @@ def create_volume(
         raise ConfigError(f"{volume}: chunk shape must be 3 positive voxel counts (z, y, x), got {chunk_shape}")
     if num_channels is not None and num_channels < 1:
         raise ConfigError(f"{volume}: num_channels must be None or positive, got {num_channels}")
-    compressors = _compressors(compression)
+    compressors = zarr_compressors(compression)
     channel_shape = () if num_channels is None else (num_channels,)
     shape, chunks = channel_shape + shape_voxels, channel_shape + chunk_shape
 
@@ -305,9 +304,14 @@ def create_volume(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **(attrs or {}),
     }
+    # Created under a hidden temporary name and renamed into place: a crash leaves the old state or the complete new
+    # array, never a half-written one (the existence of an output marks it created).
+    parent, _, leaf = volume.dataset.rpartition("/")
+    temporary = "/".join(filter(None, [parent, f".{leaf}.{os.getpid()}.tmp"]))
+    shutil.rmtree(volume.container / temporary, ignore_errors=True)
     zarr.create_array(
         store=str(volume.container),
-        name=volume.dataset,
+        name=temporary,
         shape=shape,
         chunks=chunks,
         dtype=dtype,
@@ -315,8 +319,10 @@ def create_volume(
         attributes=attributes,
         dimension_names=list(axis_names),
         zarr_format=3,
-        overwrite=mode == "w",
     )
+    if existing is not None:  # mode "w"
+        shutil.rmtree(dataset_dir)
+    os.rename(volume.container / temporary, dataset_dir)
     return open_volume(volume, "r+")
 
 
@@ -479,15 +485,3 @@ def _check_parents(volume: VolumePath) -> None:
             raise VolumeError(f"{volume}: {parent} is a zarr v2 group; affcons writes zarr v3, use another container")
         if node is not None and node[0] == "array":
             raise VolumeError(f"{volume}: {parent} is an array, it cannot hold datasets")
-
-
-def _compressors(compression: str) -> list:
-    if compression == "blosc-zstd":
-        return [BloscCodec(cname="zstd", clevel=5)]
-    if compression == "blosc-lz4":
-        return [BloscCodec(cname="lz4", clevel=5)]
-    if compression == "gzip":
-        return [GzipCodec(level=5)]
-    if compression == "none":
-        return []
-    raise ConfigError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 from funlib.geometry import Coordinate, Roi
 
+from affcons.devices import resolve_precision
 from affcons.errors import ConfigError, VolumeError
 
 #: Affinity maps a CRAC model can produce (``CRACNetworks.affinities``).
 MAPS = ("implicit", "explicit", "mean")
 #: Output dtypes of the affinities.
 DTYPES = ("uint8", "float16")
-#: Numerical precisions of the forward pass; ``auto`` is bf16 autocast on CUDA and fp32 on the CPU.
-PRECISIONS = ("auto", "fp32", "bf16")
 #: The short-range (nearest-neighbour) channels: the first three.
 SHORT_RANGE = 3
 
@@ -114,15 +113,6 @@ def required_margin(offsets: Sequence[Sequence[int]], channels: int, prediction_
     return tuple(0 if n <= 1 else n for n in needed)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; explicit values are kept (bf16 on the CPU is allowed)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {PRECISIONS}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
 def to_uint8(affs: torch.Tensor) -> torch.Tensor:
     """:func:`affcons.affinities.affinities_to_uint8` on a tensor (same rounding: clip, x255, half to even)."""
     return torch.round(torch.clamp(affs.float(), 0.0, 1.0) * 255.0).to(torch.uint8)
@@ -132,14 +122,16 @@ class Predictor:
     """A loaded CRAC model that predicts affinities of regions on a :class:`PatchGrid`.
 
     Args:
-        networks: :class:`affcons.nets.CRACNetworks` (moved to ``device`` and set to eval here).
+        networks: :class:`affcons.nets.CRACNetworks`, moved to ``device``, set to eval and (``channels_last``)
+            converted in place: give each Predictor its own copy when several share a process.
         grid: patch and margin.
         prediction_map: ``implicit``, ``explicit`` or ``mean``: which map becomes the affinities.
         channels: how many affinity channels to return (the first ``channels`` offsets; 3 or all).
         disagreement: also return ``mean_c<3 |implicit - explicit|`` as uint8.
         dtype: ``uint8`` (0..255, :func:`affcons.affinities.affinities_to_uint8`) or ``float16``.
         device: torch device.
-        precision: ``fp32`` or ``bf16`` (autocast; ``auto`` resolves per device).
+        precision: ``fp32`` or ``bf16`` (autocast); ``auto`` per device and GPU generation
+            (:func:`affcons.devices.resolve_precision`).
         batch_size: patches per forward pass.
         raw_scale: raw is divided by this (the training config's ``raw_scale``, 255 for uint8 EM).
         channels_last: run the networks in the ``channels_last_3d`` memory format (may help cuDNN on GPUs).
@@ -207,7 +199,8 @@ class Predictor:
     ):
         """Load ``checkpoint`` (:func:`affcons.nets.load_model`); ``patch`` defaults to the training crop and
         ``margin`` to :func:`default_margin`. Returns ``(predictor, config)``."""
-        from affcons.nets import load_model, select_device
+        from affcons.devices import select_device
+        from affcons.nets import load_model
 
         device = select_device(device) if isinstance(device, str) else device
         networks, config = load_model(checkpoint, use_ema=use_ema, map_location="cpu")

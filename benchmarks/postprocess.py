@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from affcons.evaluate import evaluate  # noqa: E402
-from blockwise.testing import chunk_digests, load_labels, mirror_to, write_affinities  # noqa: E402
+from blockwise.testing import chunk_digests, load_labels, mirror_to, segment_argv, write_affinities  # noqa: E402
 
 
 class TreeSampler:
@@ -132,25 +132,8 @@ def monolithic_waterz(affs_path: str, work: Path, thresholds) -> dict:
 
 
 def blockwise(affs_path: str, out: Path, thresholds, block, context, workers: int) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "affcons.cli",
-        "segment",
-        "--affs",
-        affs_path,
-        "--out",
-        str(out),
-        "--thresholds",
-        *map(str, thresholds),
-        "--block-size",
-        *map(str, block),
-        "--context",
-        *map(str, context),
-        "--workers",
-        str(workers),
-        "--quiet",
-    ]
+    argv = segment_argv(affs_path, str(out), thresholds, block, context, workers)
+    command = [sys.executable, "-m", "affcons.cli", *argv]
     wall, memory, code = run_sampled(command, out.parent / f"{out.stem}.log")
     if code != 0:
         raise RuntimeError(f"affcons segment failed ({code}), see {out.parent / f'{out.stem}.log'}")

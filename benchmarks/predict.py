@@ -1,5 +1,6 @@
 """Prediction throughput: blockwise (daisy workers) vs a plain whole-volume sliding window, fp32 vs mixed precision,
-FLOP per output voxel, achieved fraction of peak, and the projected GPU-hours for Kasthuri15.
+FLOP per output voxel, the achieved fraction of the device's measured matrix-product rate, and the projected
+GPU-hours for Kasthuri15.
 
     nice python benchmarks/predict.py                      # CPU: small volume, the full CRAC network
     python benchmarks/predict.py --device cuda             # GPU: bigger volume, bf16 autocast, one worker per GPU
@@ -10,13 +11,17 @@ What is measured, on the same device and the same random raw volume (uint8, zarr
    ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; element-wise ops are not counted),
    per input voxel and per *output* voxel (times ``prod(patch) / prod(tile)``, the context overhead of the margin).
 2. Whole-volume sliding window in this process (:func:`affcons.predict.predict_volume`, one call over the volume),
-   fp32 and mixed precision (bf16 autocast; on CPU this is torch's CPU autocast, measured as is).
-3. Blockwise prediction with ``affcons predict`` machinery (:class:`blockwise.predict.PredictJob`: daisy task, fresh
-   worker processes, zarr reads and writes overlapped with compute), at the device's default precision. Reported
-   twice: the block span (first block start to last block end, what a long run converges to) and the wall time
-   including worker start-up and model loading.
+   fp32 and mixed precision (bf16 autocast; on CPU this is torch's CPU autocast, measured as is), after a warm-up
+   with every batch shape of the timed run (cuDNN autotuning is not timed). On a GPU also bf16 with channels-last
+   networks (a copy: the conversion is in place).
+3. Blockwise prediction with ``affcons predict`` machinery (:func:`run_blockwise`: daisy task, fresh worker
+   processes, zarr reads and writes overlapped with compute), with the whole-volume batch size, at the device's
+   default precision. Reported twice: the block span (first block start to last block end, what a long run
+   converges to) and the wall time including worker start-up and model loading.
 4. Projection for Kasthuri15 (10747 x 12895 x 1850 voxels) from the blockwise rate, and the target of issue 6
    (1e8 output voxels/s on one H100, i.e. Kasthuri15 in under 45 minutes).
+5. The achieved FLOP/s as a fraction of a measured large matrix product on the same device (bf16 on a GPU, fp32 on
+   the CPU): no table of vendor peaks, which cannot tell SXM from PCIe boards or clocks apart.
 
 The network is the paper's CRAC architecture (filters 28-80, 16-dim embeddings, 12 offsets) with random weights unless
 ``--checkpoint`` is given; speed does not depend on the weights. ``--map implicit`` (the default map) needs only the
@@ -24,6 +29,7 @@ embedding net; ``mean`` or a disagreement map also runs the explicit net (twice 
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -42,18 +48,6 @@ from funlib.geometry import Roi  # noqa: E402
 
 KASTHURI = (1850, 12895, 10747)  # z, y, x voxels
 TARGET_VOXELS_PER_S = 1e8
-#: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by device-name fragment.
-GPU_BF16_PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100 SXM": 989.0,
-    "H100 NVL": 835.0,
-    "H100 PCIe": 756.0,
-    "H100": 756.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "A6000": 155.0,
-    "RTX 4090": 165.0,
-}
 
 
 def parse_args(argv=None):
@@ -77,8 +71,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, help="patches per forward (default CPU 4, GPU 8)")
     parser.add_argument("--workers", type=int, help="CPU workers for the blockwise run (default 1, all threads)")
     parser.add_argument("--gpus", help="GPU indices for the blockwise run (default: all)")
-    parser.add_argument("--peak-tflops", type=float, help="peak of the device for the fraction-of-peak line")
-    parser.add_argument("--keep", help="keep the benchmark's files in this directory")
+    parser.add_argument("--keep", help="keep the benchmark's files in a new directory inside this one")
     parser.add_argument(
         "--compare-maps",
         action="store_true",
@@ -192,7 +185,8 @@ def compare_maps(args) -> int:
     return 0
 
 
-def make_checkpoint(path: Path, filters) -> Path:
+def make_checkpoint(path: Path, filters, embedding_channels: int = 16) -> Path:
+    """A CRAC checkpoint with random weights (seed 0) of the given widths, trained nowhere."""
     from affcons.config import validate
     from affcons.nets import CRACNetworks
     from affcons.train.checkpoint import save_checkpoint
@@ -200,7 +194,12 @@ def make_checkpoint(path: Path, filters) -> Path:
 
     isbi = Path(__file__).resolve().parents[1] / "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
     config = validate(
-        CRACConfig, {"data": {"train": {"raw": f"{isbi}:raw"}}, "model": {"filters": list(filters)}}, "benchmark"
+        CRACConfig,
+        {
+            "data": {"train": {"raw": f"{isbi}:raw"}},
+            "model": {"filters": list(filters), "embedding_channels": embedding_channels},
+        },
+        "benchmark",
     )
     torch.manual_seed(0)
     networks = CRACNetworks.from_config(config.model)
@@ -233,39 +232,73 @@ def count_flops(predictor) -> float:
 
 def sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def time_whole_volume(predictor, raw, repeats: int = 1) -> float:
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 2.0) -> float:
+    """Measured FLOP/s of ``size`` x ``size`` x ``size`` matrix products in ``dtype`` on ``device`` (random data; 3
+    warm-up products, then products for about ``seconds``): the practical matrix peak that fractions refer to."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn((size, size), device=device, dtype=dtype, generator=generator)
+    b = torch.randn((size, size), device=device, dtype=dtype, generator=generator)
+    out = torch.empty_like(a)
+    for _ in range(3):
+        torch.matmul(a, b, out=out)
+    sync(device)
+    products, start = 0, time.perf_counter()
+    while products < 3 or time.perf_counter() - start < seconds:
+        for _ in range(5):
+            torch.matmul(a, b, out=out)
+        products += 5
+        sync(device)
+    return 2.0 * size**3 * products / (time.perf_counter() - start)
+
+
+def warm_up(predictor, shape) -> None:
+    """One forward pass per batch shape that predicting an output region of ``shape`` voxels uses (the full batch
+    and the smaller last one), so that cuDNN autotuning (``cudnn.benchmark``) and lazy initialisation happen here
+    and not in a timed region."""
+    tiles = math.prod(predictor.grid.tiles(shape))
+    sizes = {min(predictor.batch_size, tiles), tiles % predictor.batch_size} - {0}
+    for size in sorted(sizes):
+        predictor.predict_patches(np.zeros((size, *predictor.grid.patch), dtype=np.uint8))
+    sync(predictor.device)
+
+
+def time_whole_volume(predictor, raw, seconds: float = 0.0) -> float:
+    """Steady-state output voxels/s of :func:`affcons.predict.predict_volume` over all of ``raw`` (raw read and
+    result copy included): :func:`warm_up`, then whole passes until ``seconds`` have passed (at least one)."""
     from affcons.predict import predict_volume
 
-    predict_volume(predictor, raw, Roi(raw.roi.begin, predictor.grid.tile_nm(raw.voxel_size)))  # warm-up, one tile
-    sync(predictor.device)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
+    shape = raw.roi.shape / raw.voxel_size
+    warm_up(predictor, shape)
+    passes, start = 0, time.perf_counter()
+    while passes == 0 or time.perf_counter() - start < seconds:
         predict_volume(predictor, raw)
         sync(predictor.device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        passes += 1
+    return passes * math.prod(shape) / (time.perf_counter() - start)
 
 
-def cpu_peak_estimate() -> tuple[float | None, str]:
-    """A rough fp32 FMA peak of this CPU (cores x GHz x FLOP/cycle from the vector width); None if unknown."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None, "unknown"
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    mhz = [float(line.split(":")[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
-    cores = len(os.sched_getaffinity(0))
-    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8  # 2 FMA units x lanes x 2
-    if not mhz:
-        return None, "unknown"
-    peak = cores * max(mhz) / 1e3 * per_cycle * 1e9
-    return peak, (
-        f"~{peak / 1e9:.0f} GFLOP/s fp32 estimate ({cores} cores x {max(mhz) / 1e3:.2f} GHz x {per_cycle} FLOP/cycle)"
-    )
+def run_blockwise(options: dict) -> tuple[object, dict, float, list[dict]]:
+    """One blockwise prediction run through ``affcons predict``'s machinery: ``options`` are keys of
+    :class:`blockwise.config.PredictOptions`. Returns the resolved config, the driver's summary, the wall seconds of
+    the run and the per-block timer records (``start`` and ``end`` in epoch seconds, output ``voxels``); a failed
+    run raises RuntimeError. The only place the benchmarks call the blockwise package."""
+    from blockwise.config import PredictOptions
+    from blockwise.predict import PredictDriver, resolve
+    from blockwise.steps.predict import PredictStep
+    from blockwise.timers import read_records
+
+    config, _ = resolve(PredictOptions.model_validate(options))
+    driver = PredictDriver(config, quiet=True)
+    start = time.perf_counter()
+    status = driver.run()
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"blockwise prediction failed (exit {status}); see {config.run_dir}")
+    blocks = list(read_records(PredictStep(config).timers_dir()).values())
+    return config, driver.summary, wall, blocks
 
 
 def main(argv=None) -> int:
@@ -286,8 +319,10 @@ def main(argv=None) -> int:
     volume = tuple(args.volume or ((80, 1024, 1024) if gpu else (10, 256, 256)))
     block = tuple(args.block or ((40, 512, 512) if gpu else (10, 128, 256)))
     batch = args.batch_size or (8 if gpu else 4)
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="affcons-bench-predict-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+    # always a fresh directory: a second run must never find the first run's done blocks
+    workdir = Path(tempfile.mkdtemp(prefix="affcons-bench-predict-", dir=args.keep))
     try:
         checkpoint = Path(args.checkpoint) if args.checkpoint else make_checkpoint(workdir / "model.pt", args.filters)
         networks, _ = load_model(checkpoint)
@@ -303,7 +338,7 @@ def main(argv=None) -> int:
 
         if gpu:
             torch.backends.cudnn.benchmark = True
-            name = torch.cuda.get_device_name(0)
+            name = torch.cuda.get_device_name(device)
             device_text = f"{name} (CUDA {torch.version.cuda}, torch {torch.__version__})"
         else:
             device_text = (
@@ -333,17 +368,17 @@ def main(argv=None) -> int:
         )
 
         for precision, predictor in predictors.items():
-            seconds = time_whole_volume(predictor, raw)
-            results[f"whole_{precision}"] = voxels / seconds
+            rate = results[f"whole_{precision}"] = time_whole_volume(predictor, raw)
             label = "bf16 autocast" + (" (CPU autocast)" if not gpu else "")
             print(
                 f"whole-volume sliding window, {precision if precision == 'fp32' else label}: "
-                f"{voxels / seconds:,.0f} output voxels/s ({seconds:.1f} s)"
+                f"{rate:,.0f} output voxels/s ({voxels / rate:.1f} s)"
             )
         print(f"mixed precision speed-up (whole volume): {results['whole_bf16'] / results['whole_fp32']:.2f}x")
         if gpu:
+            # its own copy: the channels-last conversion is in place and must not change the shared networks
             tuned = Predictor(
-                networks,
+                copy.deepcopy(networks),
                 grid,
                 args.map,
                 channels,
@@ -352,11 +387,9 @@ def main(argv=None) -> int:
                 batch_size=batch,
                 channels_last=True,
             )
-            seconds = time_whole_volume(tuned, raw)
-            results["whole_bf16_channels_last"] = voxels / seconds
-            print(f"whole-volume sliding window, bf16 + channels_last_3d: {voxels / seconds:,.0f} output voxels/s")
-
-        from blockwise.predict import PredictJob, resolve
+            rate = results["whole_bf16_channels_last"] = time_whole_volume(tuned, raw)
+            print(f"whole-volume sliding window, bf16 + channels_last_3d: {rate:,.0f} output voxels/s")
+            del tuned
 
         options = {
             "checkpoint": str(checkpoint),
@@ -378,29 +411,25 @@ def main(argv=None) -> int:
             options["gpus"] = [int(g) for g in args.gpus.split(",")]
         if not gpu:
             options["threads"] = max(1, len(os.sched_getaffinity(0)) // (args.workers or 1))
-        config, _ = resolve(options)
-        job = PredictJob(config, quiet=True)
-        start = time.perf_counter()
-        status = job.run()
-        wall = time.perf_counter() - start
-        if status != 0:
-            print("blockwise run failed; see", workdir / "run", file=sys.stderr)
+        config, summary, wall, _ = run_blockwise(options)
+        timers = summary["timers"]
+        span = timers["span_s"]
+        if not span > 0 or timers["processed_this_run"] == 0:
+            print(f"blockwise run processed no block (span {span} s); see {config.run_dir}", file=sys.stderr)
             return 1
-        span = job.summary["timers"]["span_s"]
-        timers = job.summary["timers"]
         results["blockwise_span"] = voxels / span
         results["blockwise_wall"] = voxels / wall
         workers = config.execution.workers
         print(
-            f"blockwise ({workers} {'GPU' if gpu else 'CPU'} worker(s), {config.precision}): "
-            f"{voxels / span:,.0f} output voxels/s over the block span ({span:.1f} s), "
+            f"blockwise ({workers} {'GPU' if gpu else 'CPU'} worker(s), {config.precision}, batch "
+            f"{config.batch_size}): {voxels / span:,.0f} output voxels/s over the block span ({span:.1f} s), "
             f"{voxels / wall:,.0f} including "
             f"worker start-up ({wall:.1f} s); per block: read {timers['read_s']:.1f} s, compute "
             f"{timers['compute_s']:.1f} s, write {timers['write_s']:.1f} s (reads/writes overlap compute), "
             f"waiting for input {timers.get('stall_s', 0):.1f} s"
         )
         key = "whole_bf16" if config.precision == "bf16" else "whole_fp32"
-        again = voxels / time_whole_volume(predictors[config.precision], raw)
+        again = time_whole_volume(predictors[config.precision], raw)
         print(
             f"whole-volume sliding window, {config.precision}, again after the blockwise run (the machine's load "
             f"may vary): {again:,.0f} output voxels/s"
@@ -428,33 +457,27 @@ def main(argv=None) -> int:
             + ("" if gpu else " (on a CPU; run with --device cuda on a GPU)")
         )
         achieved = rate * per_output
-        best_precision = "bf16" if gpu else max(("fp32", "bf16"), key=lambda p: results[f"whole_{p}"])
+        best_precision = max(("fp32", "bf16"), key=lambda p: results[f"whole_{p}"])
         whole_achieved = results[f"whole_{best_precision}"] * per_output
-        if args.peak_tflops:
-            peak, peak_text = args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)"
-        elif gpu:
-            name = torch.cuda.get_device_name(0)
-            key = next((k for k in GPU_BF16_PEAK_TFLOPS if k in name), None)
-            peak = GPU_BF16_PEAK_TFLOPS[key] * 1e12 if key else None
-            peak_text = f"{GPU_BF16_PEAK_TFLOPS[key]} TFLOP/s dense bf16 ({key})" if key else "unknown (--peak-tflops)"
-        else:
-            peak, peak_text = cpu_peak_estimate()
-        line = (
+        matrix_dtype = torch.bfloat16 if gpu else torch.float32
+        matrix = matmul_rate(device, matrix_dtype, 8192 if gpu else 1024)
+        print(
             f"achieved: {achieved / 1e12:.3f} TFLOP/s blockwise, {whole_achieved / 1e12:.3f} TFLOP/s whole-volume "
-            f"{best_precision}; peak {peak_text}"
+            f"{best_precision}; measured {str(matrix_dtype).split('.')[1]} matrix product rate {matrix / 1e12:.1f} "
+            f"TFLOP/s -> {achieved / matrix:.2%} (blockwise), {whole_achieved / matrix:.2%} (whole-volume) of it"
         )
-        if peak:
-            line += f" -> {achieved / peak:.2%} (blockwise), {whole_achieved / peak:.2%} (whole-volume) of peak"
-        print(line)
         results.update(
             flop_per_patch=flops,
             flop_per_output_voxel=per_output,
             device=device_text,
             kasthuri_hours=hours,
             achieved_flops=achieved,
-            peak_flops=peak,
+            matrix_flops=matrix,
+            batch_size=batch,
         )
         (workdir / "results.json").write_text(json.dumps(results, indent=1))
+        if args.keep:
+            print(f"files kept in {workdir}")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

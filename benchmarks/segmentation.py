@@ -3,8 +3,10 @@
 Affinities are derived from the ground truth like a network's output (``affcons.synthetic.degraded_affinities``:
 widened borders, nearest-neighbour affinities, Gaussian blur sigma 1 voxel, noise sd 0.15, fixed seed, clip).
 Prints, per volume: the time of each step and VOI split/merge (nats) and ARAND against the original labels, at
-thresholds 0.05 ... 0.9, for (a) affcons: fragments + one merge tree + a cut per threshold, (b) waterz on the same
-fragments (one ``waterz.agglomerate`` call over all thresholds). Then the merge-tree timing at the 250^3 scale.
+thresholds 0.05 ... 0.9, for (a) affcons: fragments + one merge tree in the waterz order (``order="waterz"``, the
+replay this benchmark checks) + a cut per threshold, (b) waterz on the same fragments (one ``waterz.agglomerate``
+call over all thresholds). Then the merge-tree timing at the 250^3 scale. The canonical order (the default) is
+compared with the replay in ``benchmarks/canonical_vs_waterz.py``.
 
     python benchmarks/segmentation.py [--scoring mean|quantile50]
 """
@@ -56,7 +58,7 @@ def compare(name: str, labels: np.ndarray, scoring: str) -> None:
     edges = edge_table(fragments, affs, histogram_bins=bins)
     t_rag = time.perf_counter() - start
     start = time.perf_counter()
-    tree = build_merge_tree(edges, scoring, node_ids=np.arange(1, count + 1))
+    tree = build_merge_tree(edges, scoring, node_ids=np.arange(1, count + 1), order="waterz")
     t_tree = time.perf_counter() - start
     start = time.perf_counter()
     ours = [apply_lookup(fragments, tree.ids, tree.lookup(t)) for t in THRESHOLDS]
@@ -89,11 +91,11 @@ def merge_tree_scale(scoring: str) -> None:
     fragments, count = watershed_from_affinities(affs, min_size=500)
     bins = QUANTILE_BINS if parse_scoring(scoring) >= 0 else 0
     edges = edge_table(fragments, affs, histogram_bins=bins)
-    build_merge_tree(edges, scoring)  # compile (numba caches) outside the timing
+    build_merge_tree(edges, scoring, order="waterz")  # compile (numba caches) outside the timing
     timings = []
     for _ in range(3):
         start = time.perf_counter()
-        tree = build_merge_tree(edges, scoring)
+        tree = build_merge_tree(edges, scoring, order="waterz")
         timings.append(time.perf_counter() - start)
     cut_timings = []
     for _ in range(5):

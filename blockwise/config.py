@@ -1,14 +1,19 @@
-"""Typed, strict, serialisable configuration of ``affcons segment``.
+"""The typed, strict, serialisable schema of every blockwise command, one model family per command.
 
-One :class:`SegmentConfig` describes a whole run; the driver writes it, resolved (voxel size and ROI filled in), to
-``RUN_DIR/config.yaml``, and cluster workers rebuild their step from that file alone
-(``python -m blockwise.worker --config RUN_DIR/config.yaml --step NAME``). Every length is in world units (nm,
-z y x) except the storage chunk shape, which is a property of the zarr arrays and therefore in voxels.
+Each command has three models that build on each other, so a field is declared once:
 
-Each step section carries a ``step_type`` tag; :mod:`blockwise.registry` maps tags to step classes and rejects
-unknown ones by name. :meth:`SegmentConfig.fingerprint_fields` lists what decides the *result* (fragments, RAG,
-merge tree): a different value for an existing run directory or output is refused, nothing is overwritten. The
-thresholds, the worker count, the launcher and the timeouts may change between runs of the same output.
+- *settings* (:class:`SegmentSettings`, :class:`~blockwise.steps.predict.PredictSettings`): what decides the result
+  besides the input and output paths; also the ``segment`` / ``predict`` sections of ``affcons run``'s config;
+- *options* (:class:`SegmentOptions`, :class:`PredictOptions`): everything a user may give the command, in a config
+  file or on the command line (the CLI writes its options into these keys); unresolved values are ``None``;
+- *config* (:class:`SegmentConfig`, :class:`PredictConfig`): a resolved run (:mod:`blockwise.geometry`), every
+  value filled in. The driver writes it to the run directory, and cluster workers rebuild their step from that file
+  alone (``python -m blockwise.worker --config RUN_DIR/config.yaml --step NAME``).
+
+``affcons run`` composes the settings in :class:`JobConfig`. Every length is in world units (nm, z y x) except the
+storage chunk shape and the network's patch and margin, which are voxels. ``fingerprint_fields()`` lists what
+decides the bytes of the outputs: a different value for an existing run directory or output is refused, nothing is
+overwritten; thresholds, workers, launcher and timeouts may change between runs of the same output.
 """
 
 import hashlib
@@ -18,83 +23,18 @@ from typing import Literal
 
 import pydantic
 
+from affcons.codecs import Compression
 from affcons.config import StrictModel
-from affcons.errors import ConfigError
+from blockwise.steps.agglomerate import AgglomerateConfig
+from blockwise.steps.edges import EdgesConfig
+from blockwise.steps.extract import ExtractConfig
+from blockwise.steps.fragments import FragmentsConfig
+from blockwise.steps.predict import PredictSettings
 
 #: The dtypes accepted for affinities (uint8 0-255, or float in [0, 1]).
 AFFINITY_DTYPES = ("uint8", "float32", "float16")
-#: The blockwise steps in pipeline order; ``agglomerate`` is the one global (non-blockwise) step.
-STEP_NAMES = ("fragments", "edges", "agglomerate", "extract")
-#: The zarr compressions of :func:`affcons.io.create_volume`.
-COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "gzip", "none")
 
 Triple = tuple[int, int, int]
-
-
-def threshold_name(threshold: float) -> str:
-    """``0.5 -> "0.50"``: the suffix of ``segmentation_<t>``."""
-    return f"{threshold:.2f}"
-
-
-class FragmentsConfig(StrictModel):
-    """Watershed fragments per block (:func:`affcons.segment.watershed_from_affinities`)."""
-
-    #: Registry tag of the step.
-    step_type: Literal["fragments"] = "fragments"
-    #: Boundary values (1 - mean affinity) below this are cell interior, where seeds are placed.
-    boundary_threshold: float = pydantic.Field(0.5, ge=0.0, le=1.0)
-    #: Fragments of fewer voxels (within one block's context window) are dissolved into their neighbours.
-    min_size: int = pydantic.Field(0, ge=0)
-    #: 2-D fragments per z-section (anisotropic data); the z affinities are then ignored by the watershed.
-    per_slice: bool = False
-
-
-class EdgesConfig(StrictModel):
-    """RAG edges with mergeable statistics per block; histograms are kept only for quantile scoring."""
-
-    #: Registry tag of the step.
-    step_type: Literal["edges"] = "edges"
-
-
-class AgglomerateConfig(StrictModel):
-    """Global agglomeration of the stored RAG into one merge tree (one process, compact arrays)."""
-
-    #: Registry tag of the step.
-    step_type: Literal["agglomerate"] = "agglomerate"
-    #: Edge score: ``mean`` (1 - mean affinity) or ``quantileQ`` (1 - Q-th percentile, e.g. ``quantile50``).
-    scoring: str = "mean"
-
-    @pydantic.field_validator("scoring")
-    @classmethod
-    def _known_scoring(cls, value: str) -> str:
-        from affcons.segment.agglomerate import parse_scoring
-
-        parse_scoring(value)  # ConfigError naming the accepted forms
-        return value
-
-
-class ExtractConfig(StrictModel):
-    """Segmentations at thresholds: a cut of the merge tree and a blockwise relabel of the fragments."""
-
-    #: Registry tag of the step.
-    step_type: Literal["extract"] = "extract"
-    #: Merge thresholds in [0, 1] with at most two decimals (``OUT.zarr/segmentation_<t:.2f>``), ascending.
-    thresholds: list[float] = pydantic.Field(min_length=1)
-
-    @pydantic.field_validator("thresholds")
-    @classmethod
-    def _valid_thresholds(cls, values: list[float]) -> list[float]:
-        for value in values:
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"threshold {value} is outside [0, 1]")
-            if abs(round(value, 2) - value) > 1e-9:
-                raise ValueError(
-                    f"threshold {value} has more than two decimals (outputs are named segmentation_<t:.2f>)"
-                )
-        names = [threshold_name(v) for v in values]
-        if len(set(names)) != len(names):
-            raise ValueError(f"thresholds repeat: {values}")
-        return sorted(round(v, 2) for v in values)
 
 
 class LauncherConfig(StrictModel):
@@ -133,40 +73,94 @@ class ExecutionConfig(StrictModel):
     progress: bool = True
 
 
-class SegmentConfig(StrictModel):
-    """A complete ``affcons segment`` run."""
+class Fingerprinted:
+    """A resolved config whose result-deciding fields are fingerprinted (mixin of the pydantic configs)."""
 
-    #: Affinities ``in.zarr/name`` or ``file.h5:name``: (C >= 3, z, y, x), uint8 or float; channels 0-2 used.
-    affs: str
-    #: Output zarr container: ``fragments`` and ``segmentation_<t>`` are written inside.
-    out: str
-    #: Run directory (config, done markers, logs, summary, merge tree); default ``<out>/../<name>.affcons-run``.
-    run_dir: str
-    #: Graph store URL: ``sqlite:///path.db`` or ``mongodb://host:port/db``.
-    graph: str
-    #: Voxel size of the affinities, nm (z, y, x).
-    voxel_size: Triple
-    #: Offset of the affinities, nm (z, y, x); resolved from the dataset by the driver when not given.
-    affs_offset: Triple | None = None
-    #: Begin of the processed region, nm (z, y, x); a multiple of the voxel size.
-    roi_offset: Triple
-    #: Shape of the processed region, nm (z, y, x); a multiple of the voxel size.
-    roi_shape: Triple
-    #: Block (write ROI) shape, nm (z, y, x); a multiple of the voxel size and of the chunk shape.
-    block_size: Triple
-    #: Context read around each block by the watershed, nm (z, y, x).
-    context: Triple
-    #: Zarr chunk shape of the outputs, voxels (z, y, x); must divide the block shape in voxels.
-    chunk_shape: Triple
+    def fingerprint_fields(self) -> dict:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """16 hex digits of the SHA-256 of :meth:`fingerprint_fields`."""
+        text = json.dumps(self.fingerprint_fields(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def public_dump(self) -> dict:
+        """The config as stored in outputs, summaries and messages (no secrets)."""
+        return self.model_dump(mode="json")
+
+
+def fingerprint_differences(stored: dict, current: dict) -> list[str]:
+    """``key: stored -> current`` for every fingerprint field that differs."""
+    keys = sorted(set(stored) | set(current))
+    return [f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
+
+
+# ------------------------------------------------------------------------------------------- affcons segment
+
+
+class SegmentSettings(StrictModel):
+    """How to segment: blocks, watershed, scoring, thresholds, graph store (the ``segment`` section of
+    ``affcons run``)."""
+
+    #: Graph store URL: ``sqlite:///path.db`` or ``mongodb://[user@]host:port/db``; default SQLite in the run
+    #: directory. A password in it is never stored (:mod:`affcons.secrets`).
+    graph: str | None = None
+    #: A file holding the graph store's password on its first line (mode 600), for a URL that names a user.
+    graph_credentials: str | None = None
+    #: Block (write ROI) shape, nm (z, y, x); a multiple of the voxel size and of the chunk shape. Default 64 x 256
+    #: x 256 voxels.
+    block_size: Triple | None = None
+    #: Context read around each block by the watershed, nm (z, y, x). Default 8 x 32 x 32 voxels.
+    context: Triple | None = None
+    #: Zarr chunk shape of the outputs, voxels (z, y, x); must divide the block shape in voxels. Default: the block.
+    chunk_shape: Triple | None = None
     #: Compression of the outputs.
-    compression: Literal["blosc-zstd", "blosc-lz4", "gzip", "none"] = "blosc-zstd"
+    compression: Compression = "blosc-zstd"
     #: Step sections.
     fragments: FragmentsConfig = FragmentsConfig()
     edges: EdgesConfig = EdgesConfig()
     agglomerate: AgglomerateConfig = AgglomerateConfig()
     extract: ExtractConfig
+
+
+class SegmentOptions(SegmentSettings):
+    """Everything a user may give ``affcons segment`` (config-file keys; lengths in nm)."""
+
+    #: Affinities ``in.zarr/name`` or ``file.h5:name``: (C >= 3, z, y, x), uint8 or float; channels 0-2 used.
+    affs: str | None = None
+    #: Output zarr container: ``fragments`` and ``segmentation_<t>`` are written inside.
+    out: str | None = None
+    #: Run directory (config, done markers, logs, summary, merge tree); default ``<out>/../<name>.affcons-run``.
+    run_dir: str | None = None
+    #: Thresholds (required; ``--thresholds`` on the command line).
+    extract: ExtractConfig | None = None
+    #: Voxel size of the affinities, nm (z, y, x); only for affinities without one, must match a stored one.
+    voxel_size: Triple | None = None
+    #: Region to process, nm (z, y, x); default: the affinities' ROI.
+    roi_offset: Triple | None = None
+    roi_shape: Triple | None = None
     #: Workers, launcher, timeouts.
     execution: ExecutionConfig = ExecutionConfig()
+
+
+class SegmentConfig(Fingerprinted, SegmentOptions):
+    """A resolved ``affcons segment`` run."""
+
+    affs: str
+    out: str
+    run_dir: str
+    graph: str
+    extract: ExtractConfig
+    voxel_size: Triple
+    #: Offset of the affinities, nm (z, y, x).
+    affs_offset: Triple | None = None
+    #: The affinities say they are complete (written by affcons): a missing chunk is an error, not fill value.
+    affs_complete: bool = False
+    roi_offset: Triple
+    roi_shape: Triple
+    block_size: Triple
+    context: Triple
+    chunk_shape: Triple
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> "SegmentConfig":
@@ -183,16 +177,11 @@ class SegmentConfig(StrictModel):
             problems.append(f"context {self.context} must not be negative")
         if min(self.chunk_shape) < 1:
             problems.append(f"chunk_shape {self.chunk_shape} must be positive")
-        elif not problems:
-            block_voxels = self.block_voxels
-            if any(b % c for b, c in zip(block_voxels, self.chunk_shape)):
-                problems.append(
-                    f"block size {block_voxels} voxels is not a multiple of the output chunk shape {self.chunk_shape} "
-                    "voxels: blocks would share chunks, and zarr has no locking (choose a block size that is a "
-                    "multiple of the chunk shape, or a chunk shape that divides the block size)"
-                )
         if problems:
             raise ValueError("; ".join(problems))
+        from blockwise.geometry import check_block_chunks
+
+        check_block_chunks(self.block_voxels, self.chunk_shape)
         return self
 
     @property
@@ -211,42 +200,168 @@ class SegmentConfig(StrictModel):
 
         return QUANTILE_BINS if parse_scoring(self.agglomerate.scoring) >= 0 else 0
 
-    def step_config(self, name: str):
-        if name not in STEP_NAMES:
-            raise ConfigError(f"unknown step {name!r}; the steps are {', '.join(STEP_NAMES)}")
-        return getattr(self, name)
+    def graph_url(self) -> str:
+        """The graph store URL to connect with: :attr:`graph` plus the password from the environment or the
+        credentials file (:func:`affcons.secrets.connect_url`)."""
+        from affcons.secrets import connect_url
+
+        return connect_url(self.graph, self.graph_credentials)
+
+    def public_dump(self) -> dict:
+        """The config with any password in the graph URL replaced by ``***`` (it holds none once resolved)."""
+        from affcons.secrets import redact
+
+        data = self.model_dump(mode="json")
+        data["graph"] = redact(data["graph"])
+        return data
 
     def fingerprint_fields(self) -> dict:
         """The fields that decide fragments, RAG and merge tree (and the bytes of the outputs)."""
-        from affcons.store.base import redact
+        from affcons.secrets import redact
 
         data = self.model_dump(mode="json")
+        keys = ("voxel_size", "roi_offset", "roi_shape", "block_size", "context", "chunk_shape", "compression")
+        steps = ("fragments", "edges", "agglomerate")
         return {
             "affs": str(Path(self.affs).absolute()),
             "graph": redact(self.graph),
-            **{
-                key: data[key]
-                for key in (
-                    "voxel_size",
-                    "roi_offset",
-                    "roi_shape",
-                    "block_size",
-                    "context",
-                    "chunk_shape",
-                    "compression",
-                    "fragments",
-                    "edges",
-                    "agglomerate",
-                )
-            },
+            **{key: data[key] for key in keys + steps},
         }
 
-    def fingerprint(self) -> str:
-        text = json.dumps(self.fingerprint_fields(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+# ------------------------------------------------------------------------------------------- affcons predict
 
 
-def fingerprint_differences(stored: dict, current: dict) -> list[str]:
-    """``key: stored -> current`` for every fingerprint field that differs."""
-    keys = sorted(set(stored) | set(current))
-    return [f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
+class PredictOptions(PredictSettings):
+    """Everything a user may give ``affcons predict`` (config-file keys)."""
+
+    #: Training checkpoint of ``affcons train`` (embedding + affinity nets and the config they were trained with).
+    checkpoint: str | None = None
+    #: Raw EM ``in.zarr/raw`` or ``file.h5:raw``, (z, y, x).
+    raw: str | None = None
+    #: Output affinities ``out.zarr/affs``: (channels, z, y, x).
+    out: str | None = None
+    #: Optional output ``out.zarr/disagreement``: (z, y, x) uint8, mean |implicit - explicit| of the 3 short-range
+    #: channels (edge confidence for post-processing).
+    disagreement: str | None = None
+    #: Run directory (config, done markers, timers, logs, summary); default ``OUT/../NAME.DATASET.predict-run``.
+    run_dir: str | None = None
+    #: Voxel size of the raw, nm (from its attributes; give it only for raw without one).
+    voxel_size: Triple | None = None
+    #: Region to predict, nm; default: the raw's ROI.
+    roi_offset: Triple | None = None
+    roi_shape: Triple | None = None
+    #: Workers, launcher, timeouts, retries.
+    execution: ExecutionConfig = ExecutionConfig()
+
+
+class PredictConfig(Fingerprinted, PredictOptions):
+    """A resolved ``affcons predict`` run."""
+
+    checkpoint: str
+    #: SHA-256 of the checkpoint file (part of the fingerprint).
+    checkpoint_sha256: str
+    raw: str
+    out: str
+    run_dir: str
+    voxel_size: Triple
+    #: Offset (nm) and shape (voxels) of the raw.
+    raw_offset: Triple
+    raw_shape: Triple
+    #: The raw says it is complete (imported by affcons): a missing chunk is an error, not fill value.
+    raw_complete: bool = False
+    #: Local GPU workers: the driver's ``CUDA_VISIBLE_DEVICES`` entries of ``gpus`` (what each worker sets).
+    gpu_entries: list[str] | None = None
+    roi_offset: Triple
+    roi_shape: Triple
+    patch: Triple
+    margin: Triple
+    block_size: Triple
+    chunk_shape: Triple
+
+    @property
+    def block_voxels(self) -> Triple:
+        return tuple(b // s for b, s in zip(self.block_size, self.voxel_size))
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def fingerprint_fields(self) -> dict:
+        """What decides the bytes of the outputs (workers, GPUs, batch size, threads and timeouts do not)."""
+        data = self.model_dump(mode="json")
+        keys = (
+            "checkpoint_sha256",
+            "use_ema",
+            "map",
+            "dtype",
+            "channels",
+            "patch",
+            "margin",
+            "precision",
+            "voxel_size",
+            "raw_offset",
+            "roi_offset",
+            "roi_shape",
+            "block_size",
+            "chunk_shape",
+            "compression",
+        )
+        fields = {key: data[key] for key in keys}
+        fields["raw"] = str(Path(self.raw).absolute())
+        fields["out"] = str(Path(self.out).absolute())
+        fields["disagreement"] = str(Path(self.disagreement).absolute()) if self.disagreement else None
+        return fields
+
+
+# ----------------------------------------------------------------------------------------------- affcons run
+
+
+class JobPredict(PredictSettings):
+    """The ``predict`` section of ``affcons run``: :class:`PredictSettings` plus the checkpoint."""
+
+    #: Training checkpoint (repository-relative or absolute).
+    checkpoint: str
+    #: Also write the per-voxel implicit/explicit disagreement map ``OUT.zarr/disagreement``.
+    disagreement: bool = True
+
+
+class JobEvaluate(StrictModel):
+    """Evaluation against dense ground truth (id 0 ignored)."""
+
+    #: Ground-truth labels ``file.h5:name`` or ``gt.zarr/name`` (repository-relative or absolute).
+    ground_truth: str
+    #: Region scored, nm (default: the whole segmented region).
+    roi_offset: Triple | None = None
+    roi_shape: Triple | None = None
+
+
+class JobConfig(Fingerprinted, StrictModel):
+    """A complete ``affcons run``. Relative paths are taken from the repository root."""
+
+    #: Raw EM: ``file.h5:raw`` (imported to ``OUT.zarr/raw``) or ``in.zarr/raw`` (used in place).
+    raw: str
+    #: Voxel size of the raw, nm (only for raw without one).
+    voxel_size: Triple | None = None
+    #: Region to process, nm (default: the whole raw).
+    roi_offset: Triple | None = None
+    roi_shape: Triple | None = None
+    #: Run directory (default ``runs/<config name>`` in the repository).
+    run_dir: str | None = None
+    #: Output container (default ``RUN_DIR/out.zarr``).
+    out: str | None = None
+    #: Chunks of an imported raw, voxels.
+    import_chunks: Triple = (32, 256, 256)
+    predict: JobPredict
+    segment: SegmentSettings
+    evaluate: JobEvaluate | None = None
+    #: Workers, launcher, timeouts and retries of the blockwise stages (with GPUs, prediction runs one worker per
+    #: GPU).
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def fingerprint_fields(self) -> dict:
+        """Everything but the execution settings and the run directory."""
+        data = self.model_dump(mode="json")
+        for key in ("execution", "run_dir"):
+            data.pop(key)
+        return data

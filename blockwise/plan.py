@@ -1,4 +1,5 @@
-"""The ``--dry-run`` plan and the cost model shared with ``benchmarks/postprocess.py``.
+"""The ``--dry-run`` plans of ``affcons segment`` and ``affcons predict``, and the segmentation cost model shared
+with ``benchmarks/postprocess.py``.
 
 The plan lists blocks per task, the read volume with context, output sizes, and an estimated cost: time per stage
 from per-worker rates, memory per worker from bytes per read voxel, and the global step's memory from bytes per
@@ -96,7 +97,7 @@ def agglomerate_bytes_per_edge(rates: Rates, histogram_bins: int) -> float:
     return max(rates.agglomerate_bytes_per_edge, model)
 
 
-def make_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
+def segment_plan(config: SegmentConfig, rates: Rates = MEASURED) -> dict:
     """The blocks, sizes and estimated cost of ``config`` (see the module docstring)."""
     from affcons.store.base import redact
 
@@ -179,7 +180,7 @@ def human_seconds(value: float) -> str:
     return f"{value / 3600:.1f} h"
 
 
-def format_plan(plan: dict) -> str:
+def format_segment_plan(plan: dict) -> str:
     volume, blocks, outputs, estimate = plan["volume"], plan["blocks"], plan["outputs"], plan["estimate"]
     lines = [
         "affcons segment: plan (dry run; nothing written)",
@@ -260,3 +261,29 @@ def project(
 
 def with_measurements(**changes) -> Rates:
     return replace(MEASURED, **changes)
+
+
+def format_predict_plan(config, step) -> str:
+    """What a run of the resolved ``PredictConfig`` ``config`` would do with its ``PredictStep`` ``step``."""
+    grid = step.grid
+    voxels = math.prod(config.roi_shape) // math.prod(config.voxel_size)
+    channels = 3 if config.channels == "short" else None
+    shape = [s // v for s, v in zip(config.roi_shape, config.voxel_size)]
+    lines = [
+        "affcons predict: plan (dry run; nothing written)",
+        f"  raw         {config.raw}: voxel size {list(config.voxel_size)} nm, offset {list(config.raw_offset)} nm",
+        f"  region      offset {list(config.roi_offset)} nm, shape {list(config.roi_shape)} nm = {shape} voxels "
+        f"({voxels / 1e6:.1f} Mvoxel)",
+        f"  network     {config.checkpoint} (sha256 {str(config.checkpoint_sha256)[:12]}), map {config.map}, "
+        f"precision {config.precision}, batch {config.batch_size}",
+        f"  tiles       patch {list(grid.patch)} - 2 x margin {list(grid.margin)} = tile {list(grid.tile)}: "
+        f"{grid.overhead:.2f} input voxels per output voxel",
+        f"  blocks      {list(config.block_voxels)} voxels, grid {list(step.grid_shape)} = {step.num_blocks} blocks; "
+        f"chunks {list(config.chunk_shape)}; sub-blocks {list(step.sub_block / step.voxel_size)}",
+        f"  outputs     {config.out} ({channels or 'all'} channels, {config.dtype})"
+        + (f", {config.disagreement} (uint8)" if config.disagreement else ""),
+        f"  workers     {config.execution.workers} on {config.device}"
+        + (f" (GPUs {config.gpus})" if config.gpus else "")
+        + f"; run dir {config.run_dir}",
+    ]
+    return "\n".join(lines)

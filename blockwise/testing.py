@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blockwise.steps.base import BlockwiseStep
+
 REPO = Path(__file__).resolve().parents[1]
 GALA = REPO / "data" / "gala_fibsem" / "train-gt.lzf.h5"
 GALA_TEST = REPO / "data" / "gala_fibsem" / "test-gt.lzf.h5"
@@ -91,10 +93,9 @@ def face_links_of_run(out) -> np.ndarray:
     """The face-link bits a run of ``affcons segment --out OUT`` recorded (default run directory)."""
     import zarr
 
-    from blockwise.fragments import LINKS_CONTAINER
+    from blockwise.layout import RunDir, segment_run_dir
 
-    out = Path(out)
-    return zarr.open_array(str(out.parent / f"{out.stem}.affcons-run" / LINKS_CONTAINER / "links"))[:]
+    return zarr.open_array(str(RunDir(segment_run_dir(out)).face_links))[:]
 
 
 def run_cli(argv: list[str]) -> int:
@@ -193,3 +194,34 @@ def reference_run() -> tuple[Path, dict[str, str]]:
             raise RuntimeError(f"the reference run failed with exit code {code}")
         _cache["reference"] = (out, chunk_digests(out))
     return _cache["reference"]
+
+
+class NoopStep(BlockwiseStep):
+    """A blockwise step that does nothing but leave its records, for tests of the runner with real daisy workers: a
+    grid of ``grid`` blocks of 10 nm^3 with its records in ``run_dir``; faults are injected as for every step (step
+    name ``noop``)."""
+
+    name = "noop"
+
+    def __init__(self, run_dir, grid=(1, 2, 2)):
+        from types import SimpleNamespace
+
+        super().__init__(
+            SimpleNamespace(
+                voxel_size=(10, 10, 10),
+                roi_offset=(0, 0, 0),
+                roi_shape=tuple(10 * g for g in grid),
+                block_size=(10, 10, 10),
+                block_voxels=(1, 1, 1),
+                run_dir=str(run_dir),
+            )
+        )
+
+    def rois(self):
+        from funlib.geometry import Roi
+
+        block = Roi((0, 0, 0), self.block_shape)
+        return self.roi, block, block
+
+    def process_block(self, write_roi, block_index, timers):
+        timers.count("voxels", 1000)

@@ -25,6 +25,8 @@ class Box:
     offset: tuple
     voxel_size: tuple
     writable: bool = False
+    #: The data claims to be complete: reading a chunk that does not exist is an error (zarr would return fill value).
+    require_chunks: bool = False
     _array: object = field(default=None, repr=False, compare=False)
     _file: object = field(default=None, repr=False, compare=False)
 
@@ -80,8 +82,34 @@ class Box:
 
     def read(self, roi: Roi, channels: slice | None = None) -> np.ndarray:
         """The data in ``roi``: (z, y, x), or (c, z, y, x) for an array with a channel axis (all channels, or
-        those ``channels`` selects)."""
-        return np.asarray(self.array[self.index(roi, channels)])
+        those ``channels`` selects). With :attr:`require_chunks`, a missing chunk is a VolumeError naming it."""
+        index = self.index(roi, channels)
+        if self.require_chunks:
+            missing = self.missing_chunks(index)
+            if missing:
+                raise VolumeError(
+                    f"{self.path}: {len(missing)} chunk(s) of ROI {roi} (nm) are missing although the array is marked "
+                    f"complete, e.g. {missing[0]}; the data there is lost: re-create it (re-run the step that wrote "
+                    "it, after removing its done markers) or restore the file"
+                )
+        return np.asarray(self.array[index])
+
+    def missing_chunks(self, index: tuple[slice, ...]) -> list[str]:
+        """Chunk files of a local zarr array that ``index`` touches and that do not exist (others: nothing known)."""
+        import itertools
+        from pathlib import Path
+
+        array = self.array
+        root = getattr(array.store, "root", None)
+        if self.is_hdf5 or root is None:
+            return []
+        ranges = []
+        for part, chunk, size in zip(index, array.chunks, array.shape):
+            start, stop, _ = part.indices(size)
+            ranges.append(range(start // chunk, (stop - 1) // chunk + 1) if stop > start else range(0))
+        directory = Path(root) / array.path
+        keys = (array.metadata.encode_chunk_key(coords) for coords in itertools.product(*ranges))
+        return [str(directory / key) for key in keys if not (directory / key).is_file()]
 
     def write(self, roi: Roi, data: np.ndarray) -> None:
         """Write ``data`` to ``roi`` (nm): (z, y, x), or (c, z, y, x) with every channel for an array with a channel

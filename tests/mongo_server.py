@@ -88,10 +88,10 @@ class NxServer:
 
 def start_nx_27017(directory: Path, attempts: int = 3) -> NxServer:
     """Start ``nx-27017`` (found next to ``sys.executable``) on a free port, data and log in ``directory``; wait
-    until it answers a ping. A failure is ``pytest.fail`` with the server log and :data:`HOW_TO`."""
+    until it answers a ping. A failure is a RuntimeError with the server log and :data:`HOW_TO`."""
     executable = Path(sys.executable).parent / NX_EXECUTABLE
     if not executable.is_file():
-        pytest.fail(f"{executable} not found. {HOW_TO}", pytrace=False)
+        raise RuntimeError(f"{executable} not found. {HOW_TO}")
     directory.mkdir(parents=True, exist_ok=True)
     problem = ""
     for _ in range(attempts):  # another process may take the free port before the server binds it
@@ -126,9 +126,8 @@ def start_nx_27017(directory: Path, attempts: int = 3) -> NxServer:
                 time.sleep(0.1)
         server.stop()
         problem = f"exit code {process.returncode}, last error {problem}"
-    pytest.fail(
-        f"{executable} did not start on 127.0.0.1 in {attempts} attempts ({problem}); log:\n{server.log}\n{HOW_TO}",
-        pytrace=False,
+    raise RuntimeError(
+        f"{executable} did not start on 127.0.0.1 in {attempts} attempts ({problem}); log:\n{server.log}\n{HOW_TO}"
     )
 
 
@@ -146,7 +145,10 @@ def mongodb_url(tmp_path_factory):
             pytest.fail(f"{ENV_VAR}={external} does not answer: {problem}. {HOW_TO}", pytrace=False)
         yield external
         return
-    server = start_nx_27017(tmp_path_factory.mktemp("nx-27017"))
+    try:
+        server = start_nx_27017(tmp_path_factory.mktemp("nx-27017"))
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
     try:
         yield server.url
     finally:
@@ -168,3 +170,105 @@ def store_url(request, tmp_path):
         client.drop_database(database)
     finally:
         client.close()
+
+
+class AuthProxy:
+    """A MongoDB-wire endpoint that demands a user name and password (SASL ``PLAIN``) and forwards everything else
+    to a real MongoDB-wire server (nx-27017 has no authentication). It records every password it was offered, so a
+    test can prove that worker processes on another path received the right one, and it refuses a wrong one
+    (``AuthenticationFailed``, code 18), as mongod does. URL: ``mongodb://USER:PASSWORD@127.0.0.1:PORT/db
+    ?directConnection=true&authMechanism=PLAIN``."""
+
+    OP_MSG = 2013
+
+    def __init__(self, upstream_port: int, user: str, password: str):
+        import threading
+
+        self.upstream_port = upstream_port
+        self.user, self.password = user, password
+        self.offered: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, database: str, password: str | None = None) -> str:
+        secret = self.password if password is None else password
+        return (
+            f"mongodb://{self.user}:{secret}@127.0.0.1:{self.port}/{database}"
+            "?directConnection=true&authMechanism=PLAIN&authSource=$external"
+        )
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _read_message(connection) -> bytes | None:
+        header = b""
+        while len(header) < 16:
+            piece = connection.recv(16 - len(header))
+            if not piece:
+                return None
+            header += piece
+        length = int.from_bytes(header[:4], "little")
+        body = b""
+        while len(body) < length - 16:
+            piece = connection.recv(length - 16 - len(body))
+            if not piece:
+                return None
+            body += piece
+        return header + body
+
+    def _reply(self, request: bytes, document: dict) -> bytes:
+        import bson
+
+        payload = (0).to_bytes(4, "little") + b"\x00" + bson.encode(document)
+        request_id = int.from_bytes(request[4:8], "little")
+        header = (16 + len(payload)).to_bytes(4, "little") + (0).to_bytes(4, "little")
+        return header + request_id.to_bytes(4, "little") + self.OP_MSG.to_bytes(4, "little") + payload
+
+    def _answer(self, message: bytes) -> bytes | None:
+        """Our reply to an authentication command, or None to forward the message."""
+        import bson
+
+        if int.from_bytes(message[12:16], "little") != self.OP_MSG or message[20] != 0:
+            return None
+        length = int.from_bytes(message[21:25], "little")
+        command = bson.decode(message[21 : 21 + length])
+        if "saslStart" not in command:
+            return None
+        _, user, password = bytes(command["payload"]).split(b"\x00", 2)
+        self.offered.append(password.decode())
+        if user.decode() == self.user and password.decode() == self.password:
+            return self._reply(message, {"conversationId": 1, "done": True, "payload": b"", "ok": 1.0})
+        failure = {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18, "codeName": "AuthenticationFailed"}
+        return self._reply(message, failure)
+
+    def _serve(self, client) -> None:
+        upstream = None
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            while (message := self._read_message(client)) is not None:
+                answer = self._answer(message)
+                if answer is None:
+                    upstream.sendall(message)
+                    answer = self._read_message(upstream)
+                    if answer is None:
+                        return
+                client.sendall(answer)
+        except OSError:
+            return
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()

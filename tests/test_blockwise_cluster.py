@@ -11,7 +11,7 @@ import pytest
 from affcons.config import load_config
 from blockwise.config import LauncherConfig, SegmentConfig
 from blockwise.launchers import worker_command
-from blockwise.registry import build_step
+from blockwise.steps.extract import ExtractStep
 from blockwise.testing import chunk_digests, reference_run, reliability_argv, run_cli
 
 STAND_INS = Path(__file__).parent / "bin"
@@ -42,7 +42,7 @@ def test_cluster_launcher_runs_workers_through_the_scheduler_command(cluster_pat
 def test_worker_commands_of_each_launcher(tmp_path):
     out, _ = reference_run()
     config = load_config(SegmentConfig, out.parent / f"{out.stem}.affcons-run" / "config.yaml")
-    step = build_step(config, "extract", thresholds=[0.5])
+    step = ExtractStep(config, thresholds=[0.5])
     tail = ["-m", "blockwise.worker", "--config", "C.yaml", "--step", "extract", "--thresholds", "0.50"]
     srun = worker_command(LauncherConfig(type="slurm", extra_args=["-p", "cpu"], python="py"), "C.yaml", step)
     assert srun == ["srun", "-p", "cpu", "py", *tail]

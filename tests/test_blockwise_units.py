@@ -12,7 +12,9 @@ from affcons.segment import node_table, watershed_from_affinities
 from affcons.synthetic import degraded_affinities
 from blockwise.config import SegmentConfig
 from blockwise.plan import KASTHURI_SHAPE, MEASURED, project, read_voxels
-from blockwise.registry import build_step, step_class
+from blockwise.registry import step_class
+from blockwise.steps.edges import EdgesStep
+from blockwise.steps.fragments import FragmentsStep
 from blockwise.testing import load_labels, mirror_to, run_cli, segment_argv, tree_snapshot, write_affinities
 
 
@@ -53,7 +55,7 @@ def test_config_sorts_thresholds_and_fingerprint_ignores_what_does_not_change_re
         ({"extract": {"thresholds": [1.2]}}, "outside [0, 1]"),
         ({"extract": {"thresholds": [0.5, 0.50]}}, "thresholds repeat"),
         ({"agglomerate": {"scoring": "median"}}, "unknown scoring"),
-        ({"fragments": {"step_type": "fragments", "seeds": 3}}, "Extra inputs are not permitted"),
+        ({"fragments": {"seeds": 3}}, "Extra inputs are not permitted"),
     ],
 )
 def test_config_rejects_inconsistent_values(changes, message):
@@ -61,16 +63,14 @@ def test_config_rejects_inconsistent_values(changes, message):
         config(**changes)
 
 
-def test_registry_builds_steps_by_tag_and_rejects_unknown_tags():
-    assert type(build_step(config(), "edges")).__name__ == "EdgesStep"
-    with pytest.raises(ConfigError, match="unknown step_type 'predict'; known: fragments, edges, agglomerate"):
-        step_class("predict")
-    with pytest.raises(ConfigError, match="unknown step 'relabel'"):
-        config().step_config("relabel")
+def test_registry_names_the_blockwise_steps_and_rejects_unknown_names():
+    assert step_class("edges") is EdgesStep
+    with pytest.raises(ConfigError, match="unknown step 'agglomerate'; the blockwise steps are predict, fragments"):
+        step_class("agglomerate")
 
 
 def test_block_grid_indices_round_trip_and_fragment_id_ranges_do_not_overlap():
-    step = build_step(config(roi_offset=(100, 40, 0)), "fragments")
+    step = FragmentsStep(config(roi_offset=(100, 40, 0)))
     assert step.grid_shape == (3, 4, 4)  # 500 / 200 -> 3 (the last block shrinks), 400 / 128 -> 4
     for index in range(step.num_blocks):
         roi = step.block_roi(index)

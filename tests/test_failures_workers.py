@@ -5,7 +5,7 @@ past the block timeout is killed by daisy's watchdog and retried."""
 
 import json
 
-from blockwise.step import FAULT_ENV
+from blockwise.faults import FAULT_ENV
 from blockwise.testing import chunk_digests, reference_run, reliability_argv, run_cli
 
 
@@ -33,7 +33,10 @@ def test_failing_block_exits_1_names_it_marks_nothing_complete_and_rerun_recover
     assert run_cli(reliability_argv(out, workers=1, extra=["--max-retries", "1"])) == 1
     error = capfd.readouterr().err
     assert "task extract_0.30_0.50_0.70: 1 failed" in error
-    assert "failed blocks (grid index @ write ROI nm): 5 @ [250:500, 0:500, 500:1000]" in error
+    assert (
+        "1 block(s) not done (grid index @ write ROI nm): 5 @ [250:500, 0:500, 500:1000] (250, 500, 500) (Injected"
+        in error
+    )
     summary = summary_of(out)
     assert summary["status"] == "failed"
     assert [b["block"] for b in summary["tasks"]["extract_0.30_0.50_0.70"]["failed_blocks"]] == [5]

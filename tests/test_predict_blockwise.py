@@ -19,8 +19,10 @@ from affcons.errors import CheckpointError, ConfigError, OutputExistsError, Volu
 from affcons.io import create_volume, open_volume
 from affcons.nets import load_model
 from affcons.predict import PatchGrid, Predictor, predict_volume
-from blockwise.predict import claim_gpu, resolve
-from blockwise.step import FAULT_ENV
+from blockwise.config import PredictOptions
+from blockwise.faults import FAULT_ENV
+from blockwise.gpus import claim_gpu
+from blockwise.predict import resolve
 from tests.test_predict import MARGIN, PATCH, make_checkpoint, make_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +170,7 @@ def test_persistent_failure_exits_1_lists_the_block_and_a_rerun_completes(workdi
     monkeypatch.setenv(FAULT_ENV, json.dumps({"step": "predict", "block": 5, "action": "raise"}))
     assert cli_main(predict_args(workdir, "failed.zarr/affs", (4, 32, 32), "--max-retries", "0")) == 1
     error = capsys.readouterr().err
-    assert "1 failed" in error and "failed blocks (grid index @ write ROI nm): 5 @ [" in error
+    assert "1 failed" in error and "1 block(s) not done (grid index @ write ROI nm): 5 @ [" in error
     result = summary(workdir, "failed.zarr/affs")
     assert result["status"] == "failed" and [b["block"] for b in result["task"]["failed_blocks"]] == [5]
     assert zarr.open_array(str(workdir / "failed.zarr/affs")).attrs["complete"] is False
@@ -187,13 +189,13 @@ def test_existing_output_of_another_config_is_refused_and_untouched(workdir, cap
     foreign = workdir / "foreign.zarr/affs"
     create_volume(str(foreign), open_volume(str(workdir / "in.zarr/raw")).roi, (50, 4, 4), np.uint8, num_channels=3)
     with pytest.raises(OutputExistsError, match="not written by affcons predict"):
-        from blockwise.predict import PredictJob
+        from blockwise.predict import PredictDriver
 
         options = _options(workdir, out=str(foreign))
-        PredictJob(resolve(options)[0]).check_existing()
+        PredictDriver(resolve(options)[0]).check_existing()
 
 
-def _options(workdir: Path, **changes) -> dict:
+def _options(workdir: Path, **changes) -> PredictOptions:
     options = {
         "checkpoint": str(workdir / "model.pt"),
         "raw": str(workdir / "in.zarr/raw"),
@@ -206,7 +208,7 @@ def _options(workdir: Path, **changes) -> dict:
         "run_dir": str(workdir / "x-run"),
     }
     options.update(changes)
-    return options
+    return PredictOptions.model_validate(options)
 
 
 def test_checkpoint_that_does_not_match_its_config_is_a_checkpoint_error(workdir, capsys):
@@ -253,11 +255,59 @@ def test_block_that_is_not_a_whole_number_of_tiles_is_a_config_error(workdir):
 
 
 def test_gpu_claims_are_exclusive_per_worker(tmp_path):
-    first, handle0 = claim_gpu([0, 1], tmp_path)
-    second, handle1 = claim_gpu([0, 1], tmp_path)
-    assert (first, second) == (0, 1)
-    with pytest.raises(RuntimeError, match=r"no free GPU among \[0, 1\]"):
-        claim_gpu([0, 1], tmp_path)
+    entries = ["GPU-8f6c1a2b", "MIG-GPU-8f6c1a2b/1/0"]  # the driver's CUDA_VISIBLE_DEVICES entries
+    first, handle0 = claim_gpu(entries, tmp_path)
+    second, handle1 = claim_gpu(entries, tmp_path)
+    assert (first, second) == tuple(entries)
+    with pytest.raises(RuntimeError, match=r"no free GPU among"):
+        claim_gpu(entries, tmp_path)
     handle0.close()  # a dead worker's lock goes with its file descriptors
-    assert claim_gpu([0, 1], tmp_path)[0] == 0
+    assert claim_gpu(entries, tmp_path)[0] == entries[0]
     handle1.close()
+
+
+def test_gpu_worker_takes_the_drivers_entry_and_fails_at_once_without_a_gpu(workdir, tmp_path, monkeypatch):
+    """A local GPU worker sets CUDA_VISIBLE_DEVICES to the driver's entry of its GPU (here the 5th physical GPU of a
+    driver started with CUDA_VISIBLE_DEVICES=4,5,6,7), never to the index it has in the driver's numbering; on a
+    machine without that GPU it stops at set-up with an error that says what to do."""
+    from blockwise.steps.predict import PredictStep
+
+    config, _ = resolve(_options(workdir, run_dir=str(tmp_path / "run")))
+    config = config.model_copy(update={"device": "cuda", "gpus": [1], "gpu_entries": ["5"]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    step = PredictStep(config)
+    with pytest.raises(RuntimeError, match=r"sees no GPU \(CUDA_VISIBLE_DEVICES=5\) but the run's device is cuda"):
+        step.setup()
+    step.teardown()
+
+
+def test_cluster_gpu_workers_ask_the_scheduler_for_a_gpu_and_fail_clearly_without_one(workdir, tmp_path, capfd):
+    from blockwise.config import LauncherConfig
+    from blockwise.launchers import worker_command
+    from blockwise.steps.predict import PredictStep
+
+    config, _ = resolve(_options(workdir, run_dir=str(tmp_path / "run"), device="cuda", execution=CLUSTER))
+    assert config.device == "cuda" and config.gpus is None and config.precision == "auto"  # resolved on the node
+    step = PredictStep(config)
+    srun = worker_command(LauncherConfig(type="slurm", extra_args=["-p", "gpu"]), "C.yaml", step)
+    assert srun[:4] == ["srun", "--gres=gpu:1", "-p", "gpu"]
+    own = worker_command(LauncherConfig(type="slurm", extra_args=["--gres=gpu:a100:1"]), "C.yaml", step)
+    assert own[:2] == ["srun", "--gres=gpu:a100:1"] and "--gres=gpu:1" not in own
+    bsub = worker_command(LauncherConfig(type="lsf"), "C.yaml", step)
+    assert bsub[:4] == ["bsub", "-K", "-gpu", "num=1"]
+    with pytest.raises(ConfigError, match="device auto is decided on the driver's node"):
+        resolve(_options(workdir, run_dir=str(tmp_path / "run2"), execution=CLUSTER))
+
+    stand_ins = str(REPO / "tests" / "bin")
+    environment = dict(os.environ, PATH=f"{stand_ins}{os.pathsep}{os.environ['PATH']}")
+    argv = predict_args(workdir, "gpu.zarr/affs", (4, 32, 32), "--device", "cuda", "--launcher", "slurm")
+    config_file = tmp_path / "predict.yaml"
+    config_file.write_text("execution: {max_worker_restarts: 1}\n")
+    argv += ["-c", str(config_file), "--run-dir", str(tmp_path / "gpu-run")]
+    completed = subprocess.run([sys.executable, "-m", "affcons.cli", *argv], env=environment, capture_output=True)
+    assert completed.returncode == 1
+    report = completed.stderr.decode().split("affcons predict: error: ", 1)[1]
+    assert "last worker error: " in report and "sees no GPU (CUDA_VISIBLE_DEVICES=" in report
+
+
+CLUSTER = {"launcher": {"type": "slurm"}}

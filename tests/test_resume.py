@@ -9,7 +9,7 @@ import time
 import numpy as np
 import psutil
 
-from blockwise.step import FAULT_ENV
+from blockwise.faults import FAULT_ENV
 from blockwise.testing import (
     chunk_digests,
     reference_run,

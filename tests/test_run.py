@@ -9,7 +9,7 @@ import yaml
 from affcons.cli import main as cli_main
 from affcons.config import load_config
 from affcons.errors import ConfigError
-from blockwise.commands.run import JobConfig
+from blockwise.config import JobConfig
 from tests.data_paths import ISBI
 from tests.test_predict import make_checkpoint
 
@@ -28,7 +28,7 @@ def job_config(tmp_path, **changes) -> dict:
             "chunk_shape": [4, 32, 32],
         },
         "segment": {
-            "thresholds": [0.4, 0.6],
+            "extract": {"thresholds": [0.4, 0.6]},
             "block_size": [400, 128, 256],
             "context": [100, 64, 64],
             "fragments": {"per_slice": True},
@@ -66,7 +66,9 @@ def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys
     assert outputs["raw"]["voxel_size_nm"] == [50, 4, 4] and outputs["raw"]["shape"] == [30, 512, 512]
     for entry in outputs.values():
         assert entry["path"] in printed and str(entry["offset_nm"]) in printed
-    compile((run_dir / "neuroglancer.py").read_text(), "neuroglancer.py", "exec")
+    report = (run_dir / "report.html").read_text()
+    assert 'id="metrics"' in report and 'id="slices"' in report and "data:image/png;base64," in report
+    assert f"affcons view {run_dir}" in printed
     assert (run_dir / "predict" / "tracking").is_dir() and (run_dir / "segment" / "rag.db").is_file()
 
     assert cli_main(["run", "-c", str(config), "--run-dir", str(run_dir), "--quiet"]) == 0
@@ -88,13 +90,13 @@ def test_demo_config_is_valid():
 
 
 def test_job_execution_is_the_execution_section_of_segment_and_predict(tmp_path):
-    from blockwise.commands.run import Job
+    from blockwise.job import Job
 
     path = job_config(tmp_path, execution={"workers": 3, "max_worker_restarts": 4, "launcher": {"type": "slurm"}})
     job = Job(load_config(JobConfig, path), tmp_path / "run", quiet=True)
     for options in (job.predict_options(f"{ISBI}:raw"), job.segment_options()):
-        execution = options["execution"]
-        assert execution["workers"] == 3 and execution["max_worker_restarts"] == 4
-        assert execution["launcher"]["type"] == "slurm" and execution["progress"] is False  # --quiet
+        execution = options.execution
+        assert execution.workers == 3 and execution.max_worker_restarts == 4
+        assert execution.launcher.type == "slurm" and execution.progress is False  # --quiet
     with pytest.raises(ConfigError, match=r"execution\.workers"):
         load_config(JobConfig, job_config(tmp_path, execution={"workers": 0}))

@@ -1,8 +1,11 @@
 """The in-memory segmentation core: watershed, RAG statistics, merge tree (cross-checked against waterz), cuts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.errors import ConfigError, VolumeError
 from affcons.evaluate import evaluate
 from affcons.segment import (
@@ -98,14 +101,34 @@ def test_edge_table_statistics_by_hand():
     affs[1] = [[0.0, 0.0, 0.0], [0.125, 0.375, 0.625]]
     edges = edge_table(fragments, affs, histogram_bins=4)
     table = {
-        (int(u), int(v)): (s, int(c), list(h))
-        for u, v, s, c, h in zip(edges.u, edges.v, edges.affinity_sum, edges.count, edges.histogram)
+        (int(u), int(v)): (s, int(c), list(h), int(q))
+        for u, v, s, c, h, q in zip(
+            edges.u, edges.v, edges.affinity_sum, edges.count, edges.histogram, edges.quantised_sum
+        )
     }
+    # quantised sums: round(a * 255) per pair, summed: 0.25 -> 64; 0.125 -> 32, 0.375 -> 96; 1.0 -> 255
     assert table == {
-        (1, 2): (0.25, 1, [0, 1, 0, 0]),
-        (1, 3): (0.125 + 0.375, 2, [1, 1, 0, 0]),
-        (2, 3): (1.0, 1, [0, 0, 0, 1]),
+        (1, 2): (0.25, 1, [0, 1, 0, 0], 64),
+        (1, 3): (0.125 + 0.375, 2, [1, 1, 0, 0], 32 + 96),
+        (2, 3): (1.0, 1, [0, 0, 0, 1], 255),
     }
+
+
+def test_edge_table_of_uint8_affinities_equals_that_of_their_float_conversion(isbi_crop):
+    _, affs, fragments = isbi_crop
+    stored = affinities_to_uint8(affs)
+    direct = edge_table(fragments, stored, histogram_bins=16)
+    converted = edge_table(fragments, affinities_to_float(stored), histogram_bins=16)
+    for field in dataclasses.fields(direct):
+        assert np.array_equal(getattr(direct, field.name), getattr(converted, field.name)), field.name
+    # the integer sums are the uint8 values added exactly: their total is the total over all crossing pairs
+    total = 0
+    for channel in range(3):
+        here = fragments[tuple(slice(int(a == channel), None) for a in range(3))]
+        there = fragments[tuple(slice(0, n - int(a == channel)) for a, n in enumerate(fragments.shape))]
+        values = stored[channel][tuple(slice(int(a == channel), None) for a in range(3))]
+        total += int(values[(here != there) & (here != 0) & (there != 0)].astype(np.int64).sum())
+    assert int(direct.quantised_sum.sum()) == total
 
 
 def test_edge_tables_of_blocks_combine_into_the_whole(isbi_crop):
@@ -123,6 +146,7 @@ def test_edge_tables_of_blocks_combine_into_the_whole(isbi_crop):
     np.testing.assert_array_equal(combined.v, whole.v)
     np.testing.assert_array_equal(combined.count, whole.count)
     np.testing.assert_array_equal(combined.histogram, whole.histogram)
+    np.testing.assert_array_equal(combined.quantised_sum, whole.quantised_sum)  # integers add exactly
     np.testing.assert_allclose(combined.affinity_sum, whole.affinity_sum, rtol=1e-12)
 
 
@@ -142,7 +166,7 @@ def test_node_table_centres_in_world_units():
 def test_merge_tree_by_hand_and_the_cut_is_a_prefix():
     # chain 1 - 2 - 3 with mean affinities 0.9 and 0.6; 3 - 4 with 0.2
     edges = EdgeTable([1, 2, 3], [2, 3, 4], [0.9, 1.2, 0.2], [1, 2, 1], np.zeros((3, 0)))
-    tree = build_merge_tree(edges, "mean")
+    tree = build_merge_tree(edges, "mean", order="waterz")
     np.testing.assert_allclose(tree.score, [0.1, 0.4, 0.8], atol=1e-6)
     assert tree.merges_below(0.05) == 0
     np.testing.assert_array_equal(tree.lookup(0.05), [1, 2, 3, 4])
@@ -153,7 +177,7 @@ def test_merge_tree_by_hand_and_the_cut_is_a_prefix():
 def test_parallel_edges_merge_statistics():
     # 1-2 merge first (score 0); then 3 has edges to 1 (aff 0.2, 1 voxel) and 2 (aff 1.0, 3 voxels) -> mean 0.8
     edges = EdgeTable([1, 1, 2], [2, 3, 3], [1.0, 0.2, 3.0], [1, 1, 3], np.zeros((3, 0)))
-    tree = build_merge_tree(edges, "mean")
+    tree = build_merge_tree(edges, "mean", order="waterz")
     np.testing.assert_allclose(tree.score, [0.0, 0.2], atol=1e-6)
 
 
@@ -161,7 +185,7 @@ def test_parallel_edges_merge_statistics():
 @pytest.mark.parametrize("volume", ["isbi_crop", "gala_volume"])
 def test_merge_tree_cuts_equal_waterz(volume, scoring, request):
     labels, affs, fragments = request.getfixturevalue(volume)
-    tree = agglomerate_fragments(fragments, affs, scoring)
+    tree = agglomerate_fragments(fragments, affs, scoring, order="waterz")
     for threshold, reference in zip(THRESHOLDS, waterz_segmentations(affs, fragments, THRESHOLDS, scoring)):
         ours = apply_lookup(fragments, tree.ids, tree.lookup(threshold))
         metrics = evaluate(ours, reference.astype(np.uint64) + 1)  # every voxel counts

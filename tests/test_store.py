@@ -1,7 +1,7 @@
 """RAG store tests, each run against SQLite and against a real MongoDB-wire server (``store_url``).
 
 Tests are named after what they prove. Expected tables are built independently of the store (from per-block
-generators) and compared exactly: ids, float64 bits, histograms, face-link counts.
+generators) and compared exactly: ids, float64 bits, histograms, face-link counts, quantised sums.
 """
 
 import dataclasses
@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sqlite3
 import time
 
 import numpy as np
@@ -47,6 +48,7 @@ def block_tables(block: int, n: int = 60, bins: int = BINS) -> tuple[NodeTable, 
         rng.integers(1, 2**50, len(u), dtype=np.uint64),
         rng.integers(0, 2**32, (len(u), bins), dtype=np.uint64).astype(np.uint32),
         rng.integers(0, 2**50, len(u), dtype=np.uint64),
+        rng.integers(0, 2**58, len(u), dtype=np.uint64),
     )
     return NodeTable(ids, position, size), edges
 
@@ -107,6 +109,8 @@ def test_nodes_and_edges_round_trip_exactly(store_url):
         np.r_[0.1 + 0.2, 1e-300, 2.0**-1074, 1e308, edges.affinity_sum[4:]],
         edges.count,
         edges.histogram,
+        edges.linked,
+        np.r_[np.uint64(2**63 - 1), edges.quantised_sum[1:]],
     )
     nodes = NodeTable(np.r_[nodes.ids[:-1], np.uint64(2**63 - 1)], nodes.position, nodes.size)
     with open_store(store_url, "w", histogram_bins=BINS) as store:
@@ -177,6 +181,101 @@ def test_read_edges_returns_edges_whose_u_lies_in_the_roi(store_url):
         assert np.array_equal(store.read_edges(roi).u, expected_edges.u[selected])
         assert np.array_equal(store.read_edges(roi).v, expected_edges.v[selected])
         assert np.array_equal(store.read_nodes(roi).ids, np.sort(inside))
+
+
+# -------------------------------------------------------------------------------------------------- block reads
+
+GRID = (3, 3)  # blocks (y, x), index y * 3 + x
+
+
+def grid_tables(block: int) -> tuple[NodeTable, EdgeTable]:
+    """A block of a 3 x 3 grid: 20 nodes (ids encode the block), edges among them, and edges to nodes of its lower
+    face neighbours (as the edges step writes them: by the block of the upper endpoint)."""
+    rng = np.random.default_rng(100 + block)
+    ids = np.uint64(ID_BASE) + np.uint64(block * 1000) + np.arange(20, dtype=np.uint64)
+    pairs = [tuple(rng.choice(ids, 2, replace=False)) for _ in range(40)]
+    y, x = divmod(block, GRID[1])
+    for neighbour in ([block - 1] if x else []) + ([block - GRID[1]] if y else []):
+        theirs = np.uint64(ID_BASE) + np.uint64(neighbour * 1000) + np.arange(20, dtype=np.uint64)
+        pairs += [(rng.choice(ids), rng.choice(theirs)) for _ in range(8)]
+    u = np.array([min(p) for p in pairs], np.uint64)
+    v = np.array([max(p) for p in pairs], np.uint64)
+    u, v = np.unique(np.stack([u, v]), axis=1)
+    n = len(u)
+    edges = EdgeTable(
+        u, v, rng.random(n), rng.integers(1, 99, n), rng.integers(0, 9, (n, BINS)), None, rng.integers(0, 99, n)
+    )
+    nodes = NodeTable(ids, rng.uniform(0, 100, (20, 3)), np.ones(20, np.uint64))
+    return nodes, edges
+
+
+def owner(ids: np.ndarray) -> np.ndarray:
+    """The block of a grid_tables node id (independent of the store)."""
+    return ((ids - np.uint64(ID_BASE)) // np.uint64(1000)).astype(np.int64)
+
+
+def write_grid(store, edges_first: bool = False) -> EdgeTable:
+    """Write all blocks of the grid; return the union of their edges."""
+    for block in range(GRID[0] * GRID[1]):
+        nodes, edges = grid_tables(block)
+        if edges_first:  # the store cannot tell internal edges yet: all are flagged crossing
+            store.write_edges(block, edges)
+            store.write_nodes(block, nodes)
+        else:
+            store.write_nodes(block, nodes)
+            store.write_edges(block, edges)
+    return EdgeTable.concatenate([grid_tables(b)[1] for b in range(GRID[0] * GRID[1])], BINS).combine()
+
+
+def select(edges: EdgeTable, mask: np.ndarray) -> EdgeTable:
+    return EdgeTable(*(getattr(edges, f.name)[mask] for f in dataclasses.fields(edges)))
+
+
+@pytest.mark.parametrize("edges_first", [False, True])
+def test_block_reads_return_exactly_the_nodes_and_edges_of_the_blocks(store_url, edges_first):
+    with open_store(store_url, "w", histogram_bins=BINS, batch_size=7) as store:
+        everything = write_grid(store, edges_first)
+        block_u, block_v = owner(everything.u), owner(everything.v)
+        for blocks in ([4], [0, 1], [1, 2, 4, 5], list(range(9)), [7, 8, 100]):
+            nodes = store.read_block_nodes(blocks)
+            assert np.array_equal(nodes.ids, np.sort(np.concatenate([grid_tables(b)[0].ids for b in blocks if b < 9])))
+            inside = np.isin(block_u, blocks) & np.isin(block_v, blocks)
+            assert_edges_equal(store.read_block_edges(blocks), select(everything, inside))
+        for pairs in ([(0, 1)], [(4, 1), (3, 4)], [(1, 0), (0, 1), (4, 5), (2, 5)], [(0, 4)], [(7, 8), (8, 100)]):
+            wanted = {tuple(sorted(p)) for p in pairs}
+            across = np.array([(min(a, b), max(a, b)) in wanted for a, b in zip(block_u, block_v)], bool)
+            assert_edges_equal(store.read_face_edges(pairs), select(everything, across))
+        assert len(store.read_face_edges([(0, 1)])) > 0 and len(store.read_face_edges([(0, 4)])) == 0
+        assert len(store.read_block_edges([])) == 0 and len(store.read_block_nodes([])) == 0
+        with pytest.raises(StoreError, match="block ids must"):
+            store.read_block_edges([-1])
+        with pytest.raises(StoreError, match="pairs must"):
+            store.read_face_edges([(0, "x")])
+
+
+def test_block_reads_use_the_block_indexes(store_url, tmp_path):
+    """SQLite: no statement of a block read scans a table; MongoDB: the (block, crossing) and block indexes exist."""
+    with open_store(store_url, "w", histogram_bins=BINS) as store:
+        write_grid(store)
+        if store_url.startswith("sqlite"):
+            statements = []
+            store._connection.set_trace_callback(statements.append)
+            store.read_block_nodes([4])
+            store.read_block_edges([4, 5])
+            store.read_face_edges([(4, 5)])
+            store._connection.set_trace_callback(None)
+            selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+            assert len(selects) >= 4
+            for statement in selects:
+                plan = " | ".join(row[-1] for row in store._connection.execute("EXPLAIN QUERY PLAN " + statement))
+                assert "USING" in plan and not any(part.startswith("SCAN") for part in plan.split(" | ")), plan
+        else:
+            client = pymongo.MongoClient(store_url, serverSelectionTimeoutMS=3000)
+            database = client.get_default_database()
+            edge_indexes = [list(i["key"].keys()) for i in database.edges.list_indexes()]
+            node_indexes = [list(i["key"].keys()) for i in database.nodes.list_indexes()]
+            client.close()
+            assert ["block", "crossing"] in edge_indexes and ["block"] in node_indexes
 
 
 # ----------------------------------------------------------------------------------------- idempotent block writes
@@ -299,6 +398,23 @@ def test_mode_a_keeps_content_and_refuses_other_histogram_bins(store_url):
     with open_store(store_url, "a", histogram_bins=BINS) as store:
         with pytest.raises(StoreError, match="edges have 0 histogram bins, the store keeps 4"):
             store.write_edges(1, block_tables(1, bins=0)[1])
+
+
+def test_a_store_of_the_previous_schema_is_refused_naming_both_versions(store_url):
+    """Schema 2 stores lack the quantised sums and crossing flags: reopening one is an error, not a wrong read."""
+    open_store(store_url, "w").close()
+    if store_url.startswith("sqlite"):
+        connection = sqlite3.connect(store_url[len("sqlite:///") :])
+        connection.execute("UPDATE store_info SET value = 2 WHERE key = 'schema_version'")
+        connection.commit()
+        connection.close()
+    else:
+        client = pymongo.MongoClient(store_url, serverSelectionTimeoutMS=3000)
+        client.get_default_database().store_info.update_one({"_id": "schema"}, {"$set": {"version": 2}})
+        client.close()
+    for mode in ("r", "a"):
+        with pytest.raises(StoreError, match="store schema version 2, this affcons reads 3"):
+            open_store(store_url, mode)
 
 
 def test_mode_r_on_a_missing_store_errors_naming_the_url(store_url):

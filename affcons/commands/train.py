@@ -128,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common_setup(config, run_dir: Path):
-    """Device, seeds, data (a missing volume is a VolumeError naming it) and the validation volume."""
+def _load_data(config):
+    """Device, seeds, data (a missing volume is a VolumeError naming it) and the validation volume; writes nothing."""
     from affcons.nets import select_device
     from affcons.train.dataset import CropDataset, load_volume
 
@@ -139,6 +139,11 @@ def _common_setup(config, run_dir: Path):
     validation = None
     if config.validation.volume is not None:
         validation = load_volume(config.validation.volume, "validation.volume", need_labels=True)
+    return device, dataset, validation
+
+
+def _write_run_files(config, run_dir: Path, dataset) -> None:
+    """The run directory with the config used and the sparse-label report."""
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / f"config-{config.kind}.yaml")
     (run_dir / "sparse.json").write_text(
@@ -153,8 +158,6 @@ def _common_setup(config, run_dir: Path):
             indent=1,
         )
     )
-    logger.info("run directory %s, device %s", run_dir, device)
-    return device, dataset, validation
 
 
 def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
@@ -165,13 +168,18 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
 
     stage_dir = run_dir / "crac"
     prepare_stage_dir(stage_dir, args.resume)
-    device, dataset, validation = _common_setup(config, run_dir)
-    confidence_net = None
+    device, dataset, validation = _load_data(config)
     s2 = config.pseudo.s2
     uses_s2 = config.variant != "supervised" and s2.enabled and config.pseudo.source == "teacher"
-    if uses_s2 and (config.s2_gate() < config.run.iterations or config.pseudo.measure_every):
+    needs_confidence_net = uses_s2 and (config.s2_gate() < config.run.iterations or config.pseudo.measure_every > 0)
+    if needs_confidence_net:  # checked before anything is written
         if not s2.checkpoint:
             raise ConfigError("pseudo.s2.enabled needs pseudo.s2.checkpoint (run `affcons pretrain`), or --no-s2")
+        check_confidence_checkpoint(resolve_path(s2.checkpoint))
+    _write_run_files(config, run_dir, dataset)
+    logger.info("run directory %s, device %s", run_dir, device)
+    confidence_net = None
+    if needs_confidence_net:
         confidence_net = load_confidence_net(resolve_path(s2.checkpoint), device)
     seed_everything(config.run.seed, config.run.deterministic)
     strategy = CRACStrategy(config, device, confidence_net)
@@ -194,13 +202,36 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
     return summary
 
 
+def check_confidence_checkpoint(path: Path) -> None:
+    """A missing S2 confidence net is a CheckpointError that says which pre-training writes it, and the options.
+
+    ``affcons pretrain -c NAME`` writes ``runs/NAME/confidence.pt``: a missing file of that form names ``NAME`` when
+    ``configs/NAME.yaml`` exists.
+    """
+    if path.is_file():
+        return
+    how = "run the pre-training first (`affcons pretrain -c CONFIG` writes runs/CONFIG/confidence.pt)"
+    if path.name == "confidence.pt":
+        try:
+            resolve_config_path(path.parent.name)
+            how = f"run the pre-training first: `affcons pretrain -c {path.parent.name}`"
+        except ConfigError:
+            pass
+    raise CheckpointError(
+        f"checkpoint {path} does not exist: strategy S2 needs this confidence net; {how}; "
+        "or name another with --confidence-checkpoint PATH; or train without S2: --no-s2"
+    )
+
+
 def pretrain(config, run_dir: Path, args: argparse.Namespace) -> dict:
     """Stage 1 (embedding warm-up with dropout perturbation) then stage 2 (confidence net)."""
     from affcons.train.checkpoint import load_state, save_checkpoint
     from affcons.train.strategies import ConfidenceStrategy, EmbeddingWarmupStrategy
     from affcons.train.trainer import Trainer, prepare_stage_dir, seed_everything
 
-    device, dataset, validation = _common_setup(config, run_dir)
+    device, dataset, validation = _load_data(config)
+    _write_run_files(config, run_dir, dataset)
+    logger.info("run directory %s, device %s", run_dir, device)
     summaries = {"run_dir": str(run_dir), "sparse": dataset.sparse_report.summary()}
     stage1_dir, stage2_dir = run_dir / "stage1", run_dir / "stage2"
     if args.stage in ("1", "all"):
@@ -276,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_parser(parser)
     args = parser.parse_args(options)
     args.command = command
+    if not args.verbose:  # numexpr (imported by pandas, by dask) logs its thread count at INFO when first imported
+        logging.getLogger("numexpr").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )

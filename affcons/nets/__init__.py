@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from affcons.errors import CheckpointError, ConfigError, VolumeError
+from affcons.devices import select_device  # noqa: F401 (its historical home; the device rules are in affcons.devices)
+from affcons.errors import CheckpointError, VolumeError
 from affcons.nets.embedding import implicit_affinities, offset_validity
 from affcons.nets.unet import DropoutPerturbation, UNetPNI
 
@@ -35,16 +36,6 @@ __all__ = [
 ]
 
 OUTPUTS = ("implicit", "explicit", "mean")
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; asking for an unavailable CUDA is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available (use 'auto' or 'cpu')")
-    return device
 
 
 def build_affinity_net(model_config) -> UNetPNI:

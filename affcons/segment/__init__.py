@@ -45,28 +45,39 @@ def apply_lookup(fragments: np.ndarray, ids: np.ndarray, segment_of: np.ndarray)
 
 
 def agglomerate_fragments(
-    fragments: np.ndarray, affs: np.ndarray, scoring: str = "mean", links: np.ndarray | None = None
+    fragments: np.ndarray,
+    affs: np.ndarray,
+    scoring: str = "mean",
+    links: np.ndarray | None = None,
+    order: str = "canonical",
 ) -> MergeTree:
-    """The merge tree of ``fragments`` under ``affs`` (float32 (C >= 3, z, y, x)), to the end.
+    """The merge tree of ``fragments`` under ``affs`` (uint8 or float (C >= 3, z, y, x)), to the end.
 
     ``links``: optional face-link bits (uint8 (z, y, x)) of a blockwise watershed; fragments they join are
-    stitched first (:mod:`affcons.segment.stitch`).
+    stitched first (:mod:`affcons.segment.stitch`). ``order``: ``"canonical"`` or ``"waterz"``
+    (:func:`affcons.segment.build_merge_tree`).
     """
     bins = QUANTILE_BINS if parse_scoring(scoring) >= 0 else 0
     edges = edge_table(fragments, affs, histogram_bins=bins, links=links)
-    return build_merge_tree(edges, scoring, node_ids=np.unique(fragments[fragments != 0]))
+    return build_merge_tree(edges, scoring, node_ids=np.unique(fragments[fragments != 0]), order=order)
 
 
 def segment_affinities(
-    affs: np.ndarray, thresholds, scoring: str = "mean", fragments: np.ndarray | None = None, **watershed_options
+    affs: np.ndarray,
+    thresholds,
+    scoring: str = "mean",
+    fragments: np.ndarray | None = None,
+    order: str = "canonical",
+    **watershed_options,
 ) -> dict[float, np.ndarray]:
     """Segmentations (uint64 (z, y, x)) of ``affs`` (float32 (C >= 3, z, y, x) in [0, 1]) at each threshold.
 
     Fragments come from :func:`watershed_from_affinities` (``watershed_options`` are passed on) unless given.
+    ``order``: the merge order (:func:`affcons.segment.build_merge_tree`).
     """
     if fragments is None:
         fragments, _ = watershed_from_affinities(affs, **watershed_options)
-    tree = agglomerate_fragments(fragments, affs, scoring)
+    tree = agglomerate_fragments(fragments, affs, scoring, order=order)
     return {float(t): apply_lookup(fragments, tree.ids, tree.lookup(t)) for t in thresholds}
 
 

@@ -1,6 +1,13 @@
 """Hierarchical agglomeration of a RAG into a merge tree, and cheap cuts of that tree at any threshold.
 
-The merging follows waterz's iterative region merging (``IterativeRegionMerging.hpp``) step for step, on the RAG
+Two orders, chosen by ``build_merge_tree(..., order=...)``:
+
+- ``"canonical"`` (the default): the exact linkage of :mod:`affcons.segment.canonical` -- integer statistics,
+  exact comparisons, a strict reducible total order on ties. Its merge keys strictly increase, so ``level`` is the
+  merge's own score. The same tree comes out of the block-by-block :mod:`affcons.segment.hierarchy`.
+- ``"waterz"``: the compatibility replay of waterz described below.
+
+The waterz replay follows waterz's iterative region merging (``IterativeRegionMerging.hpp``) step for step, on the RAG
 alone: edges are scored ``1 - mean affinity`` or ``1 - histogram quantile``; the lowest-scored edge is merged;
 edges whose statistics changed are marked stale and rescored lazily when they reach the top of the queue; of two
 parallel edges the lower-scored one survives. The tree is built once, to the end. Because a rescored edge can
@@ -19,10 +26,19 @@ import numba
 import numpy as np
 
 from affcons.errors import ConfigError
-from affcons.segment.stitch import relabel_edges, stitch_groups
+from affcons.segment.canonical import (
+    canonical_bytes_per_edge,
+    canonical_merge_loop,
+    fits_float_shortcut,
+    merge_scores,
+)
+from affcons.segment.stitch import relabel_edges, stitch_groups, stitched_edges
 from affcons.segment.tables import EdgeTable
 
 _SCORING = re.compile(r"^(mean|quantile(\d{1,2}|100))$")
+
+#: Merge orders of :func:`build_merge_tree`; the first is the default.
+ORDERS = ("canonical", "waterz")
 
 
 def parse_scoring(scoring: str) -> int:
@@ -39,8 +55,12 @@ class MergeTree:
 
     ``ids`` uint64[N]: the fragment ids (sorted); ``kept``/``absorbed`` int64[K]: indices into ``ids`` of the
     two regions (by their representative fragment) joined by merge k; ``score`` float32[K]: the edge score at
-    merge k; ``level`` float32[K]: the running maximum of popped queue scores (non-decreasing; ``-inf`` for the
-    face stitches, which come first).
+    merge k; ``level`` float32[K]: non-decreasing, ``-inf`` for the face stitches, which come first. In the
+    canonical order ``level == score`` (scores never decrease) and ``kept``/``absorbed`` are the two clusters'
+    smallest fragments; in the waterz order ``level`` is the running maximum of popped queue scores.
+
+    A cut at ``t`` keeps the merges with ``level < t``, compared in float32: a merge whose score equals
+    ``float32(t)`` exactly is *not* in the cut (waterz stops at the first score ``>= t`` too).
     """
 
     ids: np.ndarray
@@ -282,7 +302,16 @@ def _merge_loop(num_nodes, u, v, affinity_sum, count, histogram, quantile):  # p
     return kept_out[:merges], absorbed_out[:merges], score_out[:merges], level_out[:merges]
 
 
-def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarray | None = None) -> MergeTree:
+def parse_order(order: str) -> str:
+    """Check a merge order name (:data:`ORDERS`)."""
+    if order not in ORDERS:
+        raise ConfigError(f"unknown merge order {order!r}: use one of {', '.join(ORDERS)}")
+    return order
+
+
+def build_merge_tree(
+    edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarray | None = None, order: str = "canonical"
+) -> MergeTree:
     """Agglomerate the RAG ``edges`` to the end and return its merge tree.
 
     Args:
@@ -290,11 +319,14 @@ def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarr
         scoring: ``"mean"`` (``1 - mean affinity``) or ``"quantileQ"`` (``1 - Q-th percentile`` from the
             histograms, which the table must then have).
         node_ids: all fragment ids, including isolated ones (default: the ids that occur in ``edges``).
+        order: ``"canonical"`` (exact; mean scoring uses ``edges.quantised_sum``) or ``"waterz"`` (the replay of
+            ``waterz.agglomerate``; mean scoring uses ``edges.affinity_sum``).
 
     Edges that join two pieces of one watershed basin cut by a block face (``2 * linked > count``, see
     :mod:`affcons.segment.stitch`) are united first; the tree records those unions as merges at level ``-inf``.
     """
     quantile = parse_scoring(scoring)
+    parse_order(order)
     if quantile >= 0 and edges.histogram_bins == 0:
         raise ConfigError(f"scoring {scoring!r} needs edge histograms; compute the RAG with histogram_bins > 0")
     ids = np.union1d(edges.u, edges.v) if node_ids is None else np.unique(np.asarray(node_ids, np.uint64))
@@ -303,6 +335,8 @@ def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarr
         if len(ids) and np.any(ids[np.minimum(found, len(ids) - 1)] != endpoint):
             raise ValueError("edges refer to fragment ids missing from node_ids")
     ids = ids.astype(np.uint64)
+    if order == "canonical":
+        return _canonical_tree(edges, ids, quantile)
     representative = stitch_groups(edges, ids)
     stitched = representative != np.arange(len(ids))
     if stitched.any():
@@ -318,6 +352,63 @@ def build_merge_tree(edges: EdgeTable, scoring: str = "mean", node_ids: np.ndarr
             np.concatenate([never, tree.level]),
         )
     return _agglomerate(edges, ids, quantile)
+
+
+def loop_statistics(edges: EdgeTable, quantile: int, order: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The canonical loop's statistics of ``edges`` in row order ``order`` (None: as they are), as new arrays the
+    loop may modify: quantised sums, counts, stitched flags (uint64) and histograms (int64[E, B] for quantile
+    scoring, [E, 0] for mean). Refuses what the loop cannot order."""
+    if len(edges) and np.any(edges.u >= edges.v):
+        raise ValueError("edge table rows need u < v")
+    if quantile < 0 and np.any(edges.count == 0):
+        raise ValueError("mean scoring needs count >= 1 on every edge (a mean of no voxel pairs is undefined)")
+    rows = slice(None) if order is None else order
+    if quantile >= 0:
+        histogram = edges.histogram[rows].astype(np.int64)
+    else:
+        histogram = np.zeros((len(edges), 0), np.int64)
+    return (
+        edges.quantised_sum[rows].copy(),
+        edges.count[rows].copy(),
+        stitched_edges(edges)[rows].astype(np.uint64),
+        histogram,
+    )
+
+
+def sorted_pairs(u: np.ndarray, v: np.ndarray) -> np.ndarray | None:
+    """The order that sorts node index pairs (u, v), or None where they are sorted already (as combined tables and
+    store reads are); a pair twice is a ValueError."""
+    if len(u) < 2 or np.all((u[1:] > u[:-1]) | ((u[1:] == u[:-1]) & (v[1:] > v[:-1]))):
+        return None
+    order = np.lexsort((v, u))
+    su, sv = u[order], v[order]
+    if np.any((su[1:] == su[:-1]) & (sv[1:] == sv[:-1])):
+        raise ValueError("edge table has an (u, v) pair twice; combine() it first")
+    return order
+
+
+def _canonical_tree(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
+    """The canonical merge tree of ``edges`` (combined) over the sorted fragment ``ids``."""
+    u = np.searchsorted(ids, edges.u).astype(np.int64)
+    v = np.searchsorted(ids, edges.v).astype(np.int64)
+    order = sorted_pairs(u, v)
+    if order is not None:
+        u, v = u[order], v[order]
+    quantised_sum, count, stitched, histogram = loop_statistics(edges, quantile, order)
+    lo, hi, num, den, is_stitch, _, _ = canonical_merge_loop(
+        len(ids),
+        u,
+        v,
+        quantised_sum,
+        count,
+        stitched,
+        histogram,
+        quantile,
+        np.zeros(len(ids), np.bool_),
+        fits_float_shortcut(quantised_sum, count),
+    )
+    score = merge_scores(num, den, is_stitch, quantile, edges.histogram_bins)
+    return MergeTree(ids, lo, hi, score, score.copy())
 
 
 def _agglomerate(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
@@ -337,15 +428,21 @@ def _agglomerate(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
     return MergeTree(ids, kept, absorbed, score, level)
 
 
-def merge_tree_bytes_per_edge(histogram_bins: int) -> int:
+def merge_tree_bytes_per_edge(histogram_bins: int, order: str = "canonical", quantile: bool | None = None) -> int:
     """Peak bytes per RAG edge inside :func:`build_merge_tree`, counted from the arrays it allocates.
 
-    Per edge: endpoints (2 x int64) and statistics (sum, count: float64; histogram: int64 per bin) handed to the
-    loop; current endpoints (2 x int64); two incidence slots (2 x int64); score (float32), stale and deleted flags;
-    one heap entry (float32 + int64); one typed-dict entry of the pair lookup (hash, key, value: 3 x int64, plus about
-    2 x int64 of index table). Stitching (when a block face cut fragments) adds the relabelled table (endpoints,
-    sum, count, linked: 5 x 8 B, histogram: 4 B per bin) and its sort order (int64).
+    ``quantile``: whether the scoring is a quantile (default: ``histogram_bins > 0``). Canonical order: see
+    :func:`affcons.segment.canonical.canonical_bytes_per_edge`. Waterz order, per edge: endpoints (2 x int64) and
+    statistics (sum, count: float64; histogram: int64 per bin) handed to the loop; current endpoints (2 x int64);
+    two incidence slots (2 x int64); score (float32), stale and deleted flags; one heap entry (float32 + int64); one
+    typed-dict entry of the pair lookup (hash, key, value: 3 x int64, plus about 2 x int64 of index table).
+    Stitching (when a block face cut fragments) adds the relabelled table (endpoints, sum, count, linked: 5 x 8 B,
+    histogram: 4 B per bin) and its sort order (int64).
     """
+    if quantile is None:
+        quantile = histogram_bins > 0
+    if parse_order(order) == "canonical":
+        return canonical_bytes_per_edge(histogram_bins, quantile)
     stitched_copy = 5 * 8 + 4 * histogram_bins + 8
     inputs = 2 * 8 + 8 + 8 + 8 * histogram_bins + stitched_copy
     loop_state = 2 * 8 + 2 * 8 + 4 + 1 + 1 + (4 + 8)

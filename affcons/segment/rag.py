@@ -8,6 +8,7 @@ the table of the whole.
 
 import numpy as np
 
+from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.errors import VolumeError
 from affcons.segment.stitch import pair_linked
 from affcons.segment.tables import EdgeTable, NodeTable
@@ -26,11 +27,15 @@ def edge_table(
     lower_context=(0, 0, 0),
     links: np.ndarray | None = None,
 ) -> EdgeTable:
-    """The RAG of ``fragments`` with statistics of ``affs`` (float in [0, 1], channels 0-2 used).
+    """The RAG of ``fragments`` with statistics of ``affs`` (channels 0-2 used).
 
     Args:
         fragments: uint64 (z, y, x), 0 = no fragment.
-        affs: (C >= 3, z, y, x) affinities aligned with ``fragments``.
+        affs: (C >= 3, z, y, x) affinities aligned with ``fragments``: uint8 (0..255, as stored) or float in
+            [0, 1]. The float statistics (``affinity_sum``, ``histogram``) see uint8 values as
+            :func:`affcons.affinities.affinities_to_float` converts them, so uint8 input gives the same table as its
+            float32 conversion; ``quantised_sum`` adds the uint8 values exactly (float input is quantised first,
+            ``round(a * 255)``, :func:`affcons.affinities.affinities_to_uint8`). Pass uint8 affinities as they are.
         histogram_bins: number of histogram bins per edge (0: no histogram).
         lower_context: per axis 0 or 1: the arrays start with that many voxels of context at the low end, which
             serve only as partners ``p - e_c`` and are never ``p`` themselves (blockwise: the face of the
@@ -45,7 +50,9 @@ def edge_table(
         raise ValueError(f"lower_context must be 0 or 1 per axis, got {lower_context}")
     if links is not None and links.shape != fragments.shape:
         raise VolumeError(f"face links {links.shape} must have the fragments' shape {fragments.shape}")
-    pieces_u, pieces_v, pieces_aff, pieces_linked = [], [], [], []
+    if affs.dtype != np.uint8 and not np.issubdtype(affs.dtype, np.floating):
+        raise VolumeError(f"affinities must be uint8 (0-255) or float in [0, 1], got dtype {affs.dtype}")
+    pieces_u, pieces_v, pieces_aff, pieces_quantised, pieces_linked = [], [], [], [], []
     for channel in range(3):
         # p ranges over voxels outside the context whose partner p - e_channel lies inside the array
         low = [max(starts[axis], int(axis == channel)) for axis in range(3)]
@@ -58,7 +65,13 @@ def edge_table(
         a, b = here[crossing], there[crossing]
         pieces_u.append(np.minimum(a, b))
         pieces_v.append(np.maximum(a, b))
-        pieces_aff.append(affs[channel][p_slices][crossing].astype(np.float64))
+        values = affs[channel][p_slices][crossing]
+        if values.dtype == np.uint8:
+            pieces_aff.append(affinities_to_float(values).astype(np.float64))
+            pieces_quantised.append(values)
+        else:
+            pieces_aff.append(values.astype(np.float64))
+            pieces_quantised.append(affinities_to_uint8(values))
         if links is not None:
             pieces_linked.append(pair_linked(links[p_slices], links[q_slices], channel)[crossing])
     u = np.concatenate(pieces_u)
@@ -68,6 +81,7 @@ def edge_table(
         return EdgeTable.empty(histogram_bins)
     order = np.lexsort((v, u))
     u, v, values = u[order], v[order], values[order]
+    quantised = np.concatenate(pieces_quantised)[order].astype(np.uint64)
     starts_of_edges = np.flatnonzero(np.r_[True, (u[1:] != u[:-1]) | (v[1:] != v[:-1])])
     counts = np.diff(np.r_[starts_of_edges, len(u)]).astype(np.uint64)
     if histogram_bins:
@@ -81,7 +95,13 @@ def edge_table(
     if links is not None:
         linked = np.add.reduceat(np.concatenate(pieces_linked)[order].astype(np.uint64), starts_of_edges)
     return EdgeTable(
-        u[starts_of_edges], v[starts_of_edges], np.add.reduceat(values, starts_of_edges), counts, histogram, linked
+        u[starts_of_edges],
+        v[starts_of_edges],
+        np.add.reduceat(values, starts_of_edges),
+        counts,
+        histogram,
+        linked,
+        np.add.reduceat(quantised, starts_of_edges),
     )
 
 

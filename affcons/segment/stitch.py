@@ -84,5 +84,11 @@ def relabel_edges(edges: EdgeTable, ids: np.ndarray, representative: np.ndarray)
     keep = u != v
     low, high = np.minimum(u, v)[keep], np.maximum(u, v)[keep]
     return EdgeTable(
-        low, high, edges.affinity_sum[keep], edges.count[keep], edges.histogram[keep], edges.linked[keep]
+        low,
+        high,
+        edges.affinity_sum[keep],
+        edges.count[keep],
+        edges.histogram[keep],
+        edges.linked[keep],
+        edges.quantised_sum[keep],
     ).combine()

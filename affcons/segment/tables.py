@@ -54,7 +54,12 @@ class EdgeTable:
     the face between u and v; ``count`` uint64[E] number of such pairs; ``histogram`` uint32[E, B] counts of those
     affinities in B equal bins over [0, 1] (B = 0 columns when quantile scores are not needed); ``linked``
     uint64[E] how many of those pairs cross a block face and lie in one watershed basin in the views of both blocks
-    (:mod:`affcons.segment.stitch`; zeros when not given, as for a volume segmented in one piece).
+    (:mod:`affcons.segment.stitch`; zeros when not given, as for a volume segmented in one piece);
+    ``quantised_sum`` uint64[E] the exact integer sum of the same affinities quantised to 0..255 (uint8 affinities
+    as they are, float ones as ``round(a * 255)`` after clipping to [0, 1]), the statistic of the canonical mean
+    linkage (:mod:`affcons.segment.agglomerate`). :func:`affcons.segment.edge_table` always fills it; a table built
+    by hand without it gets ``round(affinity_sum * 255)``, the sum quantised as a whole (0 where the sum is not
+    finite, at most 2^62).
     """
 
     u: np.ndarray
@@ -63,6 +68,7 @@ class EdgeTable:
     count: np.ndarray
     histogram: np.ndarray
     linked: np.ndarray | None = None
+    quantised_sum: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "u", np.ascontiguousarray(self.u, dtype=ID_DTYPE))
@@ -75,6 +81,15 @@ class EdgeTable:
         object.__setattr__(self, "histogram", histogram)
         linked = np.zeros(len(self.u), np.uint64) if self.linked is None else self.linked
         object.__setattr__(self, "linked", np.ascontiguousarray(linked, dtype=np.uint64))
+        if self.quantised_sum is None:  # the float sum quantised as a whole: 0 when not finite, at most 2^62
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = np.rint(self.affinity_sum * 255.0)
+            quantised = np.where(np.isfinite(scaled), np.clip(scaled, 0.0, 2.0**62), 0.0)
+        else:
+            quantised = np.asarray(self.quantised_sum)
+            if quantised.dtype.kind not in "ui" or (quantised.size and quantised.min() < 0):
+                raise ValueError("EdgeTable.quantised_sum must hold non-negative integers")
+        object.__setattr__(self, "quantised_sum", np.ascontiguousarray(quantised, dtype=np.uint64))
         if not (
             len(self.u)
             == len(self.v)
@@ -82,6 +97,7 @@ class EdgeTable:
             == len(self.count)
             == len(self.histogram)
             == len(self.linked)
+            == len(self.quantised_sum)
         ):
             raise ValueError("EdgeTable columns differ in length")
 
@@ -94,12 +110,13 @@ class EdgeTable:
 
     @staticmethod
     def bytes_per_edge(histogram_bins: int = 0) -> int:
-        """Bytes of one row: u, v, sum, count, linked (8 B each) and the histogram (4 B per bin)."""
-        return 5 * 8 + 4 * histogram_bins
+        """Bytes of one row: u, v, sum, count, linked, quantised sum (8 B each) and the histogram (4 B per bin)."""
+        return 6 * 8 + 4 * histogram_bins
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.u, self.v, self.affinity_sum, self.count, self.histogram, self.linked))
+        columns = (self.u, self.v, self.affinity_sum, self.count, self.histogram, self.linked, self.quantised_sum)
+        return sum(a.nbytes for a in columns)
 
     @staticmethod
     def empty(histogram_bins: int = 0) -> "EdgeTable":
@@ -109,6 +126,7 @@ class EdgeTable:
             np.zeros(0),
             np.zeros(0, np.uint64),
             np.zeros((0, histogram_bins), np.uint32),
+            quantised_sum=np.zeros(0, np.uint64),
         )
 
     def mean_affinity(self) -> np.ndarray:
@@ -125,6 +143,7 @@ class EdgeTable:
             np.concatenate([t.count for t in tables]),
             np.concatenate([t.histogram for t in tables]),
             np.concatenate([t.linked for t in tables]),
+            np.concatenate([t.quantised_sum for t in tables]),
         )
 
     def combine(self) -> "EdgeTable":
@@ -145,4 +164,5 @@ class EdgeTable:
             np.add.reduceat(self.count[order], starts),
             np.add.reduceat(histogram, starts, axis=0) if histogram.shape[1] else np.zeros((len(starts), 0)),
             np.add.reduceat(self.linked[order], starts),
+            np.add.reduceat(self.quantised_sum[order], starts),
         )

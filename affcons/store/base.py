@@ -8,33 +8,35 @@ Contract of the writes: ``write_nodes(block_id, nodes)`` and ``write_edges(block
 that block wrote before (delete-then-insert keyed by block id), so a retried block never leaves a row twice, and a
 retry after a partial write ends with exactly the full set. Each node id and each edge (u, v) belongs to one block;
 writing it from another block is refused, naming the owner.
+
+Block reads (:meth:`RagStore.read_block_nodes`, :meth:`RagStore.read_block_edges`,
+:meth:`RagStore.read_face_edges`) find a node's block by the block that wrote it. They rely on the edges step's
+contract: an edge is written by the block of one of its endpoints. When an edge is written, it is marked
+``crossing`` unless both endpoints are nodes the writing block has already stored (the fragments step runs first);
+an index on (block, crossing) makes a block's internal edges and its crossing edges two index ranges, so the reads
+cost what the blocks hold, not what the store holds. A crossing edge's other endpoint is looked up by node id.
 """
 
 import itertools
 import json
 import math
 import operator
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from affcons.errors import StoreError
+from affcons.secrets import redact
 from affcons.segment.tables import ID_DTYPE, EdgeTable, NodeTable
 
 MODES = ("r", "a", "w")
-SCHEMA_VERSION = 2  # 2: edges carry ``linked`` (face stitching)
+SCHEMA_VERSION = 3  # 2: edges carry ``linked`` (face stitching); 3: ``quantised_sum`` and the ``crossing`` flag
 DEFAULT_BATCH_SIZE = 1000
 MAX_INT64 = 2**63 - 1
 
 # (begin, end) in nm per axis (z, y, x); None where the ROI is unbounded along that side.
 Bounds = tuple[tuple[float | None, float | None], ...]
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for error messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
 
 
 def batched(iterable: Iterable, n: int) -> Iterator[list]:
@@ -137,7 +139,8 @@ class RagStore(ABC):
 
         Rows need ``u < v < 2^63``, no (u, v) twice (use :meth:`EdgeTable.combine`), finite sums and
         ``edges.histogram_bins == self.histogram_bins``. An edge stored by another block is refused (StoreError
-        naming the edge and that block).
+        naming the edge and that block). For the block reads, one endpoint of each edge should be a node of this
+        block; an edge is stored as *crossing* unless both endpoints are nodes this block has already written.
         """
         block = self._writable_block(block_id)
         if not isinstance(edges, EdgeTable):
@@ -151,6 +154,7 @@ class RagStore(ABC):
         v = self._to_int64(edges.v, "edge v", block)
         count = self._to_int64(edges.count, "edge count", block)
         linked = self._to_int64(edges.linked, "edge linked count", block)
+        quantised = self._to_int64(edges.quantised_sum, "edge quantised sum", block)
         if (u >= v).any():
             i = int(np.flatnonzero(u >= v)[0])
             raise StoreError(f"{self.url}: block {block}: edge ({u[i]}, {v[i]}) does not have u < v")
@@ -164,7 +168,9 @@ class RagStore(ABC):
                 )
         if not np.isfinite(edges.affinity_sum).all():
             raise StoreError(f"{self.url}: block {block}: edge affinity sums must be finite")
-        self._replace_edges(block, u, v, edges.affinity_sum, count, edges.histogram, linked)
+        own = self._block_node_ids(block)
+        crossing = ~(np.isin(u, own) & np.isin(v, own))
+        self._replace_edges(block, u, v, edges.affinity_sum, count, edges.histogram, linked, quantised, crossing)
 
     def set_meta(self, key: str, value: dict) -> None:
         """Store the JSON-serialisable mapping ``value`` under ``key`` (e.g. the run config fingerprint)."""
@@ -186,35 +192,55 @@ class RagStore(ABC):
         """Nodes whose position lies in ``roi`` (a 3-D ``funlib.geometry.Roi`` in nm, half-open; None: all),
         sorted by id."""
         self._check_open()
-        batches = list(self._read_node_batches(self._bounds(roi)))
-        if not batches:
-            return NodeTable.empty()
-        ids = np.concatenate([b[0] for b in batches])
-        order = np.argsort(ids, kind="stable")
-        return NodeTable(
-            ids[order].astype(ID_DTYPE),
-            np.concatenate([b[1] for b in batches])[order],
-            np.concatenate([b[2] for b in batches])[order].astype(np.uint64),
-        )
+        return _node_table(list(self._read_node_batches(self._bounds(roi))))
 
     def read_edges(self, roi=None) -> EdgeTable:
         """Edges whose ``u`` node lies in ``roi`` (3-D ``funlib.geometry.Roi`` in nm; None: all edges, also those
         whose nodes were never written), sorted by (u, v)."""
         self._check_open()
-        batches = list(self._read_edge_batches(self._bounds(roi)))
-        if not batches:
-            return EdgeTable.empty(self.histogram_bins)
-        u = np.concatenate([b[0] for b in batches])
-        v = np.concatenate([b[1] for b in batches])
-        order = np.lexsort((v, u))
-        return EdgeTable(
-            u[order].astype(ID_DTYPE),
-            v[order].astype(ID_DTYPE),
-            np.concatenate([b[2] for b in batches])[order],
-            np.concatenate([b[3] for b in batches])[order].astype(np.uint64),
-            np.concatenate([b[4] for b in batches])[order],
-            np.concatenate([b[5] for b in batches])[order].astype(np.uint64),
+        return self._edge_table(list(self._read_edge_batches(self._bounds(roi))))
+
+    def read_block_nodes(self, blocks) -> NodeTable:
+        """The nodes written by the blocks ``blocks`` (block ids), sorted by id."""
+        self._check_open()
+        blocks = self._block_list(blocks)
+        return _node_table(
+            [b for chunk in batched(blocks, self.batch_size) for b in self._read_block_node_batches(chunk)]
         )
+
+    def read_block_edges(self, blocks) -> EdgeTable:
+        """The edges whose two endpoints are nodes written by blocks in ``blocks``, sorted by (u, v): a block's (or
+        a set of blocks') own RAG. Reads the internal edges of those blocks and their crossing edges."""
+        self._check_open()
+        blocks = self._block_list(blocks)
+        internal = [
+            b for chunk in batched(blocks, self.batch_size) for b in self._read_block_edge_batches(chunk, False)
+        ]
+        crossing = self._edge_table(
+            [b for chunk in batched(blocks, self.batch_size) for b in self._read_block_edge_batches(chunk, True)]
+        )
+        block_u, block_v = self._endpoint_blocks(crossing)
+        keep = np.isin(block_u, blocks) & np.isin(block_v, blocks)
+        return EdgeTable.concatenate([self._edge_table(internal), _rows(crossing, keep)], self.histogram_bins).combine()
+
+    def read_face_edges(self, pairs) -> EdgeTable:
+        """The edges between the blocks of each pair in ``pairs`` (int[P, 2] of block ids, either order): one
+        endpoint a node of one block, the other a node of the other. Reads the crossing edges of the blocks named
+        in ``pairs`` only, so a face costs what the blocks' faces hold. Sorted by (u, v)."""
+        self._check_open()
+        try:
+            pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        except (TypeError, ValueError, OverflowError):
+            raise StoreError(f"{self.url}: pairs must be an int array of shape (P, 2), got {pairs!r}") from None
+        blocks = self._block_list(pairs.ravel())
+        crossing = self._edge_table(
+            [b for chunk in batched(blocks, self.batch_size) for b in self._read_block_edge_batches(chunk, True)]
+        )
+        block_u, block_v = self._endpoint_blocks(crossing)
+        wanted = np.sort(pairs, axis=1)
+        found = np.stack([np.minimum(block_u, block_v), np.maximum(block_u, block_v)], axis=1)
+        _, label = np.unique(np.concatenate([wanted, found]), axis=0, return_inverse=True)
+        return _rows(crossing, np.isin(label.ravel()[len(wanted) :], label.ravel()[: len(wanted)]))
 
     def count_nodes(self) -> int:
         """Number of stored nodes."""
@@ -268,6 +294,46 @@ class RagStore(ABC):
             )
         return values.astype(np.int64)
 
+    def _block_list(self, blocks) -> list[int]:
+        """Sorted unique block ids as Python ints; anything else is a StoreError."""
+        try:
+            array = np.unique(np.asarray(blocks, dtype=np.int64).ravel())
+        except (TypeError, ValueError, OverflowError):
+            raise StoreError(f"{self.url}: block ids must be integers, got {blocks!r}") from None
+        if len(array) and array.min() < 0:
+            raise StoreError(f"{self.url}: block ids must lie in [0, 2^63), got {int(array.min())}")
+        return array.tolist()
+
+    def _edge_table(self, batches: list[tuple]) -> EdgeTable:
+        """Batches of edge columns -> an EdgeTable sorted by (u, v)."""
+        if not batches:
+            return EdgeTable.empty(self.histogram_bins)
+        u = np.concatenate([b[0] for b in batches])
+        v = np.concatenate([b[1] for b in batches])
+        order = np.lexsort((v, u))
+        return EdgeTable(
+            u[order].astype(ID_DTYPE),
+            v[order].astype(ID_DTYPE),
+            np.concatenate([b[2] for b in batches])[order],
+            np.concatenate([b[3] for b in batches])[order].astype(np.uint64),
+            np.concatenate([b[4] for b in batches])[order],
+            np.concatenate([b[5] for b in batches])[order].astype(np.uint64),
+            np.concatenate([b[6] for b in batches])[order].astype(np.uint64),
+        )
+
+    def _endpoint_blocks(self, edges: EdgeTable) -> tuple[np.ndarray, np.ndarray]:
+        """The block that wrote each endpoint's node (int64, -1 for an endpoint whose node is not stored)."""
+        ids = np.union1d(edges.u, edges.v).astype(np.int64)
+        blocks = np.full(len(ids), -1, np.int64)
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
+            found, block = self._node_blocks(chunk)
+            blocks[np.searchsorted(ids, found)] = block
+        return (
+            blocks[np.searchsorted(ids, edges.u.astype(np.int64))],
+            blocks[np.searchsorted(ids, edges.v.astype(np.int64))],
+        )
+
     def _bounds(self, roi) -> Bounds | None:
         if roi is None:
             return None
@@ -300,9 +366,9 @@ class RagStore(ABC):
         """Delete block's nodes, insert int64 ``ids`` [N], float64 ``position`` [N, 3] and int64 ``size`` [N]."""
 
     @abstractmethod
-    def _replace_edges(self, block: int, u, v, affinity_sum, count, histogram, linked) -> None:
+    def _replace_edges(self, block: int, u, v, affinity_sum, count, histogram, linked, quantised, crossing) -> None:
         """Delete block's edges, insert int64 u, v [E], float64 sum [E], int64 count [E], uint32 histogram [E, B],
-        int64 linked [E]."""
+        int64 linked [E], int64 quantised sum [E], bool crossing [E]."""
 
     @abstractmethod
     def _read_node_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
@@ -310,7 +376,24 @@ class RagStore(ABC):
 
     @abstractmethod
     def _read_edge_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
-        """Batches of (int64 u, int64 v, float64 sum, int64 count, uint32 histogram [n, B], int64 linked)."""
+        """Batches of (int64 u, int64 v, float64 sum, int64 count, uint32 histogram [n, B], int64 linked, int64
+        quantised sum)."""
+
+    @abstractmethod
+    def _read_block_node_batches(self, blocks: list[int]) -> Iterator[tuple]:
+        """Batches of nodes written by ``blocks``, as :meth:`_read_node_batches`."""
+
+    @abstractmethod
+    def _read_block_edge_batches(self, blocks: list[int], crossing: bool) -> Iterator[tuple]:
+        """Batches of the edges written by ``blocks`` with this crossing flag, as :meth:`_read_edge_batches`."""
+
+    @abstractmethod
+    def _node_blocks(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids, their blocks), int64, for the stored nodes among ``ids`` (int64, at most batch_size)."""
+
+    @abstractmethod
+    def _block_node_ids(self, block: int) -> np.ndarray:
+        """int64 ids of the nodes written by ``block``."""
 
     @abstractmethod
     def _count(self, table: str) -> int:
@@ -324,3 +407,28 @@ class RagStore(ABC):
 
     @abstractmethod
     def _close(self) -> None: ...
+
+
+def _node_table(batches: list[tuple]) -> NodeTable:
+    """Batches of node columns -> a NodeTable sorted by id."""
+    if not batches:
+        return NodeTable.empty()
+    ids = np.concatenate([b[0] for b in batches])
+    order = np.argsort(ids, kind="stable")
+    return NodeTable(
+        ids[order].astype(ID_DTYPE),
+        np.concatenate([b[1] for b in batches])[order],
+        np.concatenate([b[2] for b in batches])[order].astype(np.uint64),
+    )
+
+
+def _rows(edges: EdgeTable, mask: np.ndarray) -> EdgeTable:
+    return EdgeTable(
+        edges.u[mask],
+        edges.v[mask],
+        edges.affinity_sum[mask],
+        edges.count[mask],
+        edges.histogram[mask],
+        edges.linked[mask],
+        edges.quantised_sum[mask],
+    )

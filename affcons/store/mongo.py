@@ -4,8 +4,8 @@ One document per node and per edge, written with unordered ``insert_many`` in ba
 1000) documents, far below MongoDB's 16 MB message limit. Collections in database ``dbname``:
 
 - ``nodes``: ``{_id: id, z, y, x: float nm, size, block}``; indexes (z, y, x) and block.
-- ``edges``: ``{u, v, sum: affinity_sum, count, hist: bytes of B little-endian uint32, linked, block}``; unique (u, v),
-  index on block.
+- ``edges``: ``{u, v, sum: affinity_sum, count, hist: bytes of B little-endian uint32, linked, qsum: quantised sum,
+  crossing: bool, block}``; unique (u, v), index (block, crossing).
 - ``meta``: ``{_id: key, value: JSON text}``; ``store_info``: ``{_id: "schema", version, histogram_bins}``.
 
 A server that is down or never answers is a StoreError within ``timeout_ms`` (server selection and connect; default
@@ -90,7 +90,7 @@ class MongoRagStore(RagStore):
                 self._db.nodes.create_index([("z", 1), ("y", 1), ("x", 1)])
                 self._db.nodes.create_index("block")
                 self._db.edges.create_index([("u", 1), ("v", 1)], unique=True)
-                self._db.edges.create_index("block")
+                self._db.edges.create_index([("block", 1), ("crossing", 1)])
                 try:
                     self._db.store_info.insert_one(
                         {"_id": "schema", "version": SCHEMA_VERSION, "histogram_bins": self.histogram_bins}
@@ -131,16 +131,18 @@ class MongoRagStore(RagStore):
         )
         self._replace(self._db.nodes, block, documents, "nodes", lambda doc: {"_id": doc["_id"]})
 
-    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked) -> None:
+    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked, quantised, crossing) -> None:
         documents = (
-            {"u": a, "v": b, "sum": s, "count": n, "hist": h, "linked": k, "block": block}
-            for a, b, s, n, h, k in zip(
+            {"u": a, "v": b, "sum": s, "count": n, "hist": h, "linked": k, "qsum": q, "crossing": c, "block": block}
+            for a, b, s, n, h, k, q, c in zip(
                 u.tolist(),
                 v.tolist(),
                 affinity_sum.tolist(),
                 count.tolist(),
                 histogram_rows(histogram),
                 linked.tolist(),
+                quantised.tolist(),
+                crossing.tolist(),
             )
         )
         self._replace(self._db.edges, block, documents, "edges", lambda doc: {"u": doc["u"], "v": doc["v"]})
@@ -164,11 +166,9 @@ class MongoRagStore(RagStore):
                 query[axis] = condition
         return query
 
-    def _read_node_batches(self, bounds) -> Iterator[tuple]:
-        with self._errors("reading nodes"):
-            cursor = self._db.nodes.find(
-                self._filter(bounds), {"z": 1, "y": 1, "x": 1, "size": 1}, batch_size=self.batch_size
-            )
+    def _node_batches(self, query: dict, action: str) -> Iterator[tuple]:
+        with self._errors(action):
+            cursor = self._db.nodes.find(query, {"z": 1, "y": 1, "x": 1, "size": 1}, batch_size=self.batch_size)
             for documents in batched(cursor, self.batch_size):
                 yield (
                     np.array([d["_id"] for d in documents], np.int64),
@@ -176,10 +176,32 @@ class MongoRagStore(RagStore):
                     np.array([d["size"] for d in documents], np.int64),
                 )
 
+    def _read_node_batches(self, bounds) -> Iterator[tuple]:
+        yield from self._node_batches(self._filter(bounds), "reading nodes")
+
+    def _read_block_node_batches(self, blocks) -> Iterator[tuple]:
+        yield from self._node_batches({"block": {"$in": blocks}}, "reading the nodes of blocks")
+
+    def _read_block_edge_batches(self, blocks, crossing) -> Iterator[tuple]:
+        with self._errors("reading the edges of blocks"):
+            yield from self._edge_batches({"block": {"$in": blocks}, "crossing": bool(crossing)})
+
+    def _node_blocks(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        with self._errors("looking up node blocks"):
+            documents = list(self._db.nodes.find({"_id": {"$in": ids.tolist()}}, {"block": 1}))
+        return (
+            np.array([d["_id"] for d in documents], np.int64),
+            np.array([d["block"] for d in documents], np.int64),
+        )
+
+    def _block_node_ids(self, block) -> np.ndarray:
+        with self._errors(f"writing edges of block {block}"):
+            return np.array([d["_id"] for d in self._db.nodes.find({"block": block}, {"_id": 1})], np.int64)
+
     def _edge_batches(self, query: dict) -> Iterator[tuple]:
         cursor = self._db.edges.find(
             query,
-            {"_id": 0, "u": 1, "v": 1, "sum": 1, "count": 1, "hist": 1, "linked": 1},
+            {"_id": 0, "u": 1, "v": 1, "sum": 1, "count": 1, "hist": 1, "linked": 1, "qsum": 1},
             batch_size=self.batch_size,
         )
         for documents in batched(cursor, self.batch_size):
@@ -190,6 +212,7 @@ class MongoRagStore(RagStore):
                 np.array([d["count"] for d in documents], np.int64),
                 histogram_from_rows([bytes(d["hist"]) for d in documents], self.histogram_bins, self.url),
                 np.array([d["linked"] for d in documents], np.int64),
+                np.array([d["qsum"] for d in documents], np.int64),
             )
 
     def _read_edge_batches(self, bounds) -> Iterator[tuple]:

@@ -36,9 +36,10 @@ CREATE INDEX IF NOT EXISTS nodes_zyx ON nodes (z, y, x);
 CREATE INDEX IF NOT EXISTS nodes_block ON nodes (block);
 CREATE TABLE IF NOT EXISTS edges (
     u INTEGER NOT NULL, v INTEGER NOT NULL, affinity_sum REAL NOT NULL, count INTEGER NOT NULL,
-    histogram BLOB NOT NULL, linked INTEGER NOT NULL, block INTEGER NOT NULL);
+    histogram BLOB NOT NULL, linked INTEGER NOT NULL, quantised_sum INTEGER NOT NULL, crossing INTEGER NOT NULL,
+    block INTEGER NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS edges_uv ON edges (u, v);
-CREATE INDEX IF NOT EXISTS edges_block ON edges (block);
+CREATE INDEX IF NOT EXISTS edges_block_crossing ON edges (block, crossing);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -54,8 +55,9 @@ def sqlite_path(url: str) -> Path:
 
 
 class SQLiteRagStore(RagStore):
-    """RAG store in one SQLite file. Tables: ``nodes(id, z, y, x, size, block)``, ``edges(u, v, affinity_sum,
-    count, histogram, linked, block)`` (unique (u, v)), ``meta(key, value JSON)``, ``store_info(key, value)``.
+    """RAG store in one SQLite file. Tables: ``nodes(id, z, y, x, size, block)`` (indexes (z, y, x), block),
+    ``edges(u, v, affinity_sum, count, histogram, linked, quantised_sum, crossing, block)`` (unique (u, v), index
+    (block, crossing)), ``meta(key, value JSON)``, ``store_info(key, value)``.
 
     ``timeout_ms`` is how long a writer waits for another process's transaction (busy timeout; default 60 s).
     """
@@ -140,7 +142,7 @@ class SQLiteRagStore(RagStore):
                         ) from None
             raise StoreError(f"{self.url}: block {block}: a node id is already stored by another block") from None
 
-    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked) -> None:
+    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked, quantised, crossing) -> None:
         rows = zip(
             u.tolist(),
             v.tolist(),
@@ -148,6 +150,8 @@ class SQLiteRagStore(RagStore):
             count.tolist(),
             histogram_rows(histogram),
             linked.tolist(),
+            quantised.tolist(),
+            crossing.astype(np.int64).tolist(),
             itertools.repeat(block),
         )
         try:
@@ -155,8 +159,8 @@ class SQLiteRagStore(RagStore):
                 self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
                 for chunk in batched(rows, self.batch_size):
                     self._connection.executemany(
-                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, block) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, quantised_sum, crossing, "
+                        "block) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         chunk,
                     )
         except _Conflict:
@@ -197,9 +201,8 @@ class SQLiteRagStore(RagStore):
             finally:
                 cursor.close()
 
-    def _read_node_batches(self, bounds) -> Iterator[tuple]:
-        where, parameters = self._where(bounds)
-        for rows in self._batches(f"SELECT id, z, y, x, size FROM nodes{where}", parameters, "reading nodes"):
+    def _node_batches(self, sql: str, parameters: list, action: str) -> Iterator[tuple]:
+        for rows in self._batches(sql, parameters, action):
             ids, z, y, x, size = zip(*rows)
             yield (
                 np.array(ids, np.int64),
@@ -207,15 +210,20 @@ class SQLiteRagStore(RagStore):
                 np.array(size, np.int64),
             )
 
-    def _read_edge_batches(self, bounds) -> Iterator[tuple]:
-        columns = "e.u, e.v, e.affinity_sum, e.count, e.histogram, e.linked"
-        if bounds is None:
-            sql, parameters = f"SELECT {columns} FROM edges e", []
-        else:
-            where, parameters = self._where(bounds, prefix="n.")
-            sql = f"SELECT {columns} FROM edges e JOIN nodes n ON n.id = e.u{where}"
-        for rows in self._batches(sql, parameters, "reading edges"):
-            u, v, affinity_sum, count, histogram, linked = zip(*rows)
+    def _read_node_batches(self, bounds) -> Iterator[tuple]:
+        where, parameters = self._where(bounds)
+        yield from self._node_batches(f"SELECT id, z, y, x, size FROM nodes{where}", parameters, "reading nodes")
+
+    def _read_block_node_batches(self, blocks) -> Iterator[tuple]:
+        marks = ", ".join("?" * len(blocks))
+        sql = f"SELECT id, z, y, x, size FROM nodes WHERE block IN ({marks})"
+        yield from self._node_batches(sql, blocks, "reading the nodes of blocks")
+
+    EDGE_COLUMNS = "e.u, e.v, e.affinity_sum, e.count, e.histogram, e.linked, e.quantised_sum"
+
+    def _edge_batches(self, sql: str, parameters: list, action: str) -> Iterator[tuple]:
+        for rows in self._batches(sql, parameters, action):
+            u, v, affinity_sum, count, histogram, linked, quantised = zip(*rows)
             yield (
                 np.array(u, np.int64),
                 np.array(v, np.int64),
@@ -223,7 +231,37 @@ class SQLiteRagStore(RagStore):
                 np.array(count, np.int64),
                 histogram_from_rows(list(histogram), self.histogram_bins, self.url),
                 np.array(linked, np.int64),
+                np.array(quantised, np.int64),
             )
+
+    def _read_edge_batches(self, bounds) -> Iterator[tuple]:
+        if bounds is None:
+            sql, parameters = f"SELECT {self.EDGE_COLUMNS} FROM edges e", []
+        else:
+            where, parameters = self._where(bounds, prefix="n.")
+            sql = f"SELECT {self.EDGE_COLUMNS} FROM edges e JOIN nodes n ON n.id = e.u{where}"
+        yield from self._edge_batches(sql, parameters, "reading edges")
+
+    def _read_block_edge_batches(self, blocks, crossing) -> Iterator[tuple]:
+        marks = ", ".join("?" * len(blocks))
+        sql = f"SELECT {self.EDGE_COLUMNS} FROM edges e WHERE e.block IN ({marks}) AND e.crossing = ?"
+        yield from self._edge_batches(sql, [*blocks, int(crossing)], "reading the edges of blocks")
+
+    def _node_blocks(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        marks = ", ".join("?" * len(ids))
+        rows = [
+            r
+            for batch in self._batches(
+                f"SELECT id, block FROM nodes WHERE id IN ({marks})", ids.tolist(), "looking up node blocks"
+            )
+            for r in batch
+        ]
+        found = np.array([r[0] for r in rows], np.int64)
+        return found, np.array([r[1] for r in rows], np.int64)
+
+    def _block_node_ids(self, block) -> np.ndarray:
+        rows = self._batches("SELECT id FROM nodes WHERE block = ?", [block], f"writing edges of block {block}")
+        return np.array([r[0] for batch in rows for r in batch], np.int64)
 
     def _count(self, table) -> int:
         with self._errors(f"counting {table}"):

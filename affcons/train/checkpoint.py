@@ -14,8 +14,16 @@ Keys:
 * ``best``: ``{"metric": str, "value": float, "iteration": int, "scores": dict}`` or None.
 
 Everything is a tensor or a plain Python value, so :func:`read_checkpoint` loads with ``weights_only=True``.
+
+CUDA generators: training runs on one device, and only that device's generator drives it. A checkpoint of a CUDA run
+stores that generator alone, ``cuda = [state]``; a CPU run stores None. Older checkpoints hold one state per GPU visible
+then: their entry 0 is taken (the default ``cuda`` device trained on GPU 0). Resuming restores that one state into the
+device training resumes on, whatever its index and however many GPUs the node has (also none: a CPU resume ignores it).
+A CUDA resume of a CPU checkpoint keeps the freshly seeded CUDA generator and logs a warning. The torch CPU, numpy and
+python generators are always restored.
 """
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -26,17 +34,20 @@ import torch
 from affcons.config import validate
 from affcons.errors import CheckpointError, ConfigError
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "affcons-train-checkpoint"
 VERSION = 1
 
 
-def rng_state() -> dict:
-    """Snapshot of the torch, CUDA, numpy and python global generators."""
+def rng_state(device: torch.device) -> dict:
+    """Snapshot of the torch, numpy and python global generators, and of the CUDA generator of the training
+    ``device`` (None when training on the CPU)."""
     np_state = np.random.get_state(legacy=False)
     key = np_state["state"]["key"]
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else None,
         "numpy": {
             "bit_generator": np_state["bit_generator"],
             "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
@@ -48,11 +59,23 @@ def rng_state() -> dict:
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore a :func:`rng_state` snapshot (CUDA states only when CUDA is available)."""
+def training_cuda_state(state: dict) -> torch.Tensor | None:
+    """The CUDA generator state of the device a :func:`rng_state` snapshot was trained on (the first stored one, see
+    the module docstring), or None for a CPU run."""
+    states = state.get("cuda")
+    return states[0] if states else None
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore a :func:`rng_state` snapshot for training on ``device``: the stored training-device CUDA generator
+    goes into ``device`` when it is a GPU (see the module docstring)."""
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda":
+        cuda_state = training_cuda_state(state)
+        if cuda_state is None:
+            logger.warning("the checkpoint has no CUDA generator (a CPU run): %s keeps its fresh seed", device)
+        else:
+            torch.cuda.set_rng_state(cuda_state, device)
     numpy_state = state["numpy"]
     np.random.set_state(
         {

@@ -13,12 +13,9 @@ from typing import Literal
 
 import pydantic
 
-import affcons
 from affcons.affinities import CRAC_OFFSETS
-from affcons.config import StrictModel
+from affcons.config import REPO_ROOT, StrictModel
 from affcons.errors import ConfigError
-
-REPO_ROOT = Path(affcons.__file__).resolve().parents[1]
 
 Triple = tuple[int, int, int]
 

@@ -130,7 +130,7 @@ class Trainer:
             ),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "best": self.best,
         }
 
@@ -182,7 +182,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         self.iteration = int(state["iteration"])
         self.best = state.get("best")
         logger.info("resumed %s from %s at iteration %d", self.stage, path, self.iteration)

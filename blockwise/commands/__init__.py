@@ -1,26 +1,13 @@
-"""Command-line entry points of the blockwise pipeline (dispatched by :mod:`affcons.cli`)."""
+"""The blockwise commands of the ``affcons`` CLI, registered in the ``affcons.commands`` entry-point group of
+``setup.py`` (see :mod:`affcons.commands`). Command-line options map onto the commands' options models through
+:mod:`blockwise.commands.options`."""
 
-import shlex
+from affcons.commands import Command
 
-
-def apply_execution_overrides(execution: dict, args) -> dict:
-    """``execution`` (a config section as a dict) updated by the shared command-line options: ``--workers``,
-    ``--block-timeout``, ``--max-retries``, ``--launcher``, ``--launcher-args`` (one shell-quoted string) and
-    ``--quiet``."""
-    execution = dict(execution)
-    if args.workers is not None:
-        execution["workers"] = args.workers
-    if args.block_timeout is not None:
-        execution["block_timeout_s"] = args.block_timeout
-    if args.max_retries is not None:
-        execution["max_retries"] = args.max_retries
-    if args.launcher is not None or args.launcher_args is not None:
-        launcher = dict(execution.get("launcher") or {})
-        if args.launcher is not None:
-            launcher["type"] = args.launcher
-        if args.launcher_args is not None:
-            launcher["extra_args"] = shlex.split(args.launcher_args)
-        execution["launcher"] = launcher
-    if args.quiet:
-        execution["progress"] = False
-    return execution
+SEGMENT = Command("blockwise fragments -> RAG -> agglomeration -> segmentations", "blockwise.commands.segment")
+PREDICT = Command("blockwise affinity prediction with a trained network", "blockwise.commands.predict")
+RUN = Command("the main job: prediction -> segmentation -> evaluation", "blockwise.commands.run")
+VIEW = Command("show a run's outputs in neuroglancer (served from disk)", "blockwise.commands.view")
+REPORT = Command(
+    "an HTML report of a run: metrics, segment sizes, stage times, training curves", "blockwise.commands.report"
+)

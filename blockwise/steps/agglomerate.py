@@ -1,5 +1,6 @@
-"""Step 3, ``agglomerate``: the one global step. Reads the whole RAG from the graph store into compact arrays,
-builds the merge tree, saves it in the run directory, and cuts it into lookup tables for ``extract``.
+"""Step ``agglomerate``: the one global step, run by the driver in its own process. Reads the whole RAG from the
+graph store into compact arrays, builds the merge tree, saves it in the run directory, and cuts it into the lookup
+tables the ``extract`` step applies.
 
 Memory is what decides whether this step fits one machine, so it never builds a graph of Python objects: the store
 returns columnar numpy tables (:class:`affcons.segment.EdgeTable`, 40 B per edge plus 4 B per histogram bin), and
@@ -11,61 +12,40 @@ node table, so every fragment has a row in the lookup tables.
 Fragments that a block face cut apart are stitched first (edges whose face-link counts say both blocks saw one
 basin, :mod:`affcons.segment.stitch`); the tree records those unions as merges at level ``-inf``. The result does
 not depend on the block size: the stored edge table is exactly the whole volume's table (see
-:mod:`blockwise.edges`), and the tree is a deterministic function of it: for the same (stitched) fragments it is
-the tree of the whole volume. ``merge_tree.npz`` and the tables are
-written to a temporary name and renamed, so a driver killed here leaves either nothing or a complete file.
+:mod:`blockwise.steps.edges`), and the tree is a deterministic function of it. ``merge_tree.npz``, the lookup
+tables and ``agglomerate.json`` are written atomically, so a driver killed here leaves either nothing or complete
+files.
 """
 
 import json
-import os
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
+import pydantic
 
-from blockwise.config import SegmentConfig
-from blockwise.extract import lut_paths
-from blockwise.pipeline import write_json
-
-TREE_FILE = "merge_tree.npz"
-INFO_FILE = "agglomerate.json"
-
-
-class RssSampler:
-    """Peak resident memory of this process while the ``with`` block runs (a thread samples every ``interval``)."""
-
-    def __init__(self, interval: float = 0.02):
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval
-        self.baseline = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
+from affcons.config import StrictModel
+from affcons.files import atomic_write, write_json
+from blockwise.layout import RunDir, threshold_name
+from blockwise.timers import RssSampler
 
 
-def atomic_save(path: Path, save) -> None:
-    """``save(tmp_path)`` then rename to ``path``: readers see the old file, nothing, or the complete new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
-    save(tmp)
-    os.replace(tmp, path)
+class AgglomerateConfig(StrictModel):
+    """Global agglomeration of the stored RAG into one merge tree (one process, compact arrays)."""
+
+    #: Edge score: ``mean`` (1 - mean affinity) or ``quantileQ`` (1 - Q-th percentile, e.g. ``quantile50``).
+    scoring: str = "mean"
+
+    @pydantic.field_validator("scoring")
+    @classmethod
+    def _known_scoring(cls, value: str) -> str:
+        from affcons.segment.agglomerate import parse_scoring
+
+        parse_scoring(value)  # ConfigError naming the accepted forms
+        return value
 
 
 def _warm_up(scoring: str, histogram_bins: int) -> None:
+    """Load the compiled merge loop on a two-edge table (so its compilation is not measured)."""
     from affcons.segment import EdgeTable, build_merge_tree
 
     u = np.array([1, 2], np.uint64)
@@ -73,23 +53,19 @@ def _warm_up(scoring: str, histogram_bins: int) -> None:
     build_merge_tree(edges, scoring).lookup(0.5)
 
 
-class AgglomerateStep:
-    """Global agglomeration (runs in the driver process)."""
+class GlobalAgglomeration:
+    """The global agglomeration of a resolved ``SegmentConfig`` (runs in the driver process)."""
 
     name = "agglomerate"
 
-    def __init__(self, config: SegmentConfig):
+    def __init__(self, config):
         self.config = config
-        self.run_dir = Path(config.run_dir)
-
-    @property
-    def tree_path(self) -> Path:
-        return self.run_dir / TREE_FILE
+        self.run_dir = RunDir(config.run_dir)
 
     def done(self, fingerprint: str) -> dict | None:
         """The info of a finished agglomeration of this configuration, or None."""
-        info_path = self.run_dir / INFO_FILE
-        if not (self.tree_path.is_file() and info_path.is_file()):
+        tree, info_path = self.run_dir.merge_tree, self.run_dir.agglomerate_info
+        if not (tree.is_file() and info_path.is_file()):
             return None
         info = json.loads(info_path.read_text())
         return info if info.get("fingerprint") == fingerprint else None
@@ -101,10 +77,10 @@ class AgglomerateStep:
         from affcons.store import open_store
 
         timings = {}
-        _warm_up(self.config.agglomerate.scoring, self.config.histogram_bins)  # load compiled code before measuring
+        _warm_up(self.config.agglomerate.scoring, self.config.histogram_bins)
         with RssSampler() as memory:
             start = time.perf_counter()
-            with open_store(self.config.graph, "r", self.config.histogram_bins) as store:
+            with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
                 nodes = store.read_nodes()
                 edges = store.read_edges()
             timings["read_s"] = time.perf_counter() - start
@@ -113,7 +89,7 @@ class AgglomerateStep:
             tree = build_merge_tree(edges, self.config.agglomerate.scoring, node_ids=nodes.ids)
             timings["build_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        atomic_save(self.tree_path, tree.save)
+        atomic_write(self.run_dir.merge_tree, tree.save)
         timings["save_s"] = time.perf_counter() - start
         num_edges = len(edges)
         info = {
@@ -131,20 +107,19 @@ class AgglomerateStep:
             "measured_bytes_per_edge": (memory.peak - memory.baseline) / num_edges if num_edges else 0.0,
             **timings,
         }
-        write_json(self.run_dir / INFO_FILE, info)
+        write_json(self.run_dir.agglomerate_info, info)
         return info
 
     def write_luts(self, thresholds) -> dict[str, int]:
         """Cut the saved tree at each threshold; save the lookup tables; return segments per threshold."""
         from affcons.segment import MergeTree
 
-        tree = MergeTree.load(self.tree_path)
-        (self.run_dir / "luts").mkdir(parents=True, exist_ok=True)
+        tree = MergeTree.load(self.run_dir.merge_tree)
+        self.run_dir.lut_ids.parent.mkdir(parents=True, exist_ok=True)
         segments = {}
-        atomic_save(lut_paths(self.run_dir, 0.0)[0], lambda p: np.save(p, tree.ids))
+        atomic_write(self.run_dir.lut_ids, lambda path: np.save(path, tree.ids))
         for threshold in thresholds:
-            lut_path = lut_paths(self.run_dir, threshold)[1]
             lookup = tree.lookup(threshold)
-            atomic_save(lut_path, lambda p, lookup=lookup: np.save(p, lookup))
-            segments[f"{threshold:.2f}"] = int(len(np.unique(lookup)))
+            atomic_write(self.run_dir.lut_segments(threshold), lambda path, lookup=lookup: np.save(path, lookup))
+            segments[threshold_name(threshold)] = int(len(np.unique(lookup)))
         return segments

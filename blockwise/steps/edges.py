@@ -1,4 +1,4 @@
-"""Step 2, ``edges``: RAG edges with mergeable statistics per block, each edge produced by exactly one block.
+"""Step ``edges``: RAG edges with mergeable statistics per block, each edge produced by exactly one block.
 
 Per block: read fragments and affinities of the write ROI grown by ONE voxel at the low side of each axis (where
 that voxel lies inside the run's ROI) and compute :func:`affcons.segment.edge_table` with that ``lower_context``.
@@ -10,23 +10,29 @@ only for quantile scoring. Each edge also counts its pairs across a block face t
 one basin (the face-link bits the fragments step wrote; ``linked``, see :mod:`affcons.segment.stitch`). The rows go
 to the store in bulk under the block's grid index.
 
-This step reads the fragments of the neighbouring blocks below, so it runs after them (daisy orders the two tasks
-block by block through their ROIs).
+This step reads the fragments of the neighbouring blocks below, so it runs after the fragments step has finished
+(see ``docs/design/blockwise.md``: why the steps run one after the other).
 """
 
 from funlib.geometry import Coordinate, Roi
 
-from blockwise.config import SegmentConfig
-from blockwise.fragments import GraphStep
-from blockwise.step import Timers, inject_fault
+from affcons.config import StrictModel
+from blockwise.faults import inject_fault
+from blockwise.steps.base import GraphStep
+from blockwise.timers import Timers
+
+
+class EdgesConfig(StrictModel):
+    """RAG edges with mergeable statistics per block; histograms are kept only for quantile scoring (set by the
+    ``agglomerate`` section's scoring). No options yet."""
 
 
 class EdgesStep(GraphStep):
     name = "edges"
 
-    def __init__(self, config: SegmentConfig):
+    def __init__(self, config):
         # The block reads one voxel below its write ROI; the ROI declared to daisy is grown on both sides, the
-        # pattern whose block layout daisy 2.0.0 gets right (see blockwise.pipeline.Pipeline.run_task).
+        # pattern whose block layout daisy 2.0.0 gets right.
         super().__init__(config, Coordinate(config.voxel_size), writes_fragments=False)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
@@ -38,7 +44,7 @@ class EdgesStep(GraphStep):
         read_roi = Roi(write_roi.begin - grow, write_roi.shape + grow)
         with timers.time("read"):
             fragments = self.fragments.read(read_roi)
-            affs = self.affs.read(read_roi, channels=slice(0, 3))
+            affs = self.read_affinities(read_roi, block_index)
             links = self.links.read(read_roi)
         with timers.time("compute"):
             edges = edge_table(

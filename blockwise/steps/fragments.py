@@ -1,4 +1,4 @@
-"""Step 1, ``fragments``: watershed per block with context, globally unique ids, nodes into the graph store.
+"""Step ``fragments``: watershed per block with context, globally unique ids, nodes into the graph store.
 
 Per block: read the affinities of the write ROI grown by the context (clipped at the edge of the run's ROI), run
 :func:`affcons.segment.watershed_from_affinities`, crop to the write ROI, renumber densely (``1..m`` in raster
@@ -13,51 +13,31 @@ with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.f
 counts that stitch fragments cut by a face back together.
 """
 
-from pathlib import Path
-
 import numpy as np
+import pydantic
 from funlib.geometry import Coordinate, Roi
 
-from blockwise.config import SegmentConfig
-from blockwise.step import BlockwiseStep, Timers, inject_fault
-from blockwise.volumes import Box, box_for
+from affcons.config import StrictModel
+from blockwise.faults import inject_fault
+from blockwise.steps.base import GraphStep
+from blockwise.timers import Timers
 
 
-class GraphStep(BlockwiseStep):
-    """A step that reads affinities and writes to the graph store (fragments, edges). A block reads its write ROI
-    grown by ``grow`` (nm) on every side, as declared to daisy; the boxes open lazily in the worker."""
+class FragmentsConfig(StrictModel):
+    """Watershed fragments per block (:func:`affcons.segment.watershed_from_affinities`)."""
 
-    def __init__(self, config: SegmentConfig, grow: Coordinate, writes_fragments: bool):
-        super().__init__(config)
-        self.grow = grow
-        self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
-        self.fragments = fragments_box(config, writable=writes_fragments)
-        self.links = links_box(config, writable=writes_fragments)
-        self.store = None
-
-    def rois(self) -> tuple[Roi, Roi, Roi]:
-        total = self.roi.grow(self.grow, self.grow)
-        read = Roi(-self.grow, self.block_shape + self.grow * 2)
-        write = Roi((0, 0, 0), self.block_shape)
-        return total, read, write
-
-    def setup(self) -> None:
-        from affcons.store import open_store
-
-        self.store = open_store(self.config.graph, "a", self.config.histogram_bins)
-
-    def teardown(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        for box in (self.affs, self.fragments, self.links):
-            box.close()
+    #: Boundary values (1 - mean affinity) below this are cell interior, where seeds are placed.
+    boundary_threshold: float = pydantic.Field(0.5, ge=0.0, le=1.0)
+    #: Fragments of fewer voxels (within one block's context window) are dissolved into their neighbours.
+    min_size: int = pydantic.Field(0, ge=0)
+    #: 2-D fragments per z-section (anisotropic data); the z affinities are then ignored by the watershed.
+    per_slice: bool = False
 
 
 class FragmentsStep(GraphStep):
     name = "fragments"
 
-    def __init__(self, config: SegmentConfig):
+    def __init__(self, config):
         super().__init__(config, Coordinate(config.context), writes_fragments=True)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
@@ -70,7 +50,7 @@ class FragmentsStep(GraphStep):
         options = self.config.fragments
         read_roi = write_roi.grow(self.grow, self.grow).intersect(self.roi)
         with timers.time("read"):
-            affs = self.affs.read(read_roi, channels=slice(0, 3))
+            affs = self.read_affinities(read_roi, block_index)
         with timers.time("compute"):
             affs = affinities_to_float(affs)
             fragments, _ = watershed_from_affinities(
@@ -100,22 +80,3 @@ class FragmentsStep(GraphStep):
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_nodes(block_index, nodes)
         timers.count("nodes", len(nodes))
-
-
-def fragments_box(config: SegmentConfig, writable: bool = False) -> Box:
-    """``OUT.zarr/fragments``: uint64, the run's ROI, the affinities' voxel size."""
-    return Box(str(config.out), "fragments", tuple(config.roi_offset), tuple(config.voxel_size), writable)
-
-
-def links_box(config: SegmentConfig, writable: bool = False) -> Box:
-    """``RUN_DIR/face_links.zarr/links``: uint8 face-link bits, the fragments' grid (run-internal state)."""
-    return Box(
-        str(Path(config.run_dir) / LINKS_CONTAINER),
-        "links",
-        tuple(config.roi_offset),
-        tuple(config.voxel_size),
-        writable,
-    )
-
-
-LINKS_CONTAINER = "face_links.zarr"
