@@ -87,6 +87,7 @@ ARMS = ("supervised", "crac-ws", "crac-ema", "oracle", "no-consistency")
 SEEDS = {"supervised": (555, 556, 557), "crac-ws": (555, 556, 557), "crac-ema": (555, 556, 557)}
 CONTROL_SEEDS = (555,)
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
+TIE = 1e-6  # score differences below this are rounding (e.g. two maps that both merge everything), not wins
 SETTINGS = {
     "iterations": 600,
     "filters": [8, 12, 16, 24, 32],
@@ -428,7 +429,7 @@ def print_verdict(results: dict) -> None:
                     margin = base_mean - arm_mean
                     verdicts.append(
                         f"{key.upper()} {arm_mean:.3f} vs {base_mean:.3f} +- {base_std:.3f}: "
-                        f"{'yes' if margin > base_std else 'no'}"
+                        f"{'yes' if margin > max(base_std, TIE) else 'no'}"
                     )
                 print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + "; ".join(verdicts))
 
