@@ -11,7 +11,7 @@ All maps are ``(B, C, D, H, W)``. Weights are explicit products, never updated i
 ``sum(W * (x - y)^2) / (B * N_c)`` with ``N_c`` the number of valid voxels of channel c, summed over channels.
 """
 
-from collections.abc import Sequence
+import math
 
 import torch
 
@@ -98,15 +98,26 @@ def confidence_loss(
     return loss, {"error_fraction": float(n_wrong / n_mask.clamp(min=1)), "wrong_weight": float(wrong_weight)}
 
 
-def loss_terms_total(
-    terms: dict[str, torch.Tensor],
-    emb_weight: float,
-    pseudo_weight: float,
-    supervised: Sequence[str] = ("sup_imp", "sup_exp"),
-    pseudo: Sequence[str] = ("pse_imp", "pse_exp"),
-) -> torch.Tensor:
-    """``L = emb_weight * (sum of supervised terms) + pseudo_weight * (sum of pseudo terms)``; absent terms count 0."""
-    zero = next(iter(terms.values())).new_zeros(())
-    sup = sum((terms[name] for name in supervised if name in terms), zero)
-    pse = sum((terms[name] for name in pseudo if name in terms), zero)
-    return emb_weight * sup + pseudo_weight * pse
+def branch_losses(terms: dict[str, torch.Tensor], emb_weight: float, pseudo_weight: float) -> dict[str, torch.Tensor]:
+    """The loss split by network: ``embedding = emb_weight * sup_imp + pseudo_weight * pse_imp`` and ``affinity =
+    emb_weight * sup_exp + pseudo_weight * pse_exp`` (absent terms count 0; a branch without terms is left out).
+
+    With detached pseudo-labels each branch depends on one network only, so the branches can be backpropagated
+    separately (in parallel) with the same gradients as their sum.
+    """
+    members = {"embedding": ("sup_imp", "pse_imp"), "affinity": ("sup_exp", "pse_exp")}
+    branches = {}
+    for branch, (supervised, pseudo) in members.items():
+        if supervised not in terms and pseudo not in terms:
+            continue
+        zero = next(iter(terms.values())).new_zeros(())
+        branches[branch] = emb_weight * terms.get(supervised, zero) + pseudo_weight * terms.get(pseudo, zero)
+    return branches
+
+
+def rampup_weight(iteration: int, rampup_iterations: float) -> float:
+    """``exp(-5 (1 - t / R)^2)`` for ``t < R``, else 1 (Laine & Aila 2017; the mean-teacher ramp-up); ``R <= 0``
+    means no ramp-up (1 from the first iteration)."""
+    if rampup_iterations <= 0 or iteration >= rampup_iterations:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - max(iteration, 0) / rampup_iterations) ** 2)

@@ -113,3 +113,21 @@ def test_roi_outside_the_volume_is_refused():
     config = VolumeConfig(raw=f"{ISBI}:raw", roi=RoiConfig(begin=(25, 0, 0), end=(31, 64, 64)))
     with pytest.raises(VolumeError, match="does not fit"):
         load_volume(config, "data.train", need_labels=False)
+
+
+def test_truth_rides_along_without_changing_the_sample():
+    """The dense labels follow the sparse ones through every augmentation: the other fields are unchanged, and the
+    truth equals the affinities of the dense labels wherever a sparse label is present."""
+    config = _data_config(augment=AugmentConfig(probability=1.0, p_each=1.0, misalignment=True, misalignment_max=4))
+    plain = CropDataset(config, CRAC_OFFSETS, seed=3, batch_size=1)
+    with_truth = CropDataset(config, CRAC_OFFSETS, seed=3, batch_size=1, with_truth=True)
+    for index in (0, 1, 2):
+        sample, extended = plain[index], with_truth[index]
+        assert all(np.array_equal(sample[key], extended[key]) for key in sample)
+        truth, defined = extended["truth"], extended["truth_defined"]
+        assert truth.shape == defined.shape == (12, 4, 32, 32) and defined.dtype == bool
+        # within a labelled instance the sparse target is the truth (a labelled voxel's partner in the same id)
+        known = (extended["label_mask"] > 0) & (extended["target"] == 1)
+        assert np.array_equal(truth[known], extended["target"][known])
+        assert not defined[11, :, :, :27].any()  # invalid pairs have no truth
+        assert 0 < defined.mean() < 1 and 0 < truth[defined].mean() < 1

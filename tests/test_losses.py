@@ -7,10 +7,11 @@ import torch
 
 from affcons.errors import ConfigError
 from affcons.losses import (
+    branch_losses,
     channel_weights,
     confidence_loss,
-    loss_terms_total,
     pseudo_loss,
+    rampup_weight,
     supervised_loss,
     weighted_mse,
 )
@@ -87,6 +88,14 @@ def test_confidence_loss_masks_and_survives_no_wrong_voxels():
     assert stats["wrong_weight"] == 1.0 and stats["error_fraction"] == 0.0
 
 
-def test_loss_total_weights_groups():
+def test_branch_losses_split_the_total_by_network():
     terms = {"sup_imp": torch.tensor(1.0), "sup_exp": torch.tensor(2.0), "pse_imp": torch.tensor(0.5)}
-    assert float(loss_terms_total(terms, emb_weight=10.0, pseudo_weight=2.0)) == 31.0
+    branches = branch_losses(terms, emb_weight=10.0, pseudo_weight=2.0)
+    assert {name: float(value) for name, value in branches.items()} == {"embedding": 11.0, "affinity": 20.0}
+    assert list(branch_losses({"sup_exp": torch.tensor(2.0)}, 10.0, 1.0)) == ["affinity"]  # supervised baseline
+
+
+def test_rampup_weight_schedule():
+    assert rampup_weight(5, 0) == 1.0 and rampup_weight(100, 100) == 1.0 and rampup_weight(250, 100) == 1.0
+    assert math.isclose(rampup_weight(0, 100), math.exp(-5.0))
+    assert math.isclose(rampup_weight(50, 100), math.exp(-5.0 * 0.25))

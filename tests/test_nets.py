@@ -15,6 +15,7 @@ from affcons.nets import (
     implicit_affinities,
     offset_validity,
 )
+from affcons.nets.unet import PointwiseConv3d
 from affcons.train.config import ConfidenceModelConfig, ModelConfig
 
 torch.set_num_threads(1)
@@ -150,3 +151,19 @@ def test_confidence_net_has_three_inputs_one_output():
     assert net.in_channels == 3 and net.out_channels == 1
     with torch.no_grad():
         assert net(torch.rand(2, 3, 2, 16, 16)).shape == (2, 1, 2, 16, 16)
+
+
+def test_pointwise_conv_equals_a_1x1x1_convolution_in_both_layouts():
+    torch.manual_seed(4)
+    pointwise = PointwiseConv3d(6, 5)
+    conv = torch.nn.Conv3d(6, 5, 1)
+    conv.load_state_dict(pointwise.state_dict())  # same parameters, same state dict keys
+    x = torch.randn(2, 6, 3, 16, 16)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        inputs = x.contiguous(memory_format=layout).requires_grad_(True)
+        out = pointwise(inputs)
+        assert torch.allclose(out, conv(x), atol=1e-6)
+        if layout == torch.channels_last_3d:
+            assert out.is_contiguous(memory_format=torch.channels_last_3d)  # no layout change downstream
+        (grad,) = torch.autograd.grad(out.square().sum(), inputs)
+        assert torch.allclose(grad, torch.autograd.grad(conv(x.requires_grad_(True)).square().sum(), x)[0], atol=1e-5)

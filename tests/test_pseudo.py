@@ -9,10 +9,13 @@ import torch
 from affcons.errors import ConfigError
 from affcons.nets import build_confidence_net
 from affcons.pseudo import (
+    FilterResult,
     PseudoLabeler,
     alpha_schedule,
     binary_entropy,
+    channel_groups,
     confidence_error_maps,
+    filter_counts,
     percentile,
     s1_mask,
 )
@@ -140,3 +143,55 @@ def test_confidence_error_maps_batched_equals_per_channel():
             for c in range(3):
                 single = net(torch.stack([raw[b, 0], entropy[b, c], prob[b, c]])[None])[0, 0]
                 assert torch.allclose(batched[b, c], single, atol=1e-6)
+
+
+def test_percentile_over_a_mask_equals_numpy_on_the_selection():
+    generator = torch.Generator().manual_seed(5)
+    values = torch.rand(3, 40, 50, generator=generator, dtype=torch.float64)
+    mask = torch.rand(3, 40, 50, generator=generator) < 0.3
+    for q in (0.0, 0.1, 0.5, 0.995, 1.0):
+        expected = np.percentile(values[mask].numpy(), 100 * q)
+        assert math.isclose(float(percentile(values, q, mask=mask)), float(expected), rel_tol=1e-12)
+    with pytest.raises(ConfigError, match="none selected"):
+        percentile(values, 0.5, mask=torch.zeros_like(mask))
+
+
+def test_channel_groups_of_the_crac_offsets():
+    from affcons.affinities import CRAC_OFFSETS
+
+    groups = channel_groups(CRAC_OFFSETS)
+    assert groups == {"1-1-1": [0, 1, 2], "2-3-3": [3, 4, 5], "3-9-9": [6, 7, 8], "4-27-27": [9, 10, 11]}
+
+
+def test_filter_counts_by_hand():
+    # one sample, 3 channels (one group), 4 voxels: channel 0 carries the interesting values
+    prob = torch.tensor([0.9, 0.2, 0.8, 0.6]).reshape(1, 1, 1, 1, 4).repeat(1, 3, 1, 1, 1)
+    truth = torch.tensor([1.0, 0.0, 0.0, 0.0]).reshape(1, 1, 1, 1, 4).repeat(1, 3, 1, 1, 1)
+    candidates = torch.ones(1, 3, 1, 1, 4, dtype=torch.bool)
+    defined = torch.tensor([True, True, True, False]).reshape(1, 1, 1, 1, 4).repeat(1, 3, 1, 1, 1)
+    s1 = torch.tensor([True, False, True, True]).reshape(1, 1, 1, 1, 4).repeat(1, 3, 1, 1, 1)
+    errors = torch.tensor([0.1, 0.1, 0.9, 0.1]).reshape(1, 1, 1, 1, 4).repeat(1, 3, 1, 1, 1)
+    result = FilterResult(prob, candidates, s1, errors, False, 0.5, 0.0, float("inf"))
+    counts = filter_counts(result, truth, defined, {"g": [0, 1, 2]})
+    # per channel: 3 defined pairs, 2 right (0.9 vs 1, 0.2 vs 0); S1 keeps 0.9 and 0.8 (one right); S2 drops 0.8
+    assert counts == {
+        "g/pairs": 9.0,
+        "g/right": 6.0,
+        "g/s1_kept": 6.0,
+        "g/s1_right": 3.0,
+        "g/s2_kept": 3.0,
+        "g/s2_right": 3.0,
+    }
+    assert torch.equal(result.mask(), s1)  # S2 inactive: the training mask is S1 alone
+
+
+def test_s2_is_evaluated_before_the_gate_only_when_asked():
+    teacher = torch.rand(1, 12, 1, 16, 16)
+    valid = torch.ones(12, 1, 16, 16, dtype=torch.bool)
+    label_mask = torch.zeros(1, 12, 1, 16, 16)
+    raw = torch.rand(1, 1, 1, 16, 16)
+    labeler = PseudoLabeler(alpha0=0.0, confidence_net=_confidence_net(20.0), gate=5)
+    assert labeler.filter(teacher, valid, label_mask, iteration=3, raw=raw).errors is None
+    measured = labeler.filter(teacher, valid, label_mask, iteration=3, raw=raw, evaluate_s2=True)
+    assert measured.errors is not None and not measured.s2_active
+    assert bool(measured.mask().all()) and not bool(measured.s2().any())  # trained on S1, S2 would drop all

@@ -134,7 +134,8 @@ def _load_data(config):
     from affcons.train.dataset import CropDataset, load_volume
 
     device = select_device(config.run.device)
-    dataset = CropDataset(config.data, config.model.offsets, config.run.seed, config.run.batch_size)
+    with_truth = config.kind == "crac" and config.needs_truth()
+    dataset = CropDataset(config.data, config.model.offsets, config.run.seed, config.run.batch_size, with_truth)
     validation = None
     if config.validation.volume is not None:
         validation = load_volume(config.validation.volume, "validation.volume", need_labels=True)
@@ -169,7 +170,8 @@ def train(config, run_dir: Path, args: argparse.Namespace) -> dict:
     prepare_stage_dir(stage_dir, args.resume)
     device, dataset, validation = _load_data(config)
     s2 = config.pseudo.s2
-    needs_confidence_net = config.variant != "supervised" and s2.enabled and s2.gate < config.run.iterations
+    uses_s2 = config.variant != "supervised" and s2.enabled and config.pseudo.source == "teacher"
+    needs_confidence_net = uses_s2 and (config.s2_gate() < config.run.iterations or config.pseudo.measure_every > 0)
     if needs_confidence_net:  # checked before anything is written
         if not s2.checkpoint:
             raise ConfigError("pseudo.s2.enabled needs pseudo.s2.checkpoint (run `affcons pretrain`), or --no-s2")

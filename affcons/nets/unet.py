@@ -51,6 +51,26 @@ class ResBlockPNI(nn.Module):
         return F.elu(self.bn_out(r + y))
 
 
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 convolution (same parameters and state dict as ``nn.Conv3d(in, out, 1)``) computed as a matrix product
+    over the channel axis of a channels-last view.
+
+    On one CPU thread PyTorch routes 1x1 3-D convolutions to its native implementation, which returns contiguous
+    tensors: in a channels-last network every such layer then forces layout copies downstream. ``F.linear`` on the
+    ``(B, D, H, W, C)`` view keeps a channels-last input channels-last, without copies. Other inputs take the
+    ordinary convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last_3d):
+            return super().forward(x)
+        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        return F.linear(x.permute(0, 2, 3, 4, 1), weight, self.bias).permute(0, 4, 1, 2, 3)
+
+
 class Upsample(nn.Module):
     """x2 in y and x, then a 1x1x1 convolution (with bias) from ``in_channels`` to ``out_channels``."""
 
@@ -64,7 +84,7 @@ class Upsample(nn.Module):
             self.transposed = nn.ConvTranspose3d(
                 in_channels, in_channels, kernel_size=(1, 2, 2), stride=(1, 2, 2), groups=in_channels, bias=False
             )
-        self.project = nn.Conv3d(in_channels, out_channels, 1, bias=True)
+        self.project = PointwiseConv3d(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transposed is not None:
@@ -164,7 +184,7 @@ class UNetPNI(nn.Module):
             DropoutPerturbation(dropout) if dropout is not None else nn.Identity() for _ in range(2)
         )
         self.embed_out = nn.Conv3d(widths[1], widths[1], (1, 5, 5), padding=(0, 2, 2), bias=True)
-        self.out = nn.Conv3d(widths[1], out_channels, 1, bias=True)
+        self.out = PointwiseConv3d(widths[1], out_channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -168,7 +168,12 @@ class RunConfig(StrictModel):
     image_every: int = 1000  # tensorboard image slices every N iterations (0 = never)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast precision on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the networks on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the networks on CUDA (ignored on CPU: ~5 % faster after ~10 min compiling)
+    channels_last: bool = True  # CPU: channels-last 3-D tensors (oneDNN's faster 3-D convolutions; ignored on CUDA)
+    # CPU: the two CRAC networks' forward and backward passes run in two threads (their graphs are disjoint when the
+    # pseudo-labels are detached), so two cores are used without intra-op threads; ignored on CUDA
+    parallel_branches: bool = True
+    fused_optimizer: bool = True  # CPU: Adam's fused kernel (one pass over all parameters); ignored on CUDA
     deterministic: bool = True  # cudnn.deterministic, as in the reference setup_seed
 
 
@@ -179,6 +184,16 @@ class LossConfig(StrictModel):
     pseudo_weight: float = 1.0  # weight of the cross-representation terms
     short_range_weight: float = 10.0  # s_c for the three nearest-neighbour channels, applied once
     detach_pseudo: bool = True  # stop gradients through pseudo-labels; false reproduces the code (--no-detach)
+    # ramp-up of pseudo_weight over this fraction of run.iterations: w_t = pseudo_weight * exp(-5 (1 - t / R)^2) for
+    # t < R (the mean-teacher / temporal-ensembling schedule); 0 = constant from the first iteration (reference)
+    pseudo_rampup: float = 0.0
+
+    @pydantic.field_validator("pseudo_rampup")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be a fraction of the run in [0, 1], got {value}")
+        return value
 
 
 class S2Config(StrictModel):
@@ -186,6 +201,8 @@ class S2Config(StrictModel):
 
     enabled: bool = True  # use S2 after ``gate`` iterations
     gate: int = 5000  # S2 starts at iterations t > gate (hard-coded 5000 in the code)
+    # the gate as a fraction of run.iterations (overrides ``gate``): the reference's 5000 of a 20k run is 0.25
+    gate_fraction: float | None = None
     checkpoint: str | None = None  # confidence-net checkpoint (from ``affcons pretrain``), repo-relative
     threshold: float = 0.5  # an affinity is kept where the predicted error probability is below this
     chunk: int = 8  # (batch x channel) samples per confidence-net forward pass
@@ -199,6 +216,12 @@ class PseudoConfig(StrictModel):
     total_iterations: int | None = None  # T of the schedule; null = run.iterations
     max_quantile_elements: int = 16_000_000  # the percentile subsamples (deterministically) above this many values
     s2: S2Config = S2Config()  # strategy S2
+    # teacher = the other network's map (CRAC); oracle = the true affinities of the dense training labels on every
+    # valid unlabelled pair (a control: the upper bound of what better pseudo-labels can give; no filter)
+    source: Literal["teacher", "oracle"] = "teacher"
+    # every N iterations, log how many pseudo-labels S1 and S1+S2 keep and how many are right, per channel group,
+    # against the dense training labels (hidden from training); S2 is evaluated for this even before its gate. 0 = off
+    measure_every: int = 0
 
 
 class ValidationConfig(StrictModel):
@@ -267,6 +290,9 @@ class CRACConfig(CommonConfig):
     kind: Literal["crac"] = "crac"  # config type tag
     variant: Literal["ws", "ema", "supervised"] = "ws"  # supervised = explicit net on the sparse labels only
     ema_decay: float = 0.99  # EMA variant: teacher = decay * teacher + (1 - decay) * student (not from the paper)
+    # EMA variant: decay_t = min(1 - 1 / (t + 1), ema_decay), so the teacher follows the student closely early on
+    # (mean teacher, Tarvainen & Valpola 2017); false = ema_decay from the first step
+    ema_warmup: bool = False
     pseudo: PseudoConfig = PseudoConfig()  # pseudo-label filtering (the CPSN architecture comes from its checkpoint)
 
     @pydantic.model_validator(mode="after")
@@ -275,7 +301,24 @@ class CRACConfig(CommonConfig):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.variant == "supervised" and self.validation.output != "explicit":
             raise ValueError("variant 'supervised' trains only the explicit net: set validation.output: explicit")
+        fraction = self.pseudo.s2.gate_fraction
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"pseudo.s2.gate_fraction must lie in [0, 1], got {fraction}")
+        if (self.pseudo.source == "oracle" or self.pseudo.measure_every) and self.data.sparse.mode == "all":
+            raise ValueError(
+                "pseudo.source: oracle and pseudo.measure_every need the dense labels behind the sparse ones "
+                "(data.sparse.mode fraction or count)"
+            )
         return self
+
+    def s2_gate(self) -> int:
+        """The S2 gate in iterations: ``gate_fraction * run.iterations`` (rounded) if set, else ``gate``."""
+        fraction = self.pseudo.s2.gate_fraction
+        return self.pseudo.s2.gate if fraction is None else round(fraction * self.run.iterations)
+
+    def needs_truth(self) -> bool:
+        """Whether training batches must carry the true affinities of the dense labels (oracle or measurements)."""
+        return self.variant != "supervised" and (self.pseudo.source == "oracle" or self.pseudo.measure_every > 0)
 
 
 def config_class(kind: str) -> type[CommonConfig]:

@@ -7,7 +7,12 @@ Loader contract (what the trainer receives per batch, all float32 unless noted, 
 * ``target`` (N, C, D, H, W) affinity targets at the true offsets;
 * ``label_mask`` (N, C, D, H, W) M_lab, already 0 on invalid (out-of-crop) pairs;
 * ``weight`` (N, C, D, H, W) class-balance weights computed inside M_lab (per channel, ``data.balance``; 1 outside it);
-* ``labelled`` (N,) bool: False for crops from the extra unlabelled source (their M_lab is 0 everywhere).
+* ``labelled`` (N,) bool: False for crops from the extra unlabelled source (their M_lab is 0 everywhere);
+* only with ``with_truth``: ``truth`` (N, C, D, H, W), the true affinities of the dense labels (1 where both voxels
+  carry the same non-zero id), and ``truth_defined`` (N, C, D, H, W) bool, valid pairs with at least one voxel
+  inside a neurite (a pair of two boundary voxels has no meaningful truth). Unlabelled-source crops have none (0).
+  The dense labels follow the sparse ones through the same augmentation (one combined id per voxel), so every other
+  field of a sample is identical with and without them.
 
 ``N = batch_size + batch_size_unlabelled``; the first ``batch_size`` rows are labelled crops.
 
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from affcons.affinities import affinities_from_labels, shifted_pair_slices
 from affcons.errors import VolumeError
 from affcons.train.augment import augment
 from affcons.train.config import DataConfig, VolumeConfig, resolve_path
@@ -112,10 +118,19 @@ class CropDataset(Dataset):
         seed: stream seed (``run.seed``).
         batch_size: labelled crops per batch (the rest of each batch of ``batch_size + batch_size_unlabelled``
             comes from ``cfg.unlabelled``).
+        with_truth: add the true affinities of the dense labels (``truth``, ``truth_defined``) to each sample.
     """
 
-    def __init__(self, cfg: DataConfig, offsets: Sequence[Sequence[int]], seed: int, batch_size: int):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        offsets: Sequence[Sequence[int]],
+        seed: int,
+        batch_size: int,
+        with_truth: bool = False,
+    ):
         self.cfg = cfg
+        self.with_truth = with_truth
         self.offsets = [tuple(o) for o in offsets]
         self.seed = seed
         self.batch_size = batch_size
@@ -126,6 +141,10 @@ class CropDataset(Dataset):
         logger.info("sparse annotation of data.train: %s", report.summary())
         self.raw = train.raw
         self.labels = widen_borders(sparse) if cfg.widen_border else sparse
+        # dense id * 2 + (sparse label present): geometric augmentations move both with the same nearest lookup
+        self.combined = None
+        if with_truth:
+            self.combined = train.labels.astype(np.int64) * 2 + (self.labels > 0)
         self.voxel_size = train.voxel_size
         self.unlabelled_raw = None
         if cfg.unlabelled is not None and cfg.batch_size_unlabelled > 0:
@@ -146,10 +165,16 @@ class CropDataset(Dataset):
         source = self.raw if labelled else self.unlabelled_raw
         slices = _window(source.shape, window, rng)
         raw = _read_padded(source, slices, window)
-        labels = _read_padded(self.labels, slices, window) if labelled else None
+        labels = None
+        if labelled:
+            labels = _read_padded(self.labels if self.combined is None else self.combined, slices, window)
         raw, labels = augment(raw, labels, self.cfg.augment, rng)
         inner = tuple(slice(m, m + c) for m, c in zip(self.cfg.margin, crop))
         raw = np.ascontiguousarray(raw[inner], dtype=np.float32)
+        dense = None
+        if labels is not None and self.combined is not None:
+            dense = labels // 2
+            labels = np.where(labels % 2 == 1, dense, 0)
         if labels is None:
             labels = np.zeros(raw.shape, dtype=np.int64)
             target, valid, _ = crac_targets(labels, self.offsets)
@@ -159,7 +184,7 @@ class CropDataset(Dataset):
             labels = np.ascontiguousarray(labels[inner]).astype(np.int64)
             target, valid, label_mask = crac_targets(labels, self.offsets)
             weight = class_balance_weights(target, label_mask, per_channel=self.cfg.balance == "per_channel")
-        return {
+        sample = {
             "raw": raw[None],
             "labels": labels,
             "target": target,
@@ -167,6 +192,21 @@ class CropDataset(Dataset):
             "weight": weight,
             "labelled": np.bool_(labelled),
         }
+        if self.with_truth:
+            sample.update(self._truth(None if dense is None else np.ascontiguousarray(dense[inner]), valid))
+        return sample
+
+    def _truth(self, dense: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """``truth`` and ``truth_defined`` of a crop's dense ids (None: an unlabelled-source crop, all 0)."""
+        if dense is None:
+            return {"truth": np.zeros_like(valid), "truth_defined": np.zeros(valid.shape, dtype=bool)}
+        truth, _ = affinities_from_labels(dense, self.offsets, unlabelled=0)
+        inside = dense > 0
+        defined = np.zeros(valid.shape, dtype=bool)
+        for channel, offset in enumerate(self.offsets):
+            at_p, at_partner = shifted_pair_slices(dense.shape, offset)
+            defined[channel][at_p] = inside[at_p] | inside[at_partner]
+        return {"truth": truth, "truth_defined": defined & (valid > 0)}
 
 
 class StreamSampler(Sampler[int]):

@@ -4,10 +4,14 @@ A strategy owns its networks and exposes
 
 * ``trained``: ``{name: module}`` whose parameters the optimiser updates (and checkpoints store under ``models``);
 * ``ema``: ``{name: module}`` of EMA copies or None (checkpointed under ``ema``);
+* ``frozen``: ``{name: module}`` of networks used but not trained (the CPSN of S2, the stage-1 predictors);
 * ``loss(batch, iteration) -> StepOutput``: the loss and what to log (the batch follows the contract of
   :mod:`affcons.train.dataset`, already on the device);
 * ``after_step(iteration)``: called after each optimiser step (EMA update);
-* ``predictor(use_ema)``: ``raw (1, 1, D, H, W) -> affinities (1, C, D, H, W)`` for validation, or None.
+* ``predictor(use_ema)``: ``raw (1, 1, D, H, W) -> affinities (1, C, D, H, W)`` for validation, or None;
+* ``executor``: set by the trainer to a 2-thread pool on CPU (``run.parallel_branches``); CRAC then runs the two
+  networks' forward passes and pseudo-label filters in parallel and returns the loss split by network
+  (``StepOutput.branches``) for a parallel backward.
 
 CRAC (method.md section 4), with ``s`` the channel weights, ``W`` the class-balance weights, ``M_lab`` the labelled
 mask, ``A_imp`` the implicit and ``A_exp`` the explicit map::
@@ -17,7 +21,9 @@ mask, ``A_imp`` the implicit and ``A_exp`` the explicit map::
 
 where ``(P_exp, F_exp)`` come from the explicit teacher and ``(P_imp, F_imp)`` from the implicit teacher
 (relu of the cosine similarities) via :class:`~affcons.pseudo.PseudoLabeler`. The teacher is the live network in
-the WS variant and an EMA copy of it in the EMA variant.
+the WS variant and an EMA copy of it in the EMA variant; ``pseudo.source: oracle`` replaces ``P`` by the true
+affinities and ``F`` by every valid unlabelled pair (a control). ``pseudo_weight`` ramps up over
+``loss.pseudo_rampup`` of the run; the EMA decay warms up with ``ema_warmup``.
 """
 
 import copy
@@ -28,7 +34,14 @@ import torch
 from torch import nn
 
 from affcons.errors import CheckpointError, ConfigError
-from affcons.losses import channel_weights, confidence_loss, loss_terms_total, pseudo_loss, supervised_loss
+from affcons.losses import (
+    branch_losses,
+    channel_weights,
+    confidence_loss,
+    pseudo_loss,
+    rampup_weight,
+    supervised_loss,
+)
 from affcons.nets import (
     CRACNetworks,
     build_confidence_net,
@@ -37,7 +50,7 @@ from affcons.nets import (
     implicit_affinities,
     offset_validity,
 )
-from affcons.pseudo import PseudoLabeler, binary_entropy
+from affcons.pseudo import FilterResult, PseudoLabeler, binary_entropy, channel_groups, filter_counts
 from affcons.train.checkpoint import read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -45,11 +58,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class StepOutput:
-    """The loss of one iteration, scalars to log, and (lazily built) image slices (C, H, W) in [0, 1]."""
+    """The loss of one iteration, scalars to log, and (lazily built) image slices (C, H, W) in [0, 1].
+
+    ``branches``: when not empty, losses whose sum is ``loss`` and whose autograd graphs are disjoint (one per
+    network), which the trainer may backpropagate in parallel.
+    """
 
     loss: torch.Tensor
     scalars: dict[str, float] = field(default_factory=dict)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
+    branches: tuple[torch.Tensor, ...] = ()
 
 
 def _slice_image(volume: torch.Tensor) -> torch.Tensor:
@@ -66,6 +84,15 @@ class _Base:
         self.channel_weight = channel_weights(len(self.offsets), short_range_weight).to(device)
         self._valid: dict[tuple, torch.Tensor] = {}
         self.ema: dict[str, nn.Module] | None = None
+        self.frozen: dict[str, nn.Module] = {}
+        self.executor = None  # a concurrent.futures executor (set by the trainer) or None
+
+    def run_all(self, *functions):
+        """Call ``functions`` (no arguments) in parallel threads when an executor is set, else in order; returns
+        their results in order."""
+        if self.executor is None:
+            return [function() for function in functions]
+        return [future.result() for future in [self.executor.submit(function) for function in functions]]
 
     def valid(self, spatial: tuple[int, ...]) -> torch.Tensor:
         if spatial not in self._valid:
@@ -78,6 +105,12 @@ class _Base:
 
     def after_step(self, iteration: int) -> None:
         pass
+
+
+def ema_decay_at(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay after optimiser step ``step`` (from 1): ``min(1 - 1 / (step + 1), decay)`` with ``warmup``
+    (mean teacher), else ``decay``."""
+    return min(1.0 - 1.0 / (step + 1), decay) if warmup else decay
 
 
 def load_confidence_net(path, device: torch.device) -> nn.Module:
@@ -114,18 +147,25 @@ class CRACStrategy(_Base):
             self.ema = {name: copy.deepcopy(module) for name, module in self.trained.items()}
             for module in self.ema.values():
                 module.requires_grad_(False)
+        if confidence_net is not None:
+            self.frozen["confidence"] = confidence_net
         pseudo = config.pseudo
-        self.labeler = PseudoLabeler(
-            alpha0=pseudo.alpha0,
-            total_iterations=pseudo.total_iterations or config.run.iterations,
-            power=pseudo.power,
-            detach=config.loss.detach_pseudo,
-            confidence_net=confidence_net,
-            gate=pseudo.s2.gate,
-            s2_threshold=pseudo.s2.threshold,
-            chunk=pseudo.s2.chunk,
-            max_elements=pseudo.max_quantile_elements,
-        )
+        # one labeler per teacher map: the two maps are filtered in parallel threads
+        self.labelers = {
+            name: PseudoLabeler(
+                alpha0=pseudo.alpha0,
+                total_iterations=pseudo.total_iterations or config.run.iterations,
+                power=pseudo.power,
+                detach=config.loss.detach_pseudo,
+                confidence_net=confidence_net,
+                gate=config.s2_gate(),
+                s2_threshold=pseudo.s2.threshold,
+                chunk=pseudo.s2.chunk,
+                max_elements=pseudo.max_quantile_elements,
+            )
+            for name in ("explicit", "implicit")
+        }
+        self.groups = channel_groups(self.offsets)
 
     def train(self) -> None:
         super().train()
@@ -134,34 +174,80 @@ class CRACStrategy(_Base):
             for module in self.ema.values():
                 module.train()
 
+    def _explicit(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The explicit map and its teacher's (the EMA copy's, None otherwise)."""
+        a_exp = self.networks.affinity_net(raw).float()
+        if self.ema is None:
+            return a_exp, None
+        with torch.no_grad():
+            return a_exp, self.ema["affinity"](raw).float()
+
+    def _implicit(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The implicit map (cosine similarities) and its teacher's (the EMA copy's, None otherwise)."""
+        a_imp = implicit_affinities(self.networks.embedding_net(raw), self.offsets)
+        if self.ema is None:
+            return a_imp, None
+        with torch.no_grad():
+            return a_imp, implicit_affinities(self.ema["embedding"](raw), self.offsets)
+
     def loss(self, batch: dict, iteration: int) -> StepOutput:
         raw, target, label_mask, weight = batch["raw"], batch["target"], batch["label_mask"], batch["weight"]
         valid = self.valid(tuple(raw.shape[2:]))
         s = self.channel_weight
-        terms: dict[str, torch.Tensor] = {}
-        a_exp = self.networks.affinity_net(raw).float()
-        terms["sup_exp"] = supervised_loss(a_exp, target, weight, label_mask, valid, s)
-        a_imp = None
-        if self.variant != "supervised":
-            a_imp = implicit_affinities(self.networks.embedding_net(raw), self.offsets)
-            terms["sup_imp"] = supervised_loss(a_imp, target, weight, label_mask, valid, s)
-        scalars = {}
-        images = {}
-        if self.variant != "supervised" and self.config.loss.pseudo_weight > 0:
-            if self.variant == "ema":
-                with torch.no_grad():
-                    teacher_imp = implicit_affinities(self.ema["embedding"](raw), self.offsets)
-                    teacher_exp = self.ema["affinity"](raw).float()
+        loss_cfg = self.config.loss
+        if self.variant == "supervised":
+            a_exp, _ = self._explicit(raw)
+            terms = {"sup_exp": supervised_loss(a_exp, target, weight, label_mask, valid, s)}
+            return self._output(terms, {}, {}, raw, target, a_exp, None, 0.0)
+        (a_imp, teacher_imp), (a_exp, teacher_exp) = self.run_all(
+            lambda: self._implicit(raw), lambda: self._explicit(raw)
+        )
+        teacher_imp = a_imp if teacher_imp is None else teacher_imp
+        teacher_exp = a_exp if teacher_exp is None else teacher_exp
+        terms = {
+            "sup_imp": supervised_loss(a_imp, target, weight, label_mask, valid, s),
+            "sup_exp": supervised_loss(a_exp, target, weight, label_mask, valid, s),
+        }
+        scalars, images = {}, {}
+        pseudo_weight = loss_cfg.pseudo_weight * rampup_weight(
+            iteration, loss_cfg.pseudo_rampup * self.config.run.iterations
+        )
+        measure = self.config.pseudo.measure_every
+        measure = bool(measure) and iteration % measure == 0 and "truth" in batch
+        if loss_cfg.pseudo_weight > 0 or measure:
+
+            def labels(name: str, teacher: torch.Tensor) -> FilterResult:
+                return self.labelers[name].filter(
+                    teacher, valid, label_mask, iteration, implicit=name == "implicit", raw=raw, evaluate_s2=measure
+                )
+
+            from_exp, from_imp = self.run_all(
+                lambda: labels("explicit", teacher_exp), lambda: labels("implicit", teacher_imp)
+            )
+            if measure:
+                truth, defined = batch["truth"], batch["truth_defined"]
+                for name, result in (("explicit", from_exp), ("implicit", from_imp)):
+                    counts = filter_counts(result, truth, defined, self.groups)
+                    scalars.update({f"filter/{name}/{key}": value for key, value in counts.items()})
+            if self.config.pseudo.source == "oracle":
+                # every valid unlabelled pair of the labelled crops (crops of data.unlabelled have no dense labels)
+                oracle_mask = (from_exp.candidates & batch["labelled"].view(-1, 1, 1, 1, 1)).float()
+                pseudo_exp, filter_exp, pseudo_imp, filter_imp = (
+                    batch["truth"],
+                    oracle_mask,
+                    batch["truth"],
+                    oracle_mask,
+                )
             else:
-                teacher_imp, teacher_exp = a_imp, a_exp
-            pseudo_exp, filter_exp = self.labeler(teacher_exp, valid, label_mask, iteration, implicit=False, raw=raw)
-            stats_exp = self.labeler.last_stats
-            terms["pse_imp"] = pseudo_loss(a_imp, pseudo_exp, weight, filter_exp, valid, s)
-            pseudo_imp, filter_imp = self.labeler(teacher_imp, valid, label_mask, iteration, implicit=True, raw=raw)
-            stats_imp = self.labeler.last_stats
-            terms["pse_exp"] = pseudo_loss(a_exp, pseudo_imp, weight, filter_imp, valid, s)
+                pseudo_exp, filter_exp = from_exp.prob, from_exp.mask().float()
+                pseudo_imp, filter_imp = from_imp.prob, from_imp.mask().float()
+            if loss_cfg.pseudo_weight > 0:
+                terms["pse_imp"] = pseudo_loss(a_imp, pseudo_exp, weight, filter_exp, valid, s)
+                terms["pse_exp"] = pseudo_loss(a_exp, pseudo_imp, weight, filter_imp, valid, s)
+            stats_exp, stats_imp = self.labelers["explicit"].last_stats, self.labelers["implicit"].last_stats
             scalars.update(
                 {
+                    "pseudo/weight": pseudo_weight,
                     "pseudo/alpha": stats_exp["alpha"],
                     "pseudo/gamma_explicit": stats_exp["gamma"],
                     "pseudo/gamma_implicit": stats_imp["gamma"],
@@ -171,19 +257,30 @@ class CRACStrategy(_Base):
                 }
             )
             images.update({"filter_explicit_y": filter_exp[0, 1], "filter_implicit_y": filter_imp[0, 1]})
-        loss = loss_terms_total(terms, self.config.loss.emb_weight, self.config.loss.pseudo_weight)
+        return self._output(terms, scalars, images, raw, target, a_exp, a_imp, pseudo_weight)
+
+    def _output(self, terms, scalars, images, raw, target, a_exp, a_imp, pseudo_weight: float) -> StepOutput:
+        branches = branch_losses(terms, self.config.loss.emb_weight, pseudo_weight)
+        loss = sum(branches.values())
         scalars.update({f"loss/{name}": float(value.detach()) for name, value in terms.items()})
         scalars["loss/total"] = float(loss.detach())
         images.update({"raw": raw[0, 0], "target_y": target[0, 1], "explicit_y": a_exp[0, 1]})
         if a_imp is not None:
             images["implicit_y"] = torch.relu(a_imp[0, 1])
-        return StepOutput(loss, scalars, {name: _slice_image(value) for name, value in images.items()})
+        # with detached pseudo-labels the two branches share no graph (the trainer may run them in parallel)
+        disjoint = len(branches) > 1 and self.config.loss.detach_pseudo
+        return StepOutput(
+            loss,
+            scalars,
+            {name: _slice_image(value) for name, value in images.items()},
+            tuple(branches.values()) if disjoint else (),
+        )
 
     @torch.no_grad()
     def after_step(self, iteration: int) -> None:
         if self.ema is None:
             return
-        decay = self.config.ema_decay
+        decay = ema_decay_at(iteration, self.config.ema_decay, self.config.ema_warmup)
         for name, teacher in self.ema.items():
             student = self.trained[name]
             for t_param, s_param in zip(teacher.parameters(), student.parameters()):
@@ -272,6 +369,7 @@ class ConfidenceStrategy(_Base):
             predictor.to(device).eval().requires_grad_(False)
             predictor.set_perturbation(True)  # dropout stays on for the frozen predictors (diversity)
             self.predictors.append(predictor)
+            self.frozen[f"predictor{len(self.predictors) - 1}"] = predictor
         if not self.predictors:
             raise CheckpointError("stage 2 needs at least one stage-1 predictor checkpoint")
 

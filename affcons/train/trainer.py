@@ -20,11 +20,13 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from affcons.config import validate
 from affcons.errors import CheckpointError, ConfigError, OutputExistsError
 from affcons.train.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
 from affcons.train.dataset import LoadedVolume, make_loader
@@ -96,11 +98,18 @@ class Trainer:
             eps=optim.eps,
             weight_decay=optim.weight_decay,
             amsgrad=optim.amsgrad,
+            fused=True if run.fused_optimizer and device.type == "cpu" else None,
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if run.compile and self.use_cuda:
             for module in strategy.trained.values():
                 module.compile()
+        if run.channels_last and device.type == "cpu":
+            modules = [*strategy.trained.values(), *(strategy.ema or {}).values(), *strategy.frozen.values()]
+            for module in modules:
+                module.to(memory_format=torch.channels_last_3d)
+        self.parallel = run.parallel_branches and device.type == "cpu"
+        self.executor = None  # the 2-thread pool of parallel branches, alive during run()
         self.iteration = 0
         self.best: dict | None = None
         self.history: list[dict] = []  # losses of this process, for tests and summaries
@@ -151,7 +160,12 @@ class Trainer:
         state = load_state(path, map_location="cpu")
         if state.get("stage") != self.stage:
             raise CheckpointError(f"{path}: a {state.get('stage')!r} checkpoint cannot resume stage {self.stage!r}")
-        recorded, current = _comparable(state["config"]), _comparable(self.config.model_dump(mode="json"))
+        try:  # re-validated, so that keys added since the checkpoint was written compare at their defaults
+            recorded_config = validate(type(self.config), state["config"], f"{path} (recorded config)")
+        except ConfigError as error:
+            raise CheckpointError(f"{path}: the recorded config is unusable: {error}") from None
+        recorded = _comparable(recorded_config.model_dump(mode="json"))
+        current = _comparable(self.config.model_dump(mode="json"))
         for section in sorted(set(recorded) | set(current)):
             if recorded.get(section) != current.get(section):
                 raise CheckpointError(
@@ -219,6 +233,16 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
+    def _backward(self, output) -> None:
+        """Backpropagate ``output.loss``, or its disjoint branches in parallel threads when there is an executor."""
+        scale = self.scaler.scale if self.scaler is not None else (lambda loss: loss)
+        if self.executor is None or len(output.branches) < 2:
+            scale(output.loss).backward()
+            return
+        futures = [self.executor.submit(lambda loss=loss: scale(loss).backward()) for loss in output.branches]
+        for future in futures:
+            future.result()
+
     def run(self, stop_at: int | None = None) -> dict:
         """Train from ``self.iteration`` to ``self.iterations`` (or only up to ``stop_at``, saving a checkpoint
         there, as if interrupted); returns a summary."""
@@ -232,10 +256,14 @@ class Trainer:
         loader = make_loader(self.dataset, self.iteration, self.config.data.num_workers, pin_memory=self.use_cuda)
         batches = iter(loader)
         self.strategy.train()
+        if self.parallel:
+            self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="affcons-branch")
+            self.strategy.executor = self.executor
         started, first_iteration = time.perf_counter(), self.iteration
         try:
             end = self.iterations if stop_at is None else min(stop_at, self.iterations)
             while self.iteration < end:
+                wait_start = time.perf_counter()
                 batch = self._to_device(next(batches))
                 self.iteration += 1
                 step_start = time.perf_counter()
@@ -243,16 +271,23 @@ class Trainer:
                     output = self.strategy.loss(batch, self.iteration)
                 if not torch.isfinite(output.loss):
                     raise ConfigError(f"{self.stage}: loss is {float(output.loss)} at iteration {self.iteration}")
+                loss_end = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
+                self._backward(output)
+                backward_end = time.perf_counter()
                 if self.scaler is not None:
-                    self.scaler.scale(output.loss).backward()
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 else:
-                    output.loss.backward()
                     self.optimizer.step()
                 self.strategy.after_step(self.iteration)
-                self.history.append({"iteration": self.iteration, **output.scalars})
+                timing = {
+                    "time/data": step_start - wait_start,
+                    "time/loss": loss_end - step_start,
+                    "time/backward": backward_end - loss_end,
+                    "time/update": time.perf_counter() - backward_end,
+                }
+                self.history.append({"iteration": self.iteration, **output.scalars, **timing})
                 t = self.iteration
                 last = t == end
                 if t % max(1, run.log_every) == 0 or last or t == 1:
@@ -309,6 +344,9 @@ class Trainer:
             history_file.close()
             writer.close()
             del batches
+            if self.executor is not None:
+                self.executor.shutdown()
+                self.executor = self.strategy.executor = None
         elapsed = time.perf_counter() - started
         done = self.iteration - first_iteration
         return {
@@ -320,14 +358,25 @@ class Trainer:
         }
 
 
+#: config sections (and top-level keys) that a resume must not change
+FIXED_SECTIONS = (
+    "model",
+    "optim",
+    "loss",
+    "pseudo",
+    "variant",
+    "ema_decay",
+    "ema_warmup",
+    "confidence_model",
+    "stage1",
+    "stage2",
+)
+
+
 def _comparable(config: dict) -> dict:
     """The config sections that must not change across a resume (run length, logging, validation, workers and the
     run directory may)."""
-    fixed = {
-        k: v
-        for k, v in config.items()
-        if k in ("model", "optim", "loss", "pseudo", "variant", "ema_decay", "confidence_model", "stage1", "stage2")
-    }
+    fixed = {k: v for k, v in config.items() if k in FIXED_SECTIONS}
     for stage in ("stage1", "stage2"):
         if stage in fixed:
             fixed[stage] = {k: v for k, v in fixed[stage].items() if k != "iterations"}

@@ -47,10 +47,14 @@ def predict_volume(
     stride: Sequence[int],
     channels: int,
     device: torch.device,
+    batch_size: int = 2,
 ) -> np.ndarray:
-    """Blend ``predict`` (``(1, 1, *patch)`` float32 tensor -> ``(1, >=channels, *patch)``) over ``raw`` (z, y, x).
+    """Blend ``predict`` (``(B, 1, *patch)`` float32 tensor -> ``(B, >=channels, *patch)``) over ``raw`` (z, y, x).
 
-    Returns float32 ``(channels, z, y, x)`` holding the first ``channels`` output channels.
+    Patches go through ``predict`` ``batch_size`` at a time. On the CPU a lone patch is sent twice: for a batch of
+    one with few channels PyTorch picks its slow native 3-D convolution instead of oneDNN's (measured 6x slower per
+    patch of 12 x 128 x 224 with 8-32 channel nets). The networks must be in eval mode (outputs independent of the
+    batch). Returns float32 ``(channels, z, y, x)`` holding the first ``channels`` output channels.
     """
     if raw.ndim != 3:
         raise ConfigError(f"validation raw must be (z, y, x), got {raw.shape}")
@@ -65,14 +69,22 @@ def predict_volume(
     weights = gaussian_patch_weights(patch)
     output = np.zeros((channels, *padded.shape), dtype=np.float32)
     total = np.zeros(padded.shape, dtype=np.float32)
-    for z in patch_starts(padded.shape[0], patch[0], stride[0]):
-        for y in patch_starts(padded.shape[1], patch[1], stride[1]):
-            for x in patch_starts(padded.shape[2], patch[2], stride[2]):
-                box = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-                tensor = torch.from_numpy(np.ascontiguousarray(padded[box]))[None, None].to(device)
-                result = predict(tensor)[0, :channels].float().cpu().numpy()
-                output[(slice(None), *box)] += result * weights
-                total[box] += weights
+    boxes = [
+        (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+        for z in patch_starts(padded.shape[0], patch[0], stride[0])
+        for y in patch_starts(padded.shape[1], patch[1], stride[1])
+        for x in patch_starts(padded.shape[2], patch[2], stride[2])
+    ]
+    for first in range(0, len(boxes), max(1, batch_size)):
+        group = boxes[first : first + max(1, batch_size)]
+        inputs = [padded[box] for box in group]
+        if len(inputs) == 1 and device.type == "cpu":
+            inputs = inputs * 2
+        tensor = torch.from_numpy(np.stack(inputs)[:, None]).to(device)
+        results = predict(tensor)[: len(group), :channels].float().cpu().numpy()
+        for box, result in zip(group, results):
+            output[(slice(None), *box)] += result * weights
+            total[box] += weights
     output /= total
     crop = tuple(slice(before, before + size) for (before, _), size in zip(widths, raw.shape))
     return np.ascontiguousarray(output[(slice(None), *crop)])

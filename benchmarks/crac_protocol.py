@@ -1,0 +1,522 @@
+"""The reduced CRAC protocol: five arms, three seeds, two volumes; resumable per (volume, arm, seed).
+
+Does CRAC's own output beat sparse supervision? Every arm trains on the same sparsely labelled training sections (10 %
+of the instances, whole masks, the same ids for every arm and seed: sparse seed 555) and is scored on separate
+evaluation sections against their dense labels:
+
+  volume  training sections (dense labels hidden from training)        evaluation sections
+  isbi    ISBI 2012 ssTEM (4x4x50 nm), sections 0-19, 512x512           sections 20-29
+  gala    gala FIB-SEM (~10 nm isotropic), train-image.h5 (50x100x200)  test-image.h5 (50x100x200)
+
+Arms (the reduced CPU settings below, identical for all):
+
+  (a) supervised      the explicit affinity net on the sparse labels only;
+  (b) crac-ws         CRAC, weight sharing, with pre-training (stage 1 + the CPSN confidence net), S1 and S2;
+  (c) crac-ema        CRAC, EMA teachers (decay 0.99, warmed up), otherwise as (b);
+  (d) oracle          (b)'s training with the pseudo-labels replaced by the true affinities on every valid unlabelled
+                      pair (dense training labels): the upper bound of what better pseudo-labels can give;
+  (e) no-consistency  (b) with pseudo_weight 0 (both nets on the sparse labels alone).
+
+Seeds 555, 556, 557 for (a)-(c) and 555 for (d)-(e); a seed changes the network initialisation and the crop stream
+(and the pre-training), never the labelled instances. The agglomeration threshold of each map is chosen on the
+training sections (lowest VOI against their dense labels) and applied to the evaluation sections; the best threshold
+on the evaluation sections is recorded too, as a diagnostic only. Nothing is tuned on the evaluation sections.
+
+Schedules (docs/design/crac.md section 12 says why): N = 600 CRAC iterations; pre-training stage 1 N/2 iterations
+(predictors saved at 5/25/50/75/100 % of it, the reference's 1k/5k/10k/15k/20k of 20k) and stage 2 (CPSN) N/2; S2 from
+25 % of the run (the reference's 5000 of 20k); pseudo_weight ramped up over the first 25 % (exp(-5 (1 - t/R)^2));
+EMA decay min(1 - 1/(t + 1), 0.99). The filters are measured every 25 iterations on the training crops against their
+hidden dense labels (pairs kept by S1 and S1+S2, and how many are right, per channel group).
+
+Each finished unit writes ``benchmarks/results/crac_protocol/n<N>/<volume>/<arm>-seed<k>.json`` (and
+``pretrain-seed<k>.json``); a re-run skips finished units and resumes an interrupted one from its last checkpoint
+(every 100 iterations, under ``runs/crac_protocol``). ``--table`` only prints the table of what has finished.
+
+    nohup nice -n 15 python benchmarks/crac_protocol.py > crac-protocol-run.log 2>&1 &   # everything, resumable
+    python benchmarks/crac_protocol.py --table                                           # the table so far
+    python benchmarks/crac_protocol.py --volumes isbi --arms supervised --seeds 555      # one unit
+"""
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from affcons.affinities import NEAREST_NEIGHBOUR_OFFSETS, affinities_from_labels, shifted_pair_slices  # noqa: E402
+from affcons.config import validate  # noqa: E402
+from affcons.nets import load_model  # noqa: E402
+from affcons.train.config import REPO_ROOT, CRACConfig, PretrainConfig, VolumeConfig  # noqa: E402
+from affcons.train.dataset import load_volume  # noqa: E402
+from affcons.train.validation import predict_volume, score_segmentations  # noqa: E402
+
+ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
+GALA = "data/gala_fibsem"
+VOLUMES = {
+    "isbi": {
+        "train": {
+            "raw": f"{ISBI}:raw",
+            "labels": f"{ISBI}:labels/neurites_3dcc",
+            "roi": {"begin": [0, 0, 0], "end": [20, 512, 512]},
+        },
+        "evaluation": {
+            "raw": f"{ISBI}:raw",
+            "labels": f"{ISBI}:labels/neurites_3dcc",
+            "roi": {"begin": [20, 0, 0], "end": [30, 512, 512]},
+        },
+        "margin": [0, 24, 24],
+        "patch": [12, 544, 544],
+        "stride": [12, 512, 512],
+    },
+    "gala": {
+        "train": {"raw": f"{GALA}/train-image.h5:stack", "labels": f"{GALA}/train-gt.lzf.h5:stack"},
+        "evaluation": {"raw": f"{GALA}/test-image.h5:stack", "labels": f"{GALA}/test-gt.lzf.h5:stack"},
+        "margin": [0, 10, 10],  # the sections are 100 voxels high: crop 80 + 2 x 10
+        "patch": [12, 128, 224],
+        "stride": [12, 96, 192],
+    },
+}
+ARMS = ("supervised", "crac-ws", "crac-ema", "oracle", "no-consistency")
+SEEDS = {"supervised": (555, 556, 557), "crac-ws": (555, 556, 557), "crac-ema": (555, 556, 557)}
+CONTROL_SEEDS = (555,)
+THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
+TIE = 1e-6  # score differences below this are rounding (e.g. two maps that both merge everything), not wins
+SETTINGS = {
+    "iterations": 600,
+    "filters": [8, 12, 16, 24, 32],
+    "embedding_channels": 16,
+    "confidence_filters": [4, 6, 8, 12, 16],
+    "crop": [8, 80, 80],
+    "batch_size": 2,
+    "bn_momentum": 0.1,
+    "lr": 1e-3,
+    "adam_eps": 1e-8,
+    "sparse_fraction": 0.1,
+    "pretrain_fraction": 0.5,  # each pre-training stage, as a fraction of N
+    "save_at": [0.05, 0.25, 0.5, 0.75, 1.0],  # stage-1 predictors, fractions of stage 1
+    "gate_fraction": 0.25,
+    "pseudo_rampup": 0.25,
+    "ema_decay": 0.99,
+    "measure_every": 25,
+    "checkpoint_every": 100,
+}
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "crac_protocol"
+RUNS = REPO_ROOT / "runs" / "crac_protocol"
+
+
+def results_dir(settings: dict) -> Path:
+    """Results of one run length only: ``benchmarks/results/crac_protocol/n<N>``."""
+    return RESULTS / f"n{settings['iterations']}"
+
+
+def runs_dir(settings: dict) -> Path:
+    return RUNS / f"n{settings['iterations']}"
+
+
+def unit_seeds(arm: str) -> tuple[int, ...]:
+    return SEEDS.get(arm, CONTROL_SEEDS)
+
+
+def common_config(volume: str, seed: int, settings: dict, num_workers: int) -> dict:
+    spec = VOLUMES[volume]
+    return {
+        "data": {
+            "train": spec["train"],
+            "sparse": {"mode": "fraction", "value": settings["sparse_fraction"], "seed": 555},
+            "crop": settings["crop"],
+            "margin": spec["margin"],
+            "num_workers": num_workers,
+        },
+        "model": {
+            "filters": settings["filters"],
+            "embedding_channels": settings["embedding_channels"],
+            "bn_momentum": settings["bn_momentum"],
+        },
+        "run": {
+            "iterations": settings["iterations"],
+            "batch_size": settings["batch_size"],
+            "seed": seed,
+            "checkpoint_every": settings["checkpoint_every"],
+            "keep_checkpoints": 1,
+            "log_every": settings["measure_every"],
+            "image_every": 0,
+            "device": "cpu",
+        },
+        "optim": {"lr": settings["lr"], "eps": settings["adam_eps"]},
+        "validation": {"volume": None},
+    }
+
+
+def pretrain_config(volume: str, seed: int, settings: dict, num_workers: int) -> PretrainConfig:
+    data = common_config(volume, seed, settings, num_workers)
+    stage = max(1, round(settings["pretrain_fraction"] * settings["iterations"]))
+    data.update(
+        {
+            "kind": "pretrain",
+            "confidence_model": {"filters": settings["confidence_filters"], "bn_momentum": settings["bn_momentum"]},
+            "stage1": {"iterations": stage, "save_at": sorted({max(1, round(f * stage)) for f in settings["save_at"]})},
+            "stage2": {"iterations": stage},
+        }
+    )
+    return validate(PretrainConfig, data, f"protocol pre-training config ({volume}, seed {seed})")
+
+
+def arm_config(volume: str, arm: str, seed: int, settings: dict, num_workers: int, confidence: Path | None):
+    data = common_config(volume, seed, settings, num_workers)
+    data["kind"] = "crac"
+    data["variant"] = {"supervised": "supervised", "crac-ema": "ema"}.get(arm, "ws")
+    data["validation"]["output"] = "explicit" if arm == "supervised" else "implicit"
+    data["loss"] = {
+        "pseudo_weight": 0.0 if arm == "no-consistency" else 1.0,
+        "pseudo_rampup": settings["pseudo_rampup"],
+    }
+    data["pseudo"] = {
+        "source": "oracle" if arm == "oracle" else "teacher",
+        "measure_every": 0 if arm == "supervised" else settings["measure_every"],
+        "s2": {
+            "enabled": confidence is not None,
+            "gate_fraction": settings["gate_fraction"],
+            "checkpoint": str(confidence) if confidence is not None else None,
+        },
+    }
+    if arm == "crac-ema":
+        data.update({"ema_decay": settings["ema_decay"], "ema_warmup": True})
+    return validate(CRACConfig, data, f"protocol config ({volume}, {arm}, seed {seed})")
+
+
+def read_history(path: Path) -> list[dict]:
+    """The rows of a history.jsonl, one per iteration (a resumed run may repeat iterations: the last row wins)."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "iteration" in row and "validation" not in row:
+                rows[row["iteration"]] = row
+    return [rows[key] for key in sorted(rows)]
+
+
+def run_pretraining(volume: str, seed: int, settings: dict, args) -> Path:
+    """Stage 1 + stage 2 for (volume, seed), resumable; returns the exported confidence checkpoint."""
+    from affcons.commands.train import pretrain
+
+    run_dir = runs_dir(settings) / volume / f"pretrain-seed{seed}"
+    export = run_dir / "confidence.pt"
+    result = results_dir(settings) / volume / f"pretrain-seed{seed}.json"
+    if export.exists() and result.exists():
+        return export
+    config = pretrain_config(volume, seed, settings, args.num_workers)
+    resume = (run_dir / "stage1" / "checkpoints" / "last.pt").exists()
+    print(f"[{time.strftime('%H:%M:%S')}] {volume} pre-training seed {seed} ({'resumed' if resume else 'new'})")
+    start = time.perf_counter()
+    summary = pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage="all"))
+    stage2 = read_history(run_dir / "stage2" / "history.jsonl")
+    tail = stage2[-max(1, len(stage2) // 5) :]
+    write_json(
+        result,
+        {
+            "volume": volume,
+            "seed": seed,
+            "stage1_iterations": config.stage1.iterations,
+            "stage1_save_at": config.stage1.save_at,
+            "stage2_iterations": config.stage2.iterations,
+            "seconds": time.perf_counter() - start,
+            "confidence_loss_last_fifth": float(np.mean([row["loss/confidence"] for row in tail])),
+            "confidence_error_fraction_last_fifth": float(np.mean([row["confidence/error_fraction"] for row in tail])),
+            "summary": summary,
+        },
+    )
+    return export
+
+
+def boundary_separation(affs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean in-plane affinity of pairs inside one neurite minus that of pairs crossing a boundary (0: no signal)."""
+    target, inside_volume = affinities_from_labels(labels.astype(np.int64), NEAREST_NEIGHBOUR_OFFSETS, unlabelled=None)
+    labelled = labels > 0
+    inside, across = [], []
+    for c in (1, 2):
+        at_p, at_q = shifted_pair_slices(labels.shape, NEAREST_NEIGHBOUR_OFFSETS[c])
+        known = np.zeros(labels.shape, dtype=bool)
+        known[at_p] = labelled[at_p] | labelled[at_q]
+        known &= inside_volume[c] > 0
+        inside.append(affs[c][known & (target[c] == 1)])
+        across.append(affs[c][known & (target[c] == 0)])
+    return float(np.concatenate(inside).mean() - np.concatenate(across).mean())
+
+
+def evaluate(checkpoint: Path, arm: str, volume: str, volumes: dict) -> dict:
+    """Every map of a trained model: threshold chosen on the training sections, scores on the evaluation sections."""
+    networks, _ = load_model(checkpoint, use_ema=arm == "crac-ema")
+    networks.to(memory_format=torch.channels_last_3d)
+    outputs = ("explicit",) if arm == "supervised" else ("implicit", "explicit")
+    spec = VOLUMES[volume]
+
+    def predict(raw: torch.Tensor) -> torch.Tensor:
+        maps = networks.affinities(raw, outputs=outputs)
+        return torch.cat([maps[name][:, :3] for name in outputs], dim=1)
+
+    scores = {}
+    for part in ("train", "evaluation"):
+        loaded = volumes[part]
+        affs = predict_volume(predict, loaded.raw, spec["patch"], spec["stride"], 3 * len(outputs), torch.device("cpu"))
+        maps = {name: affs[3 * i : 3 * i + 3] for i, name in enumerate(outputs)}
+        if arm != "supervised":
+            maps["mean"] = 0.5 * (maps["implicit"] + maps["explicit"])
+        for name, values in maps.items():
+            scored = score_segmentations(values, loaded.labels, THRESHOLDS, "mean", "voi")
+            entry = scores.setdefault(name, {})
+            if part == "train":
+                entry["threshold"] = scored["threshold"]
+                entry["train"] = {k: scored[k] for k in ("voi_split", "voi_merge", "voi", "arand")}
+            else:
+                chosen = scored["per_threshold"][entry["threshold"]]
+                entry["evaluation"] = dict(chosen)
+                entry["evaluation_best_threshold"] = scored["threshold"]
+                entry["evaluation_best"] = {k: scored[k] for k in ("voi_split", "voi_merge", "voi", "arand")}
+                entry["separation"] = boundary_separation(values, loaded.labels)
+    return scores
+
+
+def filter_summary(history: list[dict], gate: int) -> dict:
+    """Summed filter counts of the measured iterations after the S2 gate, per teacher map and channel group."""
+    summary = {}
+    for row in history:
+        if row["iteration"] <= gate:
+            continue
+        for key, value in row.items():
+            if key.startswith("filter/"):
+                _, name, group, count = key.split("/")
+                bucket = summary.setdefault(name, {}).setdefault(group, {})
+                bucket[count] = bucket.get(count, 0.0) + value
+    return summary
+
+
+def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, args) -> None:
+    from affcons.commands.train import train
+
+    result = results_dir(settings) / volume / f"{arm}-seed{seed}.json"
+    if result.exists():
+        return
+    confidence = None
+    if arm in ("crac-ws", "crac-ema"):
+        confidence = run_pretraining(volume, seed, settings, args)
+    config = arm_config(volume, arm, seed, settings, args.num_workers, confidence)
+    run_dir = runs_dir(settings) / volume / f"{arm}-seed{seed}"
+    checkpoint = run_dir / "crac" / "checkpoints" / "last.pt"
+    resume = checkpoint.exists()
+    print(f"[{time.strftime('%H:%M:%S')}] {volume} {arm} seed {seed} ({'resumed' if resume else 'new'})", flush=True)
+    start = time.perf_counter()
+    summary = train(config, run_dir, argparse.Namespace(resume=resume, stop_at=None))
+    trained = time.perf_counter() - start
+    scores = evaluate(checkpoint, arm, volume, volumes)
+    history = read_history(run_dir / "crac" / "history.jsonl")
+    tail = history[-max(1, len(history) // 5) :]
+    terms = sorted({key for row in tail for key in row if key.startswith("loss/")})
+    write_json(
+        result,
+        {
+            "volume": volume,
+            "arm": arm,
+            "seed": seed,
+            "settings": settings,
+            "config": config.model_dump(mode="json"),
+            "sparse": summary["sparse"],
+            "iterations": summary["iterations"],
+            "seconds_train": trained,
+            "seconds_evaluate": time.perf_counter() - start - trained,
+            "iterations_per_second": summary["iterations_per_second"],
+            "losses_last_fifth": {key: float(np.mean([row[key] for row in tail if key in row])) for key in terms},
+            "filters_after_gate": filter_summary(history, config.s2_gate()),
+            "gate": config.s2_gate(),
+            "scores": scores,
+            "command": " ".join(sys.argv),
+        },
+    )
+    print(
+        f"[{time.strftime('%H:%M:%S')}] {volume} {arm} seed {seed}: "
+        + ", ".join(
+            f"{name} VOI {s['evaluation']['voi']:.3f} ARAND {s['evaluation']['arand']:.3f} (t {s['threshold']})"
+            for name, s in scores.items()
+        )
+        + f"; {trained:.0f} s training",
+        flush=True,
+    )
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=1, default=str))
+    temporary.replace(path)
+
+
+def load_results(settings: dict) -> dict:
+    """``{(volume, arm): [result, ...]}`` of every finished unit."""
+    found = {}
+    for path in sorted(results_dir(settings).glob("*/*-seed*.json")):
+        data = json.loads(path.read_text())
+        if "arm" in data:
+            found.setdefault((data["volume"], data["arm"]), []).append(data)
+    return found
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN for one value)."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
+
+
+def print_table(settings: dict) -> None:
+    results = load_results(settings)
+    if not results:
+        print(f"no finished units under {results_dir(settings)}")
+        return
+    print("\nScores on the evaluation sections at the threshold chosen on the training sections (VOI in nats; lower")
+    print("is better); mean +- sample standard deviation over the finished seeds; 'best t' = the evaluation's own best")
+    print("threshold (a diagnostic, not used to choose anything). * = the method's output (CRAC: implicit map).")
+    header = (
+        f"{'volume':<6} {'arm':<15} {'map':<9} {'n':>2} {'VOI split':>14} {'VOI merge':>14} {'VOI':>14} "
+        f"{'ARAND':>14} {'sep':>6} {'VOI, best t':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for volume in VOLUMES:
+        for arm in ARMS:
+            runs = results.get((volume, arm), [])
+            if not runs:
+                continue
+            for name in ("implicit", "explicit", "mean"):
+                if name not in runs[0]["scores"]:
+                    continue
+                cells = []
+                for key in ("voi_split", "voi_merge", "voi", "arand"):
+                    mean, std = mean_std([r["scores"][name]["evaluation"][key] for r in runs])
+                    cells.append(f"{mean:.3f} +- {std:.3f}" if not math.isnan(std) else f"{mean:.3f}        ")
+                separation = np.mean([r["scores"][name]["separation"] for r in runs])
+                best = np.mean([r["scores"][name]["evaluation_best"]["voi"] for r in runs])
+                star = "*" if arm == "supervised" or name == "implicit" else " "
+                print(
+                    f"{volume:<6} {arm:<15} {name + star:<9} {len(runs):>2} "
+                    + " ".join(f"{c:>14}" for c in cells)
+                    + f" {separation:>6.3f} {best:>12.3f}"
+                )
+    print_verdict(results)
+    print_filters(results)
+
+
+def print_verdict(results: dict) -> None:
+    """Does each CRAC map beat the baseline by more than one standard deviation of the baseline?"""
+    print("\nAcceptance: CRAC map mean better than the baseline mean by more than the baseline's standard deviation")
+    for volume in VOLUMES:
+        baseline = results.get((volume, "supervised"), [])
+        if len(baseline) < 2:
+            continue
+        for arm in ("crac-ws", "crac-ema", "oracle", "no-consistency"):
+            runs = results.get((volume, arm), [])
+            if not runs:
+                continue
+            for name in ("implicit", "mean", "explicit"):
+                verdicts = []
+                for key in ("voi", "arand"):
+                    base_mean, base_std = mean_std([r["scores"]["explicit"]["evaluation"][key] for r in baseline])
+                    arm_mean, _ = mean_std([r["scores"][name]["evaluation"][key] for r in runs])
+                    margin = base_mean - arm_mean
+                    verdicts.append(
+                        f"{key.upper()} {arm_mean:.3f} vs {base_mean:.3f} +- {base_std:.3f}: "
+                        f"{'yes' if margin > max(base_std, TIE) else 'no'}"
+                    )
+                print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + "; ".join(verdicts))
+
+
+def percent(counts: dict, numerator: str, denominator: str) -> str:
+    """``100 * counts[numerator] / counts[denominator]`` formatted, or ``--`` when not measured."""
+    if not counts.get(denominator) or numerator not in counts:
+        return "--"
+    return f"{100 * counts[numerator] / counts[denominator]:.1f}"
+
+
+def print_filters(results: dict) -> None:
+    """Kept fraction and precision of the pseudo-labels after the S2 gate, summed over seeds."""
+    print("\nPseudo-label filters on the training crops after the S2 gate, against the hidden dense labels")
+    print("(pairs: valid unlabelled pairs touching a neurite; prec: % of pseudo-labels on the right side of 0.5;")
+    print("kept: % of the pairs; 'unfiltered' = precision of all pairs)")
+    header = (
+        f"{'volume':<6} {'arm':<15} {'teacher':<9} {'group':<9} {'pairs':>10} {'unfiltered':>10} "
+        f"{'S1 kept':>8} {'S1 prec':>8} {'S1+S2 kept':>10} {'S1+S2 prec':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for volume in VOLUMES:
+        for arm in ARMS:
+            totals = {}
+            for run in results.get((volume, arm), []):
+                for name, groups in run.get("filters_after_gate", {}).items():
+                    for group, counts in groups.items():
+                        bucket = totals.setdefault((name, group), {})
+                        for key, value in counts.items():
+                            bucket[key] = bucket.get(key, 0.0) + value
+            for (name, group), counts in sorted(totals.items()):
+                print(
+                    f"{volume:<6} {arm:<15} {name:<9} {group:<9} {int(counts.get('pairs', 0)):>10} "
+                    f"{percent(counts, 'right', 'pairs'):>10} {percent(counts, 's1_kept', 'pairs'):>8} "
+                    f"{percent(counts, 's1_right', 's1_kept'):>8} {percent(counts, 's2_kept', 'pairs'):>10} "
+                    f"{percent(counts, 's2_right', 's2_kept'):>10}"
+                )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", default=",".join(VOLUMES), help=f"subset of {','.join(VOLUMES)}")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"subset of {','.join(ARMS)}")
+    parser.add_argument("--seeds", help="comma-separated subset of the seeds (default: 3 for (a)-(c), 1 for (d)-(e))")
+    parser.add_argument("--iterations", type=int, help=f"CRAC iterations N (default {SETTINGS['iterations']})")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
+    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument("--table", action="store_true", help="only print the table of the finished units")
+    args = parser.parse_args(argv)
+    settings = dict(SETTINGS)
+    if args.iterations:
+        settings["iterations"] = args.iterations
+    if args.table:
+        print_table(settings)
+        return 0
+    volumes = [v for v in args.volumes.split(",") if v]
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = (set(volumes) - set(VOLUMES)) | (set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"unknown volumes or arms {sorted(unknown)}")
+    wanted_seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(max(1, args.threads))
+    print(
+        f"CRAC reduced protocol on CPU; settings {json.dumps(settings)}; results in {results_dir(settings)}", flush=True
+    )
+    # one seed of every arm on both volumes first, then the remaining seeds
+    order = []
+    for rank in range(3):
+        for volume in volumes:
+            for arm in arms:
+                seeds = unit_seeds(arm)
+                if rank < len(seeds) and (wanted_seeds is None or seeds[rank] in wanted_seeds):
+                    order.append((volume, arm, seeds[rank]))
+    loaded = {}
+    for volume, arm, seed in order:
+        if volume not in loaded:
+            spec = VOLUMES[volume]
+            loaded[volume] = {
+                part: load_volume(VolumeConfig(**spec[part]), f"{volume}.{part}", need_labels=True)
+                for part in ("train", "evaluation")
+            }
+        run_unit(volume, arm, seed, settings, loaded[volume], args)
+    print_table(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""CPU training speed of CRAC: the HEAD code path against the optimised one, in one run, on the same crops and nets.
+
+Arms (each a real ``Trainer`` on the reduced protocol's ISBI setting, same seed, so the same initial weights and the
+same crop stream; data loading in one worker process, as before):
+
+  old       -- one intra-op thread, contiguous tensors, the two networks one after the other, Adam's default
+               kernel (the code at 3b88176 with ``--threads 1``, the setting the reduced benchmark used, except for
+               the S1 percentile, which is the new one in every arm and is timed on its own below; so the ratio
+               understates the gain over 3b88176);
+  new       -- channels-last 3-D tensors (oneDNN's 3-D convolution backward is 1.5-5x faster in that layout for these
+               8-16 channel layers) and the two networks' forward passes, pseudo-label filters and backward passes
+               in two threads (``run.parallel_branches``; one intra-op thread each);
+  intra-op  -- (``--intra-op``) channels-last with two intra-op threads instead of the branch threads.
+
+The arms run interleaved in blocks of ``--block`` iterations, so that load from other processes on a shared machine
+hits all of them alike; the first block of each arm is warm-up and not timed. Two scenarios: S1 only, and S1+S2 (a
+randomly initialised confidence net filtering all 12 channels of both maps from the first iteration, as after the
+gate). The script prints iterations/s per arm, the ratio to ``old``, where an iteration goes (waiting for data,
+forward + pseudo-labels + loss, backward, optimiser), and the loss curves' agreement (the arms compute the same
+function; only floating-point rounding differs). It also times the S1 percentile (HEAD: boolean compaction and two
+``kthvalue`` calls; now: one ``topk`` over the masked tensor) on the same entropy maps.
+
+    nice python benchmarks/crac_speed.py                # ~10-20 min on the shared 2-core machine
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from affcons.config import validate  # noqa: E402
+from affcons.nets import build_confidence_net  # noqa: E402
+from affcons.pseudo import binary_entropy, s1_mask  # noqa: E402
+from affcons.train.config import ConfidenceModelConfig, CRACConfig  # noqa: E402
+from affcons.train.dataset import CropDataset  # noqa: E402
+from affcons.train.strategies import CRACStrategy  # noqa: E402
+from affcons.train.trainer import Trainer, seed_everything  # noqa: E402
+
+ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
+CONFIDENCE_FILTERS = [4, 6, 8, 12, 16]  # the reduced protocol's CPSN (benchmarks/crac_protocol.py)
+ARMS = {
+    "old": {"threads": 1, "channels_last": False, "parallel_branches": False, "fused_optimizer": False},
+    "new": {"threads": 1, "channels_last": True, "parallel_branches": True, "fused_optimizer": True},
+    "intra-op": {"threads": 2, "channels_last": True, "parallel_branches": False, "fused_optimizer": True},
+}
+
+
+def config(arm: dict, iterations: int, s2: bool) -> CRACConfig:
+    return validate(
+        CRACConfig,
+        {
+            "kind": "crac",
+            "variant": "ws",
+            "data": {
+                "train": {
+                    "raw": f"{ISBI}:raw",
+                    "labels": f"{ISBI}:labels/neurites_3dcc",
+                    "roi": {"begin": [0, 0, 0], "end": [20, 512, 512]},
+                },
+                "sparse": {"mode": "fraction", "value": 0.1, "seed": 555},
+                "crop": [8, 80, 80],
+                "margin": [0, 24, 24],
+                "num_workers": 1,
+            },
+            "model": {"filters": [8, 12, 16, 24, 32], "embedding_channels": 16, "bn_momentum": 0.1},
+            "run": {
+                "iterations": iterations,
+                "batch_size": 2,
+                "seed": 555,
+                "checkpoint_every": 10**9,
+                "log_every": 10**9,
+                "image_every": 0,
+                "channels_last": arm["channels_last"],
+                "parallel_branches": arm["parallel_branches"],
+                "fused_optimizer": arm["fused_optimizer"],
+            },
+            "optim": {"lr": 1e-3, "eps": 1e-8},
+            "validation": {"volume": None},
+            "pseudo": {"s2": {"enabled": s2, "gate": 0}},
+        },
+        "speed benchmark config",
+    )
+
+
+def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) -> dict:
+    """Interleaved blocks of every arm; returns per-arm timings and loss histories."""
+    trainers = {}
+    s2 = scenario == "S1+S2"
+    for name in arms:
+        cfg = config(ARMS[name], blocks * block, s2)
+        seed_everything(cfg.run.seed, True)
+        confidence = None
+        if s2:
+            confidence = build_confidence_net(ConfidenceModelConfig(filters=CONFIDENCE_FILTERS, bn_momentum=0.1))
+            confidence.eval().requires_grad_(False)
+        strategy = CRACStrategy(cfg, torch.device("cpu"), confidence)
+        dataset = CropDataset(cfg.data, cfg.model.offsets, cfg.run.seed, cfg.run.batch_size)
+        trainers[name] = Trainer(
+            strategy, cfg, dataset, out / scenario / name, "crac", cfg.run.iterations, torch.device("cpu")
+        )
+    seconds = {name: 0.0 for name in arms}
+    cpu_seconds = {name: 0.0 for name in arms}
+    for index in range(blocks):
+        for name in arms:
+            torch.set_num_threads(ARMS[name]["threads"])
+            trainer = trainers[name]
+            start, cpu_start = time.perf_counter(), time.process_time()
+            trainer.run(stop_at=trainer.iteration + block)
+            if index > 0:
+                seconds[name] += time.perf_counter() - start
+                cpu_seconds[name] += time.process_time() - cpu_start
+    timed = (blocks - 1) * block
+    result = {}
+    for name in arms:
+        history = trainers[name].history[block:]
+        result[name] = {
+            "iterations_per_second": timed / seconds[name],
+            "cpu_seconds_per_iteration": cpu_seconds[name] / timed,
+            "phases": {key: float(np.mean([h[key] for h in history])) for key in history[0] if key.startswith("time/")},
+            "losses": [h["loss/total"] for h in trainers[name].history],
+        }
+    return result
+
+
+def percentile_timing(repeats: int) -> dict:
+    """Seconds per S1 threshold on a batch-sized entropy map: HEAD's compaction + 2 kthvalue vs the masked topk."""
+    generator = torch.Generator().manual_seed(0)
+    entropy = binary_entropy(torch.rand(2, 12, 8, 80, 80, generator=generator))
+    candidates = torch.rand(2, 12, 8, 80, 80, generator=generator) < 0.9
+    alpha = 0.005
+
+    def head() -> float:
+        values = entropy[candidates]
+        position = (1 - alpha) * (values.numel() - 1)
+        lower = int(position)
+        low = torch.kthvalue(values, lower + 1).values
+        high = torch.kthvalue(values, lower + 2).values
+        return float(low + (position - lower) * (high - low))
+
+    def now() -> float:
+        return s1_mask(entropy, candidates, alpha)[1]
+
+    timings = {}
+    for name, function in (("head", head), ("now", now)):
+        function()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            value = function()
+        timings[name] = {"seconds": (time.perf_counter() - start) / repeats, "gamma": value}
+    return timings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=4, help="blocks per arm (the first is warm-up)")
+    parser.add_argument("--block", type=int, default=10, help="iterations per block")
+    parser.add_argument("--intra-op", action="store_true", help="also time two intra-op threads (no branch threads)")
+    parser.add_argument("--scenarios", default="S1,S1+S2", help="S1 and/or S1+S2")
+    parser.add_argument("--json", help="write the measurements here")
+    args = parser.parse_args(argv)
+    arms = ["old", "new"] + (["intra-op"] if args.intra_op else [])
+    print(
+        f"CRAC CPU training speed, reduced ISBI setting (8-32 channel nets, 2 crops of 8x80x80, WS); arms {arms}; "
+        f"{args.blocks - 1} timed blocks of {args.block} iterations per arm, interleaved"
+    )
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="crac-speed-") as scratch:
+        for scenario in args.scenarios.split(","):
+            results[scenario] = measure(scenario, arms, args.blocks, args.block, Path(scratch))
+            old = results[scenario]["old"]
+            print(f"\n{scenario}:")
+            for name in arms:
+                r = results[scenario][name]
+                phases = ", ".join(f"{k.split('/')[1]} {1000 * v:.0f} ms" for k, v in r["phases"].items())
+                losses = np.asarray(r["losses"])
+                reference = np.asarray(old["losses"])
+                difference = float(np.max(np.abs(losses - reference) / np.abs(reference)))
+                speed, cpu = r["iterations_per_second"], r["cpu_seconds_per_iteration"]
+                print(
+                    f"  {name:<8} {speed:.3f} it/s  x{speed / old['iterations_per_second']:.2f}; "
+                    f"{cpu:.2f} CPU s/it  x{old['cpu_seconds_per_iteration'] / cpu:.2f}"
+                    f"  ({phases}); loss curve vs old: max relative difference {difference:.1e}"
+                )
+    torch.set_num_threads(1)
+    timing = percentile_timing(20)
+    results["percentile"] = timing
+    print(
+        f"\nS1 threshold on 2x12x8x80x80 entropies: HEAD {1000 * timing['head']['seconds']:.1f} ms, now "
+        f"{1000 * timing['now']['seconds']:.1f} ms (x{timing['head']['seconds'] / timing['now']['seconds']:.1f}; "
+        f"gamma {timing['head']['gamma']:.6f} vs {timing['now']['gamma']:.6f}); two per iteration"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
