@@ -156,22 +156,22 @@ def segment_run_dir(out: str | Path) -> Path:
 
 def predict_run_dir(out: str) -> Path:
     """Default run directory of ``affcons predict``: ``/data/out.zarr/affs`` -> ``/data/out.affs.predict-run``."""
-    from affcons.io import split_dataset_path
-
-    volume = split_dataset_path(out)
-    name = volume.dataset.replace("/", "_") or AFFS
-    return volume.container.absolute().parent / f"{volume.container.stem}.{name}.predict-run"
+    return _beside_container(out, "predict-run", default_name=AFFS)
 
 
 def pyramid_run_dir(out: str) -> Path:
     """Default run directory of ``affcons pyramid``: ``/data/out.zarr/seg_multiscale`` ->
     ``/data/out.seg_multiscale.pyramid-run``."""
+    return _beside_container(out, "pyramid-run")
+
+
+def _beside_container(path: str, suffix: str, default_name: str = "") -> Path:
+    """``CONTAINER_PARENT/<container stem>.<dataset, '/' as '_'>.<suffix>`` for ``c.zarr/dataset``."""
     from affcons.io import split_dataset_path
 
-    volume = split_dataset_path(out)
-    return (
-        volume.container.absolute().parent / f"{volume.container.stem}.{volume.dataset.replace('/', '_')}.pyramid-run"
-    )
+    volume = split_dataset_path(path)
+    name = volume.dataset.replace("/", "_") or default_name
+    return volume.container.absolute().parent / f"{volume.container.stem}.{name}.{suffix}"
 
 
 def _array_directory(path: str | Path) -> Path:

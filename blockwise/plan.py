@@ -13,8 +13,6 @@ Any global step (agglomerate: the whole RAG in one process) whose estimated memo
 import math
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
-
 from blockwise.config import SegmentConfig
 
 LARGE_MACHINE_BYTES = 128e9
@@ -111,8 +109,7 @@ def sample_density(config: SegmentConfig) -> tuple[float, float, int]:
     the densities are slightly high (the plan errs on the side of memory)."""
     from funlib.geometry import Coordinate, Roi
 
-    from affcons.affinities import affinities_to_float
-    from affcons.segment import watershed_from_affinities
+    from affcons.segment import edge_table, watershed_from_affinities
     from blockwise.volumes import box_for
 
     affs = box_for(config.affs, config.affs_offset, config.voxel_size)
@@ -123,7 +120,7 @@ def sample_density(config: SegmentConfig) -> tuple[float, float, int]:
     nodes = edges = voxels = 0
     for k in range(DENSITY_SAMPLES):
         begin = roi.begin + Coordinate(f * k // max(DENSITY_SAMPLES - 1, 1) for f in free) * voxel_size
-        sample = affinities_to_float(affs.read(Roi(begin, box * voxel_size), channels=slice(0, 3)))
+        sample = affs.read(Roi(begin, box * voxel_size), channels=slice(0, 3))
         fragments, count = watershed_from_affinities(
             sample,
             boundary_threshold=config.fragments.boundary_threshold,
@@ -132,20 +129,9 @@ def sample_density(config: SegmentConfig) -> tuple[float, float, int]:
             voxel_size=tuple(config.voxel_size),
         )
         nodes += count
-        edges += count_adjacent_pairs(fragments)
+        edges += len(edge_table(fragments, sample))
         voxels += fragments.size
     return nodes / voxels, edges / voxels, voxels
-
-
-def count_adjacent_pairs(labels: np.ndarray) -> int:
-    """Distinct unordered pairs of different non-zero ids that touch across a face of a 3-D label volume."""
-    pairs = []
-    for axis in range(3):
-        a = np.moveaxis(labels, axis, 0)[:-1].ravel()
-        b = np.moveaxis(labels, axis, 0)[1:].ravel()
-        touching = (a != b) & (a != 0) & (b != 0)
-        pairs.append(np.stack([np.minimum(a, b)[touching], np.maximum(a, b)[touching]], axis=1))
-    return len(np.unique(np.concatenate(pairs), axis=0))
 
 
 def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[float, float] | None = None) -> dict:
