@@ -68,7 +68,8 @@ class BaselineResult:
 
 
 class RssSampler:
-    """Peak RSS of a process and its children, sampled every ``interval`` seconds in a thread."""
+    """Peak RSS (bytes) of a process and its children, sampled every ``interval`` seconds in a thread: ``peak`` of
+    the whole tree at one sample, ``peaks`` of each process (by pid)."""
 
     def __init__(self, pid: int, interval: float = 0.1):
         import psutil
@@ -76,6 +77,7 @@ class RssSampler:
         self.process = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -86,15 +88,29 @@ class RssSampler:
         while not self._stop.is_set():
             try:
                 processes = [self.process] + self.process.children(recursive=True)
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in processes))
-            except psutil.NoSuchProcess:
-                pass
+            except psutil.NoSuchProcess:  # the measured process has ended
+                break
+            total = 0
+            for process in processes:
+                try:
+                    rss = process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+                total += rss
+                self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
+            self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
     def stop(self) -> int:
+        """The peak of the whole tree."""
         self._stop.set()
         self._thread.join()
         return self.peak
+
+    @property
+    def largest(self) -> int:
+        """The largest peak of any one process."""
+        return max(self.peaks.values(), default=0)
 
 
 def run_baseline(

@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,48 +37,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.baselines import run_baseline  # noqa: E402
+from benchmarks.baselines import RssSampler, run_baseline  # noqa: E402
 from blockwise.layout import RunDir, segment_run_dir, segmentation_name  # noqa: E402
 from blockwise.testing import chunk_digests, load_labels, mirror_to, segment_argv, write_affinities  # noqa: E402
 
 #: Agglomeration thresholds (9, as in the issue's table).
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-class TreeSampler:
-    """Peak RSS (bytes) of each process in the tree of ``pid``, sampled every ``interval`` s."""
-
-    def __init__(self, pid: int, interval: float = 0.1):
-        import psutil
-
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peaks: dict[int, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                processes = [self.root] + self.root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                break
-            for process in processes:
-                try:
-                    rss = process.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-                self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
-            self._stop.wait(self.interval)
-
-    def stop(self) -> int:
-        """The largest peak of any one process."""
-        self._stop.set()
-        self._thread.join()
-        return max(self.peaks.values(), default=0)
 
 
 def affcons_segment(source: Path, affs: str, out: Path, thresholds, block, context, workers: int) -> dict:
@@ -89,14 +52,13 @@ def affcons_segment(source: Path, affs: str, out: Path, thresholds, block, conte
     log = out.parent / f"{out.stem}.log"
     start = time.perf_counter()
     with open(log, "w") as output:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "affcons.cli", *argv], stdout=output, stderr=subprocess.STDOUT, cwd=source,
-            env=environment,
-        )  # fmt: skip
-        sampler = TreeSampler(child.pid)
+        command = [sys.executable, "-m", "affcons.cli", *argv]
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=source, env=environment)
+        sampler = RssSampler(child.pid)
         code = child.wait()
     wall = time.perf_counter() - start
-    peak = sampler.stop()
+    sampler.stop()
+    peak = sampler.largest  # the largest process: the driver or one worker
     if code != 0:
         raise RuntimeError(f"affcons segment ({source}) failed with exit code {code}; see {log}")
     summary = json.loads(RunDir(segment_run_dir(out)).summary.read_text())
