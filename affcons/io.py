@@ -304,8 +304,19 @@ def create_volume(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **(attrs or {}),
     }
-    # Created under a hidden temporary name and renamed into place: a crash leaves the old state or the complete new
-    # array, never a half-written one (the existence of an output marks it created).
+    create_array_atomically(
+        volume, shape, chunks, dtype, compressors, attributes, list(axis_names), replace=existing is not None
+    )
+    return open_volume(volume, "r+")
+
+
+def create_array_atomically(
+    path: PathLike, shape, chunks, dtype, compressors, attributes: dict, dimension_names, replace: bool = False
+) -> None:
+    """Create the zarr v3 array ``c.zarr/name`` under a hidden temporary name and rename it into place: a crash
+    leaves the old state or the complete new array, never a half-written one (the existence of an output marks it
+    created). ``replace`` removes an existing array at ``path`` first."""
+    volume = split_dataset_path(path)
     parent, _, leaf = volume.dataset.rpartition("/")
     temporary = "/".join(filter(None, [parent, f".{leaf}.{os.getpid()}.tmp"]))
     shutil.rmtree(volume.container / temporary, ignore_errors=True)
@@ -317,13 +328,12 @@ def create_volume(
         dtype=dtype,
         compressors=compressors,
         attributes=attributes,
-        dimension_names=list(axis_names),
+        dimension_names=list(dimension_names),
         zarr_format=3,
     )
-    if existing is not None:  # mode "w"
-        shutil.rmtree(dataset_dir)
-    os.rename(volume.container / temporary, dataset_dir)
-    return open_volume(volume, "r+")
+    if replace:
+        shutil.rmtree(volume.container / volume.dataset)
+    os.rename(volume.container / temporary, volume.container / volume.dataset)
 
 
 def check_volume(

@@ -12,8 +12,6 @@ same bytes.
 """
 
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -164,11 +162,12 @@ class PyramidDriver(Driver):
         return 0
 
     def create_levels(self) -> list[bool]:
-        """The output group (with this run's provenance) and every level's array, each created under a temporary
-        name and renamed, so it appears complete or not at all; True per level created now."""
+        """The output group (with this run's provenance) and every level's array, each created atomically
+        (:func:`affcons.io.create_array_atomically`); True per level created now."""
         import zarr
 
         from affcons.codecs import zarr_compressors
+        from affcons.io import create_array_atomically
 
         config = self.config
         container, group = group_location(config.out)
@@ -177,26 +176,22 @@ class PyramidDriver(Driver):
         channel_names = ["c^"] if len(config.channels) == 1 else [f"c{i}^" for i in range(len(config.channels))]
         fresh = []
         for level in range(len(config.factors)):
-            path = Path(container) / group / level_name(level)
-            if path.exists():
+            path = f"{container}/{group}/{level_name(level)}"
+            if Path(path).exists():
                 fresh.append(False)
                 continue
-            temporary = path.with_name(f".{path.name}.creating-{os.getpid()}")
-            shutil.rmtree(temporary, ignore_errors=True)
             _, shape = level_geometry(config, level)
             try:
-                zarr.create_array(
-                    str(temporary),
+                create_array_atomically(
+                    path,
                     shape=tuple(config.channels) + tuple(shape),
                     chunks=tuple(config.channels) + tuple(level_chunks(config, level)),
                     dtype=config.dtype,
-                    fill_value=0,
                     compressors=zarr_compressors(config.compression),
+                    attributes={},
                     dimension_names=channel_names[: len(config.channels)] + ["z", "y", "x"],
-                    zarr_format=3,
                 )
             except (OSError, ValueError) as error:
                 raise VolumeError(f"{path}: cannot create level {level}: {error}") from error
-            os.replace(temporary, path)
             fresh.append(True)
         return fresh
