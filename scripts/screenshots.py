@@ -13,9 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.browser import HeadlessChromium, find_chromium, settled_screenshot  # noqa: E402
-
-READY = "window.viewer !== undefined && viewer.isReady()"
+from tests.browser import NEUROGLANCER_READY, HeadlessChromium, find_chromium, settled_screenshot  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +32,7 @@ def main() -> int:
         url = viewer.stdout.readline().strip().removeprefix("neuroglancer: ")
         with HeadlessChromium(executable, width=1000, height=700, timeout_s=240) as browser:
             browser.open(url)
-            settled_screenshot(browser, READY, "the run's layers to render")
+            settled_screenshot(browser, NEUROGLANCER_READY, "the run's layers to render")
             browser.screenshot(args.docs / "viewer.png")
             with tempfile.TemporaryDirectory() as scratch:
                 report = Path(scratch) / "report.html"

@@ -40,6 +40,10 @@ CHROMIUM_FLAGS = (
 )
 
 
+#: True once a neuroglancer page has its viewer and considers it ready (all visible chunks requested).
+NEUROGLANCER_READY = "window.viewer !== undefined && viewer.isReady()"
+
+
 def find_chromium() -> str | None:
     """The Chromium executable: ``$AFFCONS_CHROMIUM``, else ``/usr/bin/chromium`` or ``chromium`` on PATH."""
     for candidate in (os.environ.get("AFFCONS_CHROMIUM"), "/usr/bin/chromium", "chromium"):

@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from affcons.cli import main as cli_main
-from tests.browser import chromium, element_box, region_stats, settled_screenshot  # noqa: F401 (fixture)
+from tests.browser import NEUROGLANCER_READY, chromium, element_box, region_stats, settled_screenshot  # noqa: F401 (fixture)
 from tests.test_predict import make_checkpoint
 from tests.test_run import job_config
-from tests.test_viewer import PANEL, READY, centre, colourfulness
+from tests.test_viewer import PANEL, centre, colourfulness
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_view_of_a_run_serves_raw_and_the_best_segmentation_to_chromium(job_run,
         best = json.loads((job_run / "summary.json").read_text())["metrics"]["best"]["threshold"]
         assert url.startswith("http://127.0.0.1:") and f"raw, segmentation_{best:.2f}" in shown, (url, shown)
         chromium.open(url)
-        image = settled_screenshot(chromium, READY, "raw and the best segmentation to render")
+        image = settled_screenshot(chromium, NEUROGLANCER_READY, "raw and the best segmentation to render")
         box = centre(element_box(chromium, PANEL), size=120)
         stats = region_stats(image, box)
         assert stats["non_black_fraction"] > 0.9 and stats["distinct_levels"] > 30, stats

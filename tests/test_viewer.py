@@ -17,13 +17,12 @@ from affcons.io import create_volume
 from affcons.multiscale import downsample_block, write_multiscales_metadata
 from affcons.synthetic import degraded_affinities
 from affcons.viewer import DataServer, Layer, layers_from_container, serve, volume_info
-from tests.browser import chromium, element_box, region_stats, settled_screenshot  # noqa: F401 (fixture)
+from tests.browser import NEUROGLANCER_READY, chromium, element_box, region_stats, settled_screenshot  # noqa: F401 (fixture)
 from tests.data_paths import ISBI, isbi_labels
 
 VOXEL = (50, 4, 4)
 CROP = (slice(0, 10), slice(0, 256), slice(0, 256))
 INNER = (slice(2, 8), slice(64, 192), slice(96, 224))  # a sub-crop of CROP, stored at its own offset
-READY = "window.viewer !== undefined && viewer.isReady()"
 PANEL = ".neuroglancer-rendered-data-panel"
 
 
@@ -172,7 +171,7 @@ def test_viewer_shows_raw_segmentation_and_affinities_in_chromium(container, chr
     try:
         hide_decorations(session)
         chromium.open(session.url)
-        image = settled_screenshot(chromium, READY, "raw and segmentation_0.60 to render")
+        image = settled_screenshot(chromium, NEUROGLANCER_READY, "raw and segmentation_0.60 to render")
         box = centre(element_box(chromium, PANEL))
         stats = region_stats(image, box)
         assert stats["non_black_fraction"] > 0.95, stats
@@ -180,12 +179,12 @@ def test_viewer_shows_raw_segmentation_and_affinities_in_chromium(container, chr
         with_segments = colourfulness(image, box)
 
         show_only(session, "raw")
-        raw_only = settled_screenshot(chromium, READY, "raw alone")
+        raw_only = settled_screenshot(chromium, NEUROGLANCER_READY, "raw alone")
         assert colourfulness(raw_only, box) < 1.0 < with_segments - 20, "segment colours over grey raw"
         assert region_stats(raw_only, box)["distinct_levels"] > 100
 
         show_only(session, "affs")
-        affinities = settled_screenshot(chromium, READY, "affinities (RGB)")
+        affinities = settled_screenshot(chromium, NEUROGLANCER_READY, "affinities (RGB)")
         assert colourfulness(affinities, box) > 5, "affinity channels drawn as RGB"
     finally:
         session.close()
@@ -210,7 +209,7 @@ def test_multiscale_levels_and_offsets_in_chromium(container, chromium, caplog):
             state.cross_section_scale = 4.0  # voxels per screen pixel: level s2 (factor 4 in y and x)
         hide_decorations(session)
         chromium.open(session.url)
-        settled_screenshot(chromium, READY, "the multiscale volume zoomed out")
+        settled_screenshot(chromium, NEUROGLANCER_READY, "the multiscale volume zoomed out")
         assert served("s2") and not served("s1") and not served("s0"), "only the coarsest level when zoomed out"
 
         with session.viewer.txn() as state:
@@ -218,7 +217,7 @@ def test_multiscale_levels_and_offsets_in_chromium(container, chromium, caplog):
         screenshots = {}
         for name in names:
             show_only(session, name)
-            screenshots[name] = settled_screenshot(chromium, READY, f"{name} alone").astype(np.int16)
+            screenshots[name] = settled_screenshot(chromium, NEUROGLANCER_READY, f"{name} alone").astype(np.int16)
         assert served("s0"), "full resolution read when zoomed in"
         top, left, bottom, right = centre(element_box(chromium, PANEL), 500)  # holds the sub-crop, at the centre
         panel = screenshots["crops/inner"][top:bottom, left:right]
