@@ -50,12 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from affcons.affinities import NEAREST_NEIGHBOUR_OFFSETS, affinities_from_labels, shifted_pair_slices  # noqa: E402
 from affcons.config import validate  # noqa: E402
 from affcons.nets import load_model  # noqa: E402
 from affcons.train.config import REPO_ROOT, CRACConfig, PretrainConfig, VolumeConfig  # noqa: E402
 from affcons.train.dataset import load_volume  # noqa: E402
 from affcons.train.validation import predict_volume, score_segmentations  # noqa: E402
+from benchmarks.crac_isbi import boundary_separation  # noqa: E402
 
 ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
 GALA = "data/gala_fibsem"
@@ -233,21 +233,6 @@ def run_pretraining(volume: str, seed: int, settings: dict, args) -> Path:
         },
     )
     return export
-
-
-def boundary_separation(affs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean in-plane affinity of pairs inside one neurite minus that of pairs crossing a boundary (0: no signal)."""
-    target, inside_volume = affinities_from_labels(labels.astype(np.int64), NEAREST_NEIGHBOUR_OFFSETS, unlabelled=None)
-    labelled = labels > 0
-    inside, across = [], []
-    for c in (1, 2):
-        at_p, at_q = shifted_pair_slices(labels.shape, NEAREST_NEIGHBOUR_OFFSETS[c])
-        known = np.zeros(labels.shape, dtype=bool)
-        known[at_p] = labelled[at_p] | labelled[at_q]
-        known &= inside_volume[c] > 0
-        inside.append(affs[c][known & (target[c] == 1)])
-        across.append(affs[c][known & (target[c] == 0)])
-    return float(np.concatenate(inside).mean() - np.concatenate(across).mean())
 
 
 def evaluate(checkpoint: Path, arm: str, volume: str, volumes: dict) -> dict:
