@@ -6,6 +6,7 @@ commands run in-process. Everything is written under pytest's ``tmp_path``.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,7 +230,26 @@ def test_resume_refuses_a_changed_config(pretrained, ema_straight, capsys):
             str(pretrained / "confidence.pt"),
         ]
     )
-    assert code == 2 and "config section 'loss' differs" in capsys.readouterr().err
+    assert code == 2 and "loss.detach_pseudo differ from the checkpoint's config" in capsys.readouterr().err
+
+
+def test_resume_compares_the_confidence_checkpoint_by_content(pretrained, ema_straight, tmp_path, capsys):
+    """A moved copy of the confidence net resumes; a confidence net with other weights is named as the change."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ema_straight, run_dir)
+    moved = tmp_path / "moved" / "confidence.pt"
+    moved.parent.mkdir()
+    shutil.copy(pretrained / "confidence.pt", moved)
+    common = ["train", "-c=isbi_ema_smoke", "--run-dir", str(run_dir), "--resume", "--no-validation"]
+    assert cli_main([*common, "--confidence-checkpoint", str(moved)]) == 0
+    state = torch.load(moved, weights_only=False)
+    state["models"] = {
+        net: {key: value + 1 for key, value in weights.items()} for net, weights in state["models"].items()
+    }
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    assert cli_main([*common, "--confidence-checkpoint", str(other)]) == 2
+    assert "pseudo.s2.checkpoint differ from the checkpoint's config" in capsys.readouterr().err
 
 
 def test_supervised_baseline_and_missing_confidence_checkpoint(tmp_path, capsys):

@@ -16,6 +16,7 @@ Contracts:
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ import torch
 from affcons.config import validate
 from affcons.errors import CheckpointError, ConfigError, OutputExistsError
 from affcons.train.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
+from affcons.train.config import resolve_path
 from affcons.train.dataset import LoadedVolume, make_loader
 from affcons.train.validation import default_stride, is_better, predict_volume, score_segmentations
 
@@ -166,12 +168,12 @@ class Trainer:
             raise CheckpointError(f"{path}: the recorded config is unusable: {error}") from None
         recorded = _comparable(recorded_config.model_dump(mode="json"))
         current = _comparable(self.config.model_dump(mode="json"))
-        for section in sorted(set(recorded) | set(current)):
-            if recorded.get(section) != current.get(section):
-                raise CheckpointError(
-                    f"{path}: config section {section!r} differs from the checkpoint's; resume with the same config "
-                    f"or start a new --run-dir"
-                )
+        changed = _differences(recorded, current)
+        if changed:
+            raise CheckpointError(
+                f"{path}: {', '.join(changed)} differ from the checkpoint's config; resume with the same config or "
+                f"start a new --run-dir"
+            )
         for name, module in self.strategy.trained.items():
             self._load_module(module, state["models"], name, path)
         if self.strategy.ema is not None:
@@ -384,7 +386,32 @@ def _comparable(config: dict) -> dict:
     data.pop("num_workers", None)
     fixed["data"] = data
     fixed["seed"] = config.get("run", {}).get("seed")
+    s2 = fixed.get("pseudo", {}).get("s2")
+    if isinstance(s2, dict) and s2.get("checkpoint"):  # the confidence net by content: a moved file may resume
+        fixed["pseudo"] = {**fixed["pseudo"], "s2": {**s2, "checkpoint": _file_identity(s2["checkpoint"])}}
     return fixed
+
+
+def _file_identity(name: str) -> str:
+    """``sha256:<hex>`` of the file ``name`` (repository-relative or absolute), or ``name`` itself if it is absent."""
+    path = resolve_path(name)
+    if not path.is_file():
+        return name
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _differences(recorded, current, name: str = "") -> list[str]:
+    """Dotted names of the keys whose values differ between two nested config dicts."""
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return [name or "the config"] if recorded != current else []
+    names = []
+    for key in sorted(set(recorded) | set(current)):
+        names += _differences(recorded.get(key), current.get(key), f"{name}.{key}" if name else key)
+    return names
 
 
 def prepare_stage_dir(stage_dir: Path, resume: bool) -> None:
