@@ -21,6 +21,7 @@ overwrites its own chunks and store rows, so a resumed run -- also after SIGKILL
 same bytes as an uninterrupted one.
 """
 
+import math
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from blockwise.layout import (
 )
 from blockwise.runner import Driver
 from blockwise.steps.agglomerate import GlobalAgglomeration
-from blockwise.steps.base import check_affinity_values, links_box
+from blockwise.steps.base import check_affinity_values, ids_dtype, links_box
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.extract import ExtractStep
 from blockwise.steps.fragments import FragmentsStep
@@ -360,7 +361,8 @@ class SegmentDriver(Driver):
             return False
         self._create(links_box(self.config).path, dtype=np.uint8, mode="w")
         inject_fault("driver", -1, "after-links")
-        self._create(self.out / FRAGMENTS)
+        grid = [math.ceil(r / b) for r, b in zip(self.config.roi_shape, self.config.block_size)]
+        self._create(self.out / FRAGMENTS, dtype=ids_dtype(math.prod(grid), math.prod(self.config.block_voxels)))
         inject_fault("driver", -1, "after-fragments")
         return True
 
@@ -368,10 +370,13 @@ class SegmentDriver(Driver):
         name = segmentation_name(threshold)
         if read_attrs(self.out / name) is not None:
             return False
-        self._create(self.out / name, threshold=threshold)
+        import zarr
+
+        fragments_dtype = zarr.open_array(str(self.out / FRAGMENTS), mode="r").dtype  # uint64 in older runs
+        self._create(self.out / name, dtype=fragments_dtype, threshold=threshold)
         return True
 
-    def _create(self, path, dtype=np.uint64, mode: str = "w-", **extra) -> None:
+    def _create(self, path, dtype, mode: str = "w-", **extra) -> None:
         """Create the zarr dataset ``path`` (``OUT.zarr/NAME``) on the run's grid."""
         from funlib.geometry import Roi
 

@@ -13,6 +13,7 @@ from affcons.synthetic import degraded_affinities
 from blockwise.config import SegmentConfig
 from blockwise.plan import KASTHURI_SHAPE, MEASURED, project, read_voxels
 from blockwise.registry import step_class
+from blockwise.steps.base import ids_dtype
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.fragments import FragmentsStep
 from blockwise.testing import load_labels, mirror_to, run_cli, segment_argv, tree_snapshot, write_affinities
@@ -80,6 +81,14 @@ def test_block_grid_indices_round_trip_and_fragment_id_ranges_do_not_overlap():
     ranges = [(step.first_id(i) + 1, step.first_id(i) + step.voxels_per_block) for i in range(step.num_blocks)]
     assert all(high < ranges[i + 1][0] for i, (_, high) in enumerate(ranges[:-1]))
     assert ranges[-1][1] < 2**63
+    assert step.ids_dtype == np.uint32 and ranges[-1][1] <= np.iinfo(step.ids_dtype).max
+
+
+def test_ids_dtype_is_uint32_exactly_while_the_largest_id_fits():
+    blocks = (2**32 - 1) // (128**3 + 1)  # 2047 blocks of 128^3 voxels: the largest id is below 2^32
+    assert ids_dtype(blocks, 128**3) == np.uint32
+    assert ids_dtype(blocks + 1, 128**3) == np.uint64
+    assert ids_dtype(1, 2**32 - 2) == np.uint32 and ids_dtype(1, 2**32 - 1) == np.uint64  # 2^32 - 1 is the largest
 
 
 def test_node_table_of_dense_ids_equals_that_of_shifted_sparse_ids():

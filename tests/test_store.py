@@ -278,6 +278,31 @@ def test_block_reads_use_the_block_indexes(store_url, tmp_path):
             assert ["block", "crossing"] in edge_indexes and ["block"] in node_indexes
 
 
+def test_internal_and_crossing_parts_replace_only_their_own_rows(store_url):
+    """The fragments step writes a block's internal edges, the edges step its crossing ones: each write (and retry)
+    replaces only its part, a row of the other part is refused, and together they are the block's whole table."""
+    with open_store(store_url, "w", histogram_bins=BINS) as store:
+        for block in range(GRID[0] * GRID[1]):
+            nodes, edges = grid_tables(block)
+            internal = np.isin(owner(edges.u), [block]) & np.isin(owner(edges.v), [block])
+            store.write_nodes(block, nodes)
+            store.write_edges(block, select(edges, ~internal), part="crossing")  # order does not matter
+            store.write_edges(block, select(edges, internal), part="internal")
+            store.write_edges(block, select(edges, ~internal), part="crossing")  # a retry replaces its own rows
+            if block == 4:
+                with pytest.raises(StoreError, match=r"block 4: edge \(\d+, \d+\) is internal, not crossing"):
+                    store.write_edges(block, edges, part="crossing")
+                with pytest.raises(StoreError, match=r"block 4: edge \(\d+, \d+\) is crossing, not internal"):
+                    store.write_edges(block, edges, part="internal")
+                with pytest.raises(StoreError, match="part must be one of all, internal, crossing"):
+                    store.write_edges(block, edges, part="faces")
+        everything = EdgeTable.concatenate([grid_tables(b)[1] for b in range(GRID[0] * GRID[1])], BINS).combine()
+        assert_edges_equal(store.read_edges(), everything)
+        assert_edges_equal(
+            store.read_block_edges([4]), select(everything, (owner(everything.u) == 4) & (owner(everything.v) == 4))
+        )
+
+
 # ----------------------------------------------------------------------------------------- idempotent block writes
 
 

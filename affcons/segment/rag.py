@@ -26,6 +26,7 @@ def edge_table(
     histogram_bins: int = 0,
     lower_context=(0, 0, 0),
     links: np.ndarray | None = None,
+    channels=(0, 1, 2),
 ) -> EdgeTable:
     """The RAG of ``fragments`` with statistics of ``affs`` (channels 0-2 used).
 
@@ -42,6 +43,8 @@ def edge_table(
             neighbouring block below).
         links: optional uint8 (z, y, x) face-link bits aligned with ``fragments`` (see
             :func:`affcons.segment.stitch.face_links`); fills the table's ``linked`` column.
+        channels: the axes (0 z, 1 y, 2 x) whose voxel pairs are counted; e.g. ``(0,)`` with ``lower_context`` (1,
+            0, 0) on a slab of two z-sections: the pairs across one face between two blocks.
     """
     if affs.ndim != 4 or affs.shape[0] < 3 or affs.shape[1:] != fragments.shape:
         raise VolumeError(f"affinities {affs.shape} must be (C >= 3,) + fragments shape {fragments.shape}")
@@ -52,8 +55,10 @@ def edge_table(
         raise VolumeError(f"face links {links.shape} must have the fragments' shape {fragments.shape}")
     if affs.dtype != np.uint8 and not np.issubdtype(affs.dtype, np.floating):
         raise VolumeError(f"affinities must be uint8 (0-255) or float in [0, 1], got dtype {affs.dtype}")
+    if not set(channels) <= {0, 1, 2}:
+        raise ValueError(f"channels must be axes among 0, 1, 2, got {channels}")
     pieces_u, pieces_v, pieces_aff, pieces_quantised, pieces_linked = [], [], [], [], []
-    for channel in range(3):
+    for channel in sorted(set(channels)):
         # p ranges over voxels outside the context whose partner p - e_channel lies inside the array
         low = [max(starts[axis], int(axis == channel)) for axis in range(3)]
         p_slices = tuple(slice(low[axis], size) for axis, size in enumerate(fragments.shape))
@@ -74,6 +79,8 @@ def edge_table(
             pieces_quantised.append(affinities_to_uint8(values))
         if links is not None:
             pieces_linked.append(pair_linked(links[p_slices], links[q_slices], channel)[crossing])
+    if not pieces_u:
+        return EdgeTable.empty(histogram_bins)
     u = np.concatenate(pieces_u)
     v = np.concatenate(pieces_v)
     values = np.concatenate(pieces_aff)

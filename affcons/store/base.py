@@ -33,6 +33,8 @@ from affcons.segment.tables import ID_DTYPE, EdgeTable, NodeTable
 MODES = ("r", "a", "w")
 SCHEMA_VERSION = 3  # 2: edges carry ``linked`` (face stitching); 3: ``quantised_sum`` and the ``crossing`` flag
 DEFAULT_BATCH_SIZE = 1000
+#: What :meth:`RagStore.write_edges` replaces of a block's edges.
+EDGE_PARTS = ("all", "internal", "crossing")
 MAX_INT64 = 2**63 - 1
 
 # (begin, end) in nm per axis (z, y, x); None where the ROI is unbounded along that side.
@@ -134,14 +136,19 @@ class RagStore(ABC):
             raise StoreError(f"{self.url}: block {block}: node positions must be finite")
         self._replace_nodes(block, ids, nodes.position, size)
 
-    def write_edges(self, block_id: int, edges: EdgeTable) -> None:
-        """Store the edges of block ``block_id``, replacing whatever that block wrote before.
+    def write_edges(self, block_id: int, edges: EdgeTable, part: str = "all") -> None:
+        """Store the edges of block ``block_id``, replacing whatever that block wrote before (of ``part``).
 
         Rows need ``u < v < 2^63``, no (u, v) twice (use :meth:`EdgeTable.combine`), finite sums and
         ``edges.histogram_bins == self.histogram_bins``. An edge stored by another block is refused (StoreError
         naming the edge and that block). For the block reads, one endpoint of each edge should be a node of this
         block; an edge is stored as *crossing* unless both endpoints are nodes this block has already written.
+        ``part``: ``all`` replaces every edge of the block; ``internal`` / ``crossing`` replace only the block's
+        internal / crossing edges and refuse a row of the other kind (the blockwise fragments step writes a block's
+        internal edges, the edges step its crossing ones).
         """
+        if part not in EDGE_PARTS:
+            raise StoreError(f"{self.url}: part must be one of {', '.join(EDGE_PARTS)}, got {part!r}")
         block = self._writable_block(block_id)
         if not isinstance(edges, EdgeTable):
             raise StoreError(f"{self.url}: write_edges needs an EdgeTable, got {type(edges).__name__}")
@@ -170,7 +177,16 @@ class RagStore(ABC):
             raise StoreError(f"{self.url}: block {block}: edge affinity sums must be finite")
         own = self._block_node_ids(block)
         crossing = ~(np.isin(u, own) & np.isin(v, own))
-        self._replace_edges(block, u, v, edges.affinity_sum, count, edges.histogram, linked, quantised, crossing)
+        if part != "all":
+            wrong = np.flatnonzero(crossing != (part == "crossing"))
+            if len(wrong):
+                i = int(wrong[0])
+                kind = "crossing" if crossing[i] else "internal"
+                raise StoreError(f"{self.url}: block {block}: edge ({u[i]}, {v[i]}) is {kind}, not {part}")
+        replaced = None if part == "all" else part == "crossing"
+        self._replace_edges(
+            block, u, v, edges.affinity_sum, count, edges.histogram, linked, quantised, crossing, replaced
+        )
 
     def set_meta(self, key: str, value: dict) -> None:
         """Store the JSON-serialisable mapping ``value`` under ``key`` (e.g. the run config fingerprint)."""
@@ -366,9 +382,12 @@ class RagStore(ABC):
         """Delete block's nodes, insert int64 ``ids`` [N], float64 ``position`` [N, 3] and int64 ``size`` [N]."""
 
     @abstractmethod
-    def _replace_edges(self, block: int, u, v, affinity_sum, count, histogram, linked, quantised, crossing) -> None:
-        """Delete block's edges, insert int64 u, v [E], float64 sum [E], int64 count [E], uint32 histogram [E, B],
-        int64 linked [E], int64 quantised sum [E], bool crossing [E]."""
+    def _replace_edges(
+        self, block: int, u, v, affinity_sum, count, histogram, linked, quantised, crossing, replaced: bool | None
+    ) -> None:
+        """Delete block's edges (those whose crossing flag is ``replaced``; all if None), insert int64 u, v [E],
+        float64 sum [E], int64 count [E], uint32 histogram [E, B], int64 linked [E], int64 quantised sum [E], bool
+        crossing [E]."""
 
     @abstractmethod
     def _read_node_batches(self, bounds: Bounds | None) -> Iterator[tuple]:

@@ -104,10 +104,11 @@ class MongoRagStore(RagStore):
 
     # ---------------------------------------------------------------------------------------------------- writes
 
-    def _replace(self, collection, block: int, documents, what: str, key_of) -> None:
-        """Delete block's documents, then insert ``documents`` in unordered batches of ``batch_size``."""
+    def _replace(self, collection, block: int, documents, what: str, key_of, where: dict | None = None) -> None:
+        """Delete block's documents (those matching ``where`` too), then insert ``documents`` in unordered batches
+        of ``batch_size``."""
         with self._errors(f"writing {what} of block {block}"):
-            collection.delete_many({"block": block})
+            collection.delete_many({"block": block, **(where or {})})
             for chunk in batched(documents, self.batch_size):
                 try:
                     collection.insert_many(chunk, ordered=False)
@@ -131,7 +132,9 @@ class MongoRagStore(RagStore):
         )
         self._replace(self._db.nodes, block, documents, "nodes", lambda doc: {"_id": doc["_id"]})
 
-    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked, quantised, crossing) -> None:
+    def _replace_edges(
+        self, block, u, v, affinity_sum, count, histogram, linked, quantised, crossing, replaced
+    ) -> None:
         documents = (
             {"u": a, "v": b, "sum": s, "count": n, "hist": h, "linked": k, "qsum": q, "crossing": c, "block": block}
             for a, b, s, n, h, k, q, c in zip(
@@ -145,7 +148,8 @@ class MongoRagStore(RagStore):
                 crossing.tolist(),
             )
         )
-        self._replace(self._db.edges, block, documents, "edges", lambda doc: {"u": doc["u"], "v": doc["v"]})
+        where = None if replaced is None else {"crossing": replaced}
+        self._replace(self._db.edges, block, documents, "edges", lambda doc: {"u": doc["u"], "v": doc["v"]}, where)
 
     def _set_meta_text(self, key, text) -> None:
         with self._errors(f"writing meta {key!r}"):

@@ -142,7 +142,9 @@ class SQLiteRagStore(RagStore):
                         ) from None
             raise StoreError(f"{self.url}: block {block}: a node id is already stored by another block") from None
 
-    def _replace_edges(self, block, u, v, affinity_sum, count, histogram, linked, quantised, crossing) -> None:
+    def _replace_edges(
+        self, block, u, v, affinity_sum, count, histogram, linked, quantised, crossing, replaced
+    ) -> None:
         rows = zip(
             u.tolist(),
             v.tolist(),
@@ -156,7 +158,12 @@ class SQLiteRagStore(RagStore):
         )
         try:
             with self._errors(f"writing edges of block {block}"), self._transaction():
-                self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
+                if replaced is None:
+                    self._connection.execute("DELETE FROM edges WHERE block = ?", (block,))
+                else:
+                    self._connection.execute(
+                        "DELETE FROM edges WHERE block = ? AND crossing = ?", (block, int(replaced))
+                    )
                 for chunk in batched(rows, self.batch_size):
                     self._connection.executemany(
                         "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, quantised_sum, crossing, "

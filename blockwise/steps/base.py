@@ -102,6 +102,11 @@ class BlockwiseStep:
         """Fragment ids of a block are ``first_id + 1 .. first_id + voxels_per_block``."""
         return block_index * (self.voxels_per_block + 1)
 
+    @property
+    def ids_dtype(self) -> np.dtype:
+        """The narrowest of uint32 and uint64 that holds every fragment (and so every segment) id of the run."""
+        return ids_dtype(self.num_blocks, self.voxels_per_block)
+
     def ensure_setup(self) -> None:
         """:meth:`setup` once per process; :meth:`teardown` at exit."""
         if not self._ready:
@@ -113,8 +118,16 @@ class BlockwiseStep:
         return self.run_dir.timers(self.task_id)
 
 
+def ids_dtype(num_blocks: int, voxels_per_block: int) -> np.dtype:
+    """uint32 if the largest possible fragment id, ``num_blocks * (voxels_per_block + 1)``, fits, else uint64
+    (half the bytes to compress and write; e.g. 128^3 blocks: up to 2047 blocks, a 1.6^3 Gvoxel volume)."""
+    largest = num_blocks * (voxels_per_block + 1)
+    return np.dtype(np.uint32 if largest <= np.iinfo(np.uint32).max else np.uint64)
+
+
 def fragments_box(config, writable: bool = False) -> Box:
-    """``OUT.zarr/fragments``: uint64, the run's ROI, the affinities' voxel size."""
+    """``OUT.zarr/fragments``: the ids of :func:`ids_dtype` (uint64 in runs made before it), the run's ROI, the
+    affinities' voxel size."""
     return Box(str(config.out), FRAGMENTS, tuple(config.roi_offset), tuple(config.voxel_size), writable)
 
 

@@ -1,14 +1,16 @@
-"""Step ``edges``: RAG edges with mergeable statistics per block, each edge produced by exactly one block.
+"""Step ``edges``: the RAG edges across block faces, each edge produced by exactly one block.
 
-Per block: read fragments and affinities of the write ROI grown by ONE voxel at the low side of each axis (where
-that voxel lies inside the run's ROI) and compute :func:`affcons.segment.edge_table` with that ``lower_context``.
-Every voxel pair ``(p, p - e_c)`` is attributed to the block holding ``p``, so pairs across a block face are
-counted once, by the upper block. Fragment ids are unique per block, so an edge (u, v) joins fragments of one block
-or of two face neighbours, and all its voxel pairs lie in the same block: each (u, v) is written by exactly one
-block and the stored table *is* the table of the whole volume (no combining across blocks). Histograms are kept
-only for quantile scoring. Each edge also counts its pairs across a block face that both blocks' watersheds put in
-one basin (the face-link bits the fragments step wrote; ``linked``, see :mod:`affcons.segment.stitch`). The rows go
-to the store in bulk under the block's grid index.
+Every voxel pair ``(p, p - e_c)`` is attributed to the block holding ``p``. The fragments step already stored the
+pairs with both voxels inside a block (the block's *internal* edges, computed while its fragments were in memory);
+this step adds the pairs across each lower face of a block: per axis c with a block below, it reads a slab of two
+sections (the block's first section along c and the last one of the neighbour below: fragments, face-link bits and
+channel c of the affinities) and computes :func:`affcons.segment.edge_table` of the c-pairs only. Fragment ids are
+unique per block, so an edge (u, v) joins fragments of one block or of two face neighbours, and all its voxel pairs
+lie in the same block: each (u, v) is written by exactly one block and the stored table *is* the table of the whole
+volume (no combining across blocks), the same bytes as one :func:`edge_table` of each block grown by one voxel at
+its low sides. Histograms are kept only for quantile scoring. Each face edge also counts its pairs that both
+blocks' watersheds put in one basin (the face-link bits the fragments step wrote; ``linked``, see
+:mod:`affcons.segment.stitch`). The rows go to the store in bulk as the block's *crossing* edges.
 
 This step reads the fragments of the neighbouring blocks below, so it runs after the fragments step has finished
 (see ``docs/design/blockwise.md``: why the steps run one after the other).
@@ -36,18 +38,26 @@ class EdgesStep(GraphStep):
         super().__init__(config, Coordinate(config.voxel_size), writes_fragments=False)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
-        from affcons.segment import edge_table
+        from affcons.segment import EdgeTable, edge_table
 
-        lower = tuple(int(b > r) for b, r in zip(write_roi.begin, self.roi.begin))
-        grow = self.voxel_size * type(self.voxel_size)(lower)
-        read_roi = Roi(write_roi.begin - grow, write_roi.shape + grow)
-        with timers.time("read"):
-            fragments = self.fragments.read(read_roi)
-            affs = self.read_affinities(read_roi, block_index)
-            links = self.links.read(read_roi)
-        with timers.time("compute"):
-            edges = edge_table(fragments, affs, self.config.histogram_bins, lower_context=lower, links=links)
+        bins = self.config.histogram_bins
+        faces = []
+        for axis in range(3):
+            if write_roi.begin[axis] <= self.roi.begin[axis]:
+                continue  # no block below along this axis
+            begin, shape = list(write_roi.begin), list(write_roi.shape)
+            begin[axis] -= self.voxel_size[axis]
+            shape[axis] = 2 * self.voxel_size[axis]
+            slab = Roi(begin, shape)
+            with timers.time("read"):
+                fragments = self.fragments.read(slab)
+                affs = self.read_affinities(slab, block_index)
+                links = self.links.read(slab)
+            with timers.time("compute"):
+                lower = tuple(int(a == axis) for a in range(3))
+                faces.append(edge_table(fragments, affs, bins, lower_context=lower, links=links, channels=(axis,)))
+        edges = EdgeTable.concatenate(faces, bins)  # disjoint: each face pairs this block with another neighbour
         with timers.time("write"):
             inject_fault(self.name, block_index, "partial-write")
-            self.store.write_edges(block_index, edges)
+            self.store.write_edges(block_index, edges, part="crossing")
         timers.count("edges", len(edges))

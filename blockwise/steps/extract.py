@@ -5,7 +5,7 @@ The agglomerate step cuts the merge tree at each threshold and saves the lookup 
 fragment id). Workers memory-map them. Per block the fragments are read once; since the ids of a block are
 ``first_id + 1 .. first_id + m``, its slice of the tables is found by two binary searches and applied by direct
 indexing (a general sorted lookup is the fallback). Each segmentation is written into
-``OUT.zarr/segmentation_<t:.2f>`` (uint64, chunk-aligned write ROIs).
+``OUT.zarr/segmentation_<t:.2f>`` (the fragments' dtype, chunk-aligned write ROIs).
 
 A later run with new thresholds reuses the merge tree: it only cuts and relabels. The task id names the thresholds
 it writes (``extract_0.50_0.70``; for more than four, the first, the last, the count and a digest of all, so the
@@ -98,18 +98,18 @@ class ExtractStep(BlockwiseStep):
             high = int(np.searchsorted(self.ids, np.uint64(first + self.voxels_per_block + 1)))
             ids = np.asarray(self.ids[low:high])
             count = high - low
-            nonzero = fragments != 0
-            local = np.where(nonzero, fragments - np.uint64(first), 0).astype(np.int64)
+            local = np.subtract(fragments, first, dtype=np.int64)  # id - first: 1..count; background: <= 0
+            np.maximum(local, 0, out=local)
             dense = count == 0 or (int(ids[0]) == first + 1 and int(ids[-1]) == first + count)
             dense = dense and int(local.max(initial=0)) <= count
             results = []
-            for segments in self.segments:
+            for segments, output in zip(self.segments, self.outputs):
+                dtype = output.array.dtype  # the fragments' (uint32 where the run's ids fit)
                 table = np.asarray(segments[low:high])
                 if dense:
-                    padded = np.concatenate([np.zeros(1, np.uint64), table])
-                    results.append(padded[local])
+                    results.append(np.concatenate([np.zeros(1, dtype), table.astype(dtype)])[local])
                 else:
-                    results.append(apply_lookup(fragments, ids, table))
+                    results.append(apply_lookup(fragments, ids, table).astype(dtype, copy=False))
         with timers.time("write"):
             for index, (output, segmentation) in enumerate(zip(self.outputs, results)):
                 output.write(write_roi, segmentation)

@@ -4,17 +4,24 @@ Per block: read the uint8 affinities of the write ROI grown by the context (clip
 and run the compiled kernel :func:`affcons.segment.block_fragments`: the watershed of
 :func:`affcons.segment.watershed_from_affinities` (the same bytes), cropped to the write ROI, renumbered densely
 (``1..m`` in raster order of first appearance) plus ``grid_index * (voxels_per_block + 1)``: ids are unique across
-blocks without any coordination, and the same in every run. The fragments are written as uint64 into
-``OUT.zarr/fragments`` (the write ROI covers whole chunks), the nodes (id, centre in nm, size) into the store under
-the block's grid index, replacing whatever a failed earlier attempt of the block wrote. The kernel's phases
-(``levels``, ``distances``, ``seeds``, ``flood``, ``min_size``, ``links``, ``relabel``, ``nodes``) are recorded as
-``compute_<phase>`` in the block's timers (summed per step in ``summary.json``).
+blocks without any coordination, and the same in every run. The fragments are written into ``OUT.zarr/fragments``
+(uint32 where every id of the run fits, see :func:`blockwise.steps.base.ids_dtype`; the write ROI covers whole
+chunks), the nodes (id, centre in nm, size) into the store under the block's grid index, replacing whatever a
+failed earlier attempt of the block wrote. The kernel's phases (``levels``, ``distances``, ``seeds``, ``flood``,
+``min_size``, ``links``, ``relabel``, ``nodes``, then ``edges``) are recorded as ``compute_<phase>`` in the
+block's timers (summed per step in ``summary.json``).
+
+While fragments and affinities are in memory, the block also computes the RAG of its interior (the edges of voxel
+pairs with both voxels in the write ROI, :func:`affcons.segment.edge_table`; phase ``edges``) and stores them as
+the block's *internal* edges; the edges step adds only the pairs across the block's lower faces.
 
 The block also records how its watershed, which sees the context, labels the voxel pairs across each face it shares
 with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.face_links`, written to
 ``RUN_DIR/face_links.zarr/links`` (uint8, the fragments' grid). The edges step turns them into the ``linked``
 counts that stitch fragments cut by a face back together.
 """
+
+import time
 
 import pydantic
 from funlib.geometry import Coordinate, Roi
@@ -43,7 +50,7 @@ class FragmentsStep(GraphStep):
         super().__init__(config, Coordinate(config.context), writes_fragments=True)
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
-        from affcons.segment import block_fragments
+        from affcons.segment import block_fragments, edge_table
 
         options = self.config.fragments
         read_roi = write_roi.grow(self.grow, self.grow).intersect(self.roi)
@@ -68,11 +75,16 @@ class FragmentsStep(GraphStep):
                 per_slice=options.per_slice,
                 seconds=phases,
             )
+            start = time.perf_counter()
+            internal = edge_table(fragments, affs[(slice(None),) + crop], self.config.histogram_bins)
+            phases["edges"] = time.perf_counter() - start
         for phase, seconds in phases.items():
             timers.add(f"compute_{phase}", seconds)
         with timers.time("write"):
-            self.fragments.write(write_roi, fragments)
+            self.fragments.write(write_roi, fragments.astype(self.fragments.array.dtype, copy=False))
             self.links.write(write_roi, links)
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_nodes(block_index, nodes)
+            self.store.write_edges(block_index, internal, part="internal")
         timers.count("nodes", len(nodes))
+        timers.count("internal_edges", len(internal))
