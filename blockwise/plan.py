@@ -138,6 +138,7 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
     """The blocks, sizes and estimated cost of ``config`` (see the module docstring); ``density`` (fragments and
     edges per voxel, e.g. from :func:`sample_density`) replaces the rates' assumed density."""
     from affcons.store.base import redact
+    from blockwise.steps.base import ids_dtype
 
     if density is not None:
         rates = replace(rates, nodes_per_voxel=density[0], edges_per_voxel=density[1])
@@ -162,6 +163,7 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
         "agglomerate": edges / rates.store_read_edges_per_s + edges / rates.agglomerate_edges_per_s,
         "extract": voxels * len(thresholds) / rates.extract_voxels_per_s / workers,
     }
+    ids = ids_dtype(math.prod(grid), math.prod(block_voxels))
     plan = {
         "volume": {
             "affs": config.affs,
@@ -183,7 +185,8 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
         "outputs": {
             "fragments": f"{config.out}/fragments",
             "segmentations": [f"{config.out}/segmentation_{t:.2f}" for t in thresholds],
-            "bytes_each_uncompressed": voxels * 8,
+            "dtype": ids.name,
+            "bytes_each_uncompressed": voxels * ids.itemsize,
             "run_dir": config.run_dir,
             "graph": redact(config.graph),
             "face_links_bytes_uncompressed": voxels,
@@ -271,7 +274,7 @@ def format_segment_plan(plan: dict) -> str:
         + f" blocks; context {blocks['context_voxels']} voxels -> fragments read {blocks['context_overhead']}x "
         "the volume",
         f"  outputs     {outputs['fragments']} and {len(outputs['segmentations'])} segmentation(s) "
-        f"({', '.join(s.rsplit('/', 1)[-1] for s in outputs['segmentations'])}), uint64, "
+        f"({', '.join(s.rsplit('/', 1)[-1] for s in outputs['segmentations'])}), {outputs['dtype']}, "
         f"{human_bytes(outputs['bytes_each_uncompressed'])} each uncompressed, chunks {blocks['chunk_shape']}",
         f"  run dir     {outputs['run_dir']} (face links: uint8, "
         f"{human_bytes(outputs['face_links_bytes_uncompressed'])} "
