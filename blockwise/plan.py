@@ -209,6 +209,13 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
     return plan
 
 
+#: Thickness of the frozen residual along a box face, in fragment diameters (each side of the face): the boundary
+#: fragments and the clusters whose best edge leads to them. Calibrated on ``benchmarks/hierarchical.py``: level 0
+#: deferred edges were 0.57 of the edges (lattice RAG, 128^3 blocks, 8-voxel fragments; model 0.58) and 0.70 (gala
+#: 512^3, 64^3 blocks, ~9-voxel fragments; model 0.92, so the projection errs high).
+SHELL_DIAMETERS = 2
+
+
 def shell_voxels(boxes_per_axis: list[list[int]], thickness) -> float:
     """Voxels within ``thickness`` (voxels per axis) of the faces of each box of a grid of boxes, summed over the
     boxes (``boxes_per_axis``: the boxes' lengths along each axis; a product grid, so the sum factorises)."""
@@ -227,11 +234,11 @@ def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates:
     block, and the level the worker memory budget (if any) would make the top.
 
     Level 0 holds its block's edges at the assumed density (input table plus :func:`level_bytes_per_edge`). A
-    block of level k >= 1 holds its children's residual: the projection counts the edges within one fragment
-    diameter (from the node density, isotropic in nm) of each child box's faces, where the frozen boundary
-    fragments and their deferred and crossing edges lie, at ``level_bytes_per_edge`` plus an input row each. A
-    model of a surface, not a bound (a plateau of ties keeps more); the run itself decides from the measured states
-    (``summary.json`` reports the estimate and the outcome per level)."""
+    block of level k >= 1 holds its children's residual: the projection counts the edges within
+    :data:`SHELL_DIAMETERS` fragment diameters (from the node density, isotropic in nm) of each child box's faces,
+    where the frozen clusters and their deferred and crossing edges lie, at ``level_bytes_per_edge`` plus an input
+    row each. A model of a surface, not a bound (a plateau of ties keeps more); the run itself decides from the
+    measured states (``summary.json`` reports the estimate and the outcome per level)."""
     from affcons.segment import EdgeTable
     from affcons.segment.agglomerate import parse_scoring
     from affcons.segment.hierarchy import level_bytes_per_edge
@@ -245,6 +252,7 @@ def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates:
     residual_per_edge = per_edge + EdgeTable.bytes_per_edge(bins)
     fragment_nm = (math.prod(config.voxel_size) / rates.nodes_per_voxel) ** (1 / 3)
     diameter = [fragment_nm / v for v in config.voxel_size]
+    thickness = [SHELL_DIAMETERS * d for d in diameter]
     block_edges = math.prod(block_voxels) * rates.edges_per_voxel
     levels, stop, stop_reason = [], top, None
     for level in range(top + 1):
@@ -257,7 +265,7 @@ def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates:
             child = [b * cell // 2 for b in block_voxels]
             children = [box_lengths(n, c) for n, c in zip(box, child)]
             block_bytes = rates.worker_base_bytes + (
-                shell_voxels(children, diameter) * rates.edges_per_voxel * residual_per_edge
+                shell_voxels(children, thickness) * rates.edges_per_voxel * residual_per_edge
             )
         levels.append(
             {
@@ -352,9 +360,9 @@ def format_segment_plan(plan: dict) -> str:
         lines.append(
             f"              level 0: ~{hierarchy['level0_edges_per_block']:.2g} edges per block x "
             f"{hierarchy['level_bytes_per_edge']} B/edge -> ~{human_bytes(hierarchy['level0_worker_bytes'])} per "
-            "worker; levels >= 1 hold their children's frozen residual (a surface: edges within one fragment "
-            f"diameter, {hierarchy['fragment_diameter_voxels']} voxels, of the children's faces; measured per "
-            "level in summary.json)"
+            f"worker; levels >= 1 hold their children's frozen residual (a surface: edges within {SHELL_DIAMETERS} "
+            f"fragment diameters, {hierarchy['fragment_diameter_voxels']} voxels each, of the children's faces; "
+            "measured per level in summary.json)"
         )
         lines.append(
             "              projected memory per block: "

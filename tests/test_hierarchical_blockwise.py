@@ -1,7 +1,8 @@
-"""``affcons segment --agglomeration hierarchical`` end to end (real daisy workers, zarr, SQLite): its merge tree and
-outputs equal the global agglomeration's for three block layouts (2 x 2 x 2; 2 x 4 x 2; the non-power-of-two
-5 x 2 x 4, also with a stop level); a block failing mid-level fails the run naming it, and the re-run resumes to the
-same bytes; bad option values are refused with exit code 2 before anything is written; the dry run lists the levels.
+"""``affcons segment --agglomeration hierarchical`` end to end (real daisy workers, zarr, SQLite; MongoDB once): its
+merge tree and outputs equal the global agglomeration's for three block layouts (2 x 2 x 2, also on MongoDB;
+2 x 4 x 2; the non-power-of-two 5 x 2 x 4, also with a stop level and with a worker memory budget that stops it
+early); a block failing mid-level fails the run naming it, and the re-run resumes to the same bytes; bad option
+values are refused with exit code 2 before anything is written; the dry run lists the levels and the projected stop.
 
 The 2 x 2 x 2 run is compared chunk for chunk with the reliability tests' global reference run (shared within a
 test process); the others with the global canonical tree of their own graph store, built as the global step builds
@@ -81,6 +82,31 @@ def test_hierarchical_outputs_equal_the_global_reference_chunk_for_chunk(tmp_pat
     assert run_cli(reliability_argv(out, extra=HIERARCHICAL)) == 0
     assert chunk_digests(out) == digests
     assert_levels(out, 2)
+
+
+def test_hierarchical_run_on_mongodb_equals_the_global_sqlite_reference(tmp_path, mongodb_url):
+    """The levels' block reads through the MongoDB backend (the nx-27017 wire server): the outputs equal the global
+    SQLite reference run chunk for chunk (grid 2 x 2 x 2)."""
+    import pymongo
+
+    from tests.mongo_server import with_database
+
+    _, digests = reference_run()
+    database = f"affcons_hierarchy_{tmp_path.name[-20:].replace('-', '_')}"
+    out = tmp_path / "out.zarr"
+    try:
+        assert (
+            run_cli(reliability_argv(out, extra=HIERARCHICAL + ["--graph", with_database(mongodb_url, database)])) == 0
+        )
+        assert chunk_digests(out) == digests
+        assert summary_of(out)["config"]["graph"].startswith("mongodb://")
+        assert_levels(out, 2)
+    finally:
+        client = pymongo.MongoClient(mongodb_url, serverSelectionTimeoutMS=3000)
+        try:
+            client.drop_database(database)
+        finally:
+            client.close()
 
 
 def test_non_power_of_two_grid_and_a_stop_level_give_the_global_tree(tmp_path):
