@@ -2,7 +2,7 @@
 process of each level.
 
     nice .venv/bin/python benchmarks/hierarchical.py [--sizes 256 512] [--block 64 64 64] [--workers 2]
-    nice .venv/bin/python benchmarks/hierarchical.py --rag-only 512 1024 [--block 128 128 128] [--workers 2]
+    nice .venv/bin/python benchmarks/hierarchical.py --rag-only 256 512 [--block 64 64 64] [--worker-memory-gb 0.22]
 
 For each size S an S^3 volume is made as ``benchmarks/postprocess.py`` makes it (the gala FIB-SEM ground truth
 mirrored to S^3, one id per connected piece, degraded ground-truth affinities). ``affcons segment`` runs with
@@ -204,9 +204,10 @@ def write_lattice_rag(url: str, size: int, block: int, seed: int = 0) -> tuple[i
     return len(ids), len(pairs)
 
 
-def rag_only_config(work: Path, size: int, block, workers: int, method: str, url: str) -> Path:
-    """A resolved segment config of the lattice volume (``method`` ``global`` or ``hierarchical``) in its own run
-    directory; the affinities it names do not exist (the agglomeration never reads them). Returns its file."""
+def rag_only_config(work: Path, size: int, block, workers: int, method: str, url: str, budget=None) -> Path:
+    """A resolved segment config of the lattice volume (``method`` ``global`` or ``hierarchical``, with the worker
+    memory ``budget`` in bytes if given) in the method's run directory; the affinities it names do not exist (the
+    agglomeration never reads them). Returns its file."""
     from affcons.config import dump_config
     from blockwise.config import SegmentConfig
 
@@ -224,11 +225,11 @@ def rag_only_config(work: Path, size: int, block, workers: int, method: str, url
             "block_size": tuple(b * v for b, v in zip(block, VOXEL_NM)),
             "context": (0, 0, 0),
             "chunk_shape": tuple(block),
-            "agglomerate": {"scoring": "mean", "method": method},
+            "agglomerate": {"scoring": "mean", "method": method, "worker_memory_bytes": budget},
             "execution": {"workers": workers, "progress": False},
         }
     )
-    path = work / f"{method}{size}.yaml"
+    path = work / f"{method}{size}{'-budget' if budget else ''}.yaml"
     dump_config(config, path)
     return path
 
@@ -271,7 +272,17 @@ def import_baseline() -> int:
     return int(subprocess.check_output([sys.executable, "-c", code], cwd=REPO).split()[-1])
 
 
-def measure_rag_only(size: int, block, workers: int, work: Path) -> None:
+def agglomerate_child(config: Path) -> dict:
+    """:func:`agglomerate_only` of ``config`` in a child process; its info (a failure ends the benchmark)."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--agglomerate-only", str(config)], capture_output=True, text=True, cwd=REPO
+    )
+    if output.returncode != 0:
+        sys.exit(f"agglomeration of {config} failed:\n{output.stdout}\n{output.stderr}")
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def measure_rag_only(size: int, block, workers: int, work: Path, budget_gb: float | None = None) -> None:
     url = f"sqlite:///{work / f'rag{size}.db'}"
     start = time.perf_counter()
     nodes, edges = write_lattice_rag(url, size, block[0])
@@ -282,14 +293,7 @@ def measure_rag_only(size: int, block, workers: int, work: Path) -> None:
     )
     infos, luts, trees = {}, {}, {}
     for method in ("global", "hierarchical"):
-        config = rag_only_config(work, size, block, workers, method, url)
-        start = time.perf_counter()
-        output = subprocess.run(
-            [sys.executable, __file__, "--agglomerate-only", str(config)], capture_output=True, text=True, cwd=REPO
-        )
-        if output.returncode != 0:
-            sys.exit(f"{method} agglomeration failed:\n{output.stdout}\n{output.stderr}")
-        infos[method] = json.loads(output.stdout.strip().splitlines()[-1])
+        infos[method] = agglomerate_child(rag_only_config(work, size, block, workers, method, url))
         trees[method], luts[method] = snapshot(RunDir(work / f"{method}{size}.affcons-run"))
     same = all(
         np.array_equal(getattr(trees["global"], name), getattr(trees["hierarchical"], name))
@@ -330,6 +334,24 @@ def measure_rag_only(size: int, block, workers: int, work: Path) -> None:
         f"top level {top['rss_growth_bytes'] / growth:.3f}, assembly {hier['assembly_rss_growth_bytes'] / growth:.3f}; "
         f"absolute peak RSS, top level / global: {top['peak_rss_bytes'] / glob['peak_rss_bytes']:.2f}"
     )
+    if budget_gb is None:
+        return
+    # the same run directory again with a worker memory budget: the levels below the stop are reused
+    run_dir = RunDir(work / f"hierarchical{size}.affcons-run")
+    for path in (run_dir.merge_tree, run_dir.agglomerate_info):
+        path.unlink()
+    shutil.rmtree(run_dir.lut_ids.parent)
+    budget = round(budget_gb * 1e9)
+    info = agglomerate_child(rag_only_config(work, size, block, workers, "hierarchical", url, budget))
+    tree, budget_luts = snapshot(run_dir)
+    stop, top = info["stop"], info["levels"][-1]
+    same = all(np.array_equal(getattr(tree, n), getattr(trees["global"], n)) for n in ("kept", "absorbed", "score"))
+    print(
+        f"  with --worker-memory-gb {budget_gb}: top level {stop['level']} in the {stop['process']}: {stop['reason']}; "
+        f"its peak RSS {top['peak_rss_bytes'] / mb:.0f} MB ({top['rss_growth_bytes'] / mb:.0f} MB above its "
+        f"baseline; estimated {top.get('estimated_block_bytes', 0) / mb:.0f} MB); merge tree equal to the global "
+        f"one: {same}; lookup tables byte-identical: {budget_luts == luts['global']}"
+    )
 
 
 def main() -> None:
@@ -338,6 +360,12 @@ def main() -> None:
     parser.add_argument("--rag-only", nargs="+", type=int, metavar="SIZE", help="lattice RAGs of SIZE^3 voxels")
     parser.add_argument("--block", nargs=3, type=int, default=[64, 64, 64], help="fragment block, voxels")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--worker-memory-gb",
+        type=float,
+        metavar="GB",
+        help="--rag-only: agglomerate again with this worker memory budget (levels below the stop reused)",
+    )
     parser.add_argument("--agglomerate-only", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.agglomerate_only:
@@ -349,7 +377,7 @@ def main() -> None:
         if args.rag_only:
             print(f"a fresh interpreter after a worker's imports: {import_baseline() / 1e6:.0f} MB resident")
             for size in args.rag_only:
-                measure_rag_only(size, tuple(args.block), args.workers, work)
+                measure_rag_only(size, tuple(args.block), args.workers, work, args.worker_memory_gb)
         else:
             for size in args.sizes:
                 measure(size, tuple(args.block), args.workers, work)

@@ -118,7 +118,7 @@ def test_non_power_of_two_grid_and_a_stop_level_give_the_global_tree(tmp_path):
     assert_global_tree(out)
     first_levels = assert_levels(out, 4)["levels"]
     assert [r["blocks"] for r in first_levels] == [40, 6, 2, 1]
-    assert all(r["estimated_block_bytes"] > r["estimated_baseline_bytes"] > 10e6 for r in first_levels[1:])
+    assert all(r["estimated_block_bytes"] > r["estimated_base_bytes"] > 10e6 for r in first_levels[1:])
     assert summary_of(out)["stages"]["agglomerate"]["stop"]["process"] == "worker"
     luts = {p.name: p.read_bytes() for p in run_dir_of(out).lut_ids.parent.iterdir()}
 

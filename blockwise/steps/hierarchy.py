@@ -204,9 +204,10 @@ class HierarchicalAgglomeration:
 
     def estimate(self, level: int) -> dict | None:
         """Memory of the blocks of ``level`` (>= 1) before it runs, from the level below's timer records:
-        ``estimated_block_bytes`` (the largest block: the baseline plus :func:`residual_bytes`),
-        ``estimated_baseline_bytes`` (the largest baseline of the level below's workers) and, for the same
-        residual finished in one process, ``estimated_finish_bytes``. None for level 0 (bounded by the block)."""
+        ``estimated_block_bytes`` (the largest block: ``estimated_base_bytes`` plus :func:`residual_bytes`),
+        ``estimated_base_bytes`` (the largest peak RSS among the level below's processes: a worker's baseline and
+        fixed costs, plus that level's own data, so the sum errs high) and, for the same residual finished in one
+        process, ``estimated_finish_bytes``. None for level 0 (bounded by the block)."""
         from affcons.segment.agglomerate import parse_scoring
 
         if level == 0:
@@ -221,12 +222,12 @@ class HierarchicalAgglomeration:
             parents.setdefault(parent, []).append(record)
         bins = self.config.histogram_bins
         quantile = parse_scoring(self.config.agglomerate.scoring) >= 0
-        baseline = max((int(r.get("baseline_rss_bytes", 0)) for r in records.values()), default=0)
+        base = max((int(r.get("peak_rss_bytes", 0)) for r in records.values()), default=0)
         largest = max((residual_bytes(c, bins, quantile) for c in parents.values()), default=0)
         return {
-            "estimated_block_bytes": baseline + largest,
-            "estimated_baseline_bytes": baseline,
-            "estimated_finish_bytes": baseline + residual_bytes(list(records.values()), bins, quantile),
+            "estimated_block_bytes": base + largest,
+            "estimated_base_bytes": base,
+            "estimated_finish_bytes": base + residual_bytes(list(records.values()), bins, quantile),
         }
 
     def stop_at(self, level: int) -> HierarchyStep:
