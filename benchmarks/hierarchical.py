@@ -349,7 +349,7 @@ def measure_rag_only(size: int, block, workers: int, work: Path, budget_gb: floa
     print(
         f"  with --worker-memory-gb {budget_gb}: top level {stop['level']} in the {stop['process']}: {stop['reason']}; "
         f"its peak RSS {top['peak_rss_bytes'] / mb:.0f} MB ({top['rss_growth_bytes'] / mb:.0f} MB above its "
-        f"baseline; estimated {top.get('estimated_block_bytes', 0) / mb:.0f} MB); merge tree equal to the global "
+        f"baseline; estimated {top.get('estimated_finish_bytes', 0) / mb:.0f} MB); merge tree equal to the global "
         f"one: {same}; lookup tables byte-identical: {budget_luts == luts['global']}"
     )
 

@@ -279,9 +279,15 @@ def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates:
         )
         if budget is not None and level > 0 and stop == top and block_bytes > budget and stop_reason is None:
             stop = level
+            child = [b * cell // 2 for b in block_voxels]
+            everything = [box_lengths(n, c) for n, c in zip(roi_voxels, child)]
+            finish = rates.worker_base_bytes + (
+                shell_voxels(everything, thickness) * rates.edges_per_voxel * residual_per_edge
+            )
             stop_reason = (
                 f"level {level}'s largest block ~{human_bytes(block_bytes)} exceeds the worker budget "
-                f"{human_bytes(budget)}: the driver would finish the residual of level {level - 1} there"
+                f"{human_bytes(budget)}: the driver would finish the residual of level {level - 1} there "
+                f"(~{human_bytes(finish)} in one process)"
             )
     if budget is not None and stop_reason is None:
         stop_reason = f"every level within the worker budget {human_bytes(budget)}"
