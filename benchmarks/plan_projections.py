@@ -1,6 +1,7 @@
 """The ``--dry-run`` plans of ``affcons segment`` for volumes no one has here: Kasthuri15 (10747 x 12895 x 1850 voxels
 at 6 x 6 x 30 nm) with mean and quantile50 scoring, and a 1e12-voxel volume (10^4 voxels per axis at 8 nm), each
-with the hierarchical agglomeration, blocks 64 x 256 x 256 and context 8 x 32 x 32 voxels. RAG densities are the
+with the hierarchical agglomeration, blocks 64 x 256 x 256 and context 8 x 32 x 32 voxels, and a worker memory
+budget of 16 GB (the plan projects which level the driver would finish). RAG densities are the
 plan's assumed ones (Kasthuri15's typical 4e8 edges), rates those measured on this project's machine
 (:data:`blockwise.plan.MEASURED`).
 
@@ -12,6 +13,7 @@ from blockwise.plan import format_segment_plan, segment_plan
 
 BLOCK = (64, 256, 256)
 CONTEXT = (8, 32, 32)
+WORKER_MEMORY_BYTES = 16_000_000_000
 VOLUMES = {
     "Kasthuri15": ((1850, 12895, 10747), (30, 6, 6)),
     "1e12 voxels": ((10000, 10000, 10000), (8, 8, 8)),
@@ -33,7 +35,7 @@ def plan_of(shape, voxel_size, scoring: str, method: str = "hierarchical") -> st
             "block_size": tuple(b * v for b, v in zip(BLOCK, voxel_size)),
             "context": tuple(c * v for c, v in zip(CONTEXT, voxel_size)),
             "chunk_shape": BLOCK,
-            "agglomerate": {"scoring": scoring, "method": method},
+            "agglomerate": {"scoring": scoring, "method": method, "worker_memory_bytes": WORKER_MEMORY_BYTES},
         }
     )
     return format_segment_plan(segment_plan(config))

@@ -212,38 +212,99 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
     return plan
 
 
+#: Thickness of the frozen residual along a box face, in fragment diameters (each side of the face): the boundary
+#: fragments and the clusters whose best edge leads to them. Calibrated on ``benchmarks/hierarchical.py``: level 0
+#: deferred edges were 0.57 of the edges (lattice RAG, 128^3 blocks, 8-voxel fragments; model 0.58) and 0.70 (gala
+#: 512^3, 64^3 blocks, ~9-voxel fragments; model 0.92, so the projection errs high).
+SHELL_DIAMETERS = 2
+
+
+def shell_voxels(boxes_per_axis: list[list[int]], thickness) -> float:
+    """Voxels within ``thickness`` (voxels per axis) of the faces of each box of a grid of boxes, summed over the
+    boxes (``boxes_per_axis``: the boxes' lengths along each axis; a product grid, so the sum factorises)."""
+    whole = math.prod(sum(lengths) for lengths in boxes_per_axis)
+    inner = math.prod(sum(max(n - 2 * t, 0) for n in lengths) for lengths, t in zip(boxes_per_axis, thickness))
+    return whole - inner
+
+
+def box_lengths(size: int, box: int) -> list[int]:
+    """The lengths of the boxes of ``box`` voxels that tile ``size`` voxels (the last one clipped)."""
+    return [min(box, size - begin) for begin in range(0, size, box)]
+
+
 def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates: Rates) -> dict:
-    """The levels of the hierarchical agglomeration: blocks and box per level, and level 0's memory per worker
-    (the block's edges at the assumed density, as input table plus :func:`level_bytes_per_edge`)."""
+    """The levels of the hierarchical agglomeration: blocks and box per level, each level's projected memory per
+    block, and the level the worker memory budget (if any) would make the top.
+
+    Level 0 holds its block's edges at the assumed density (input table plus :func:`level_bytes_per_edge`). A
+    block of level k >= 1 holds its children's residual: the projection counts the edges within
+    :data:`SHELL_DIAMETERS` fragment diameters (from the node density, isotropic in nm) of each child box's faces,
+    where the frozen clusters and their deferred and crossing edges lie, at ``level_bytes_per_edge`` plus an input
+    row each. A model of a surface, not a bound (a plateau of ties keeps more); the run itself decides from the
+    measured states (``summary.json`` reports the estimate and the outcome per level)."""
     from affcons.segment import EdgeTable
     from affcons.segment.agglomerate import parse_scoring
     from affcons.segment.hierarchy import level_bytes_per_edge
     from blockwise.steps.hierarchy import level_grid, top_level
 
     bins = config.histogram_bins
-    top = top_level(grid, config.agglomerate.stop_level)
-    levels = []
+    agglomerate = config.agglomerate
+    budget = agglomerate.worker_memory_bytes
+    top = top_level(grid, agglomerate.stop_level)
+    per_edge = level_bytes_per_edge(bins, parse_scoring(agglomerate.scoring) >= 0)
+    residual_per_edge = per_edge + EdgeTable.bytes_per_edge(bins)
+    fragment_nm = (math.prod(config.voxel_size) / rates.nodes_per_voxel) ** (1 / 3)
+    diameter = [fragment_nm / v for v in config.voxel_size]
+    thickness = [SHELL_DIAMETERS * d for d in diameter]
+    block_edges = math.prod(block_voxels) * rates.edges_per_voxel
+    levels, stop, stop_reason = [], top, None
     for level in range(top + 1):
         cell = 2**level
-        blocks = 1 if level == top else math.prod(level_grid(grid, level))
-        box = roi_voxels if level == top else tuple(min(b * cell, r) for b, r in zip(block_voxels, roi_voxels))
+        is_top = level == top
+        box = roi_voxels if is_top else tuple(min(b * cell, r) for b, r in zip(block_voxels, roi_voxels))
+        if level == 0:
+            block_bytes = rates.worker_base_bytes + block_edges * (per_edge + EdgeTable.bytes_per_edge(bins))
+        else:
+            child = [b * cell // 2 for b in block_voxels]
+            children = [box_lengths(n, c) for n, c in zip(box, child)]
+            block_bytes = rates.worker_base_bytes + (
+                shell_voxels(children, thickness) * rates.edges_per_voxel * residual_per_edge
+            )
         levels.append(
             {
                 "level": level,
-                "blocks": blocks,
-                "box_blocks": max(grid) if level == top else cell,
+                "blocks": 1 if is_top else math.prod(level_grid(grid, level)),
+                "box_blocks": max(grid) if is_top else cell,
                 "box_voxels": list(box),
-                "one_process": level == top,
+                "one_process": is_top,
+                "projected_block_bytes": block_bytes,
             }
         )
-    per_edge = level_bytes_per_edge(bins, parse_scoring(config.agglomerate.scoring) >= 0)
-    block_edges = math.prod(block_voxels) * rates.edges_per_voxel
+        if budget is not None and level > 0 and stop == top and block_bytes > budget and stop_reason is None:
+            stop = level
+            child = [b * cell // 2 for b in block_voxels]
+            everything = [box_lengths(n, c) for n, c in zip(roi_voxels, child)]
+            finish = rates.worker_base_bytes + (
+                shell_voxels(everything, thickness) * rates.edges_per_voxel * residual_per_edge
+            )
+            stop_reason = (
+                f"level {level}'s largest block ~{human_bytes(block_bytes)} exceeds the worker budget "
+                f"{human_bytes(budget)}: the driver would finish the residual of level {level - 1} there "
+                f"(~{human_bytes(finish)} in one process)"
+            )
+    if budget is not None and stop_reason is None:
+        stop_reason = f"every level within the worker budget {human_bytes(budget)}"
     return {
         "levels": levels,
-        "stop_level": config.agglomerate.stop_level,
+        "stop_level": agglomerate.stop_level,
+        "worker_memory_bytes": budget,
+        "projected_stop_level": stop,
+        "projected_stop_reason": stop_reason,
+        "level0_fits_budget": budget is None or levels[0]["projected_block_bytes"] <= budget,
+        "fragment_diameter_voxels": [round(d, 1) for d in diameter],
         "level0_edges_per_block": block_edges,
         "level_bytes_per_edge": per_edge,
-        "level0_worker_bytes": rates.worker_base_bytes + block_edges * (per_edge + EdgeTable.bytes_per_edge(bins)),
+        "level0_worker_bytes": levels[0]["projected_block_bytes"],
     }
 
 
@@ -308,9 +369,25 @@ def format_segment_plan(plan: dict) -> str:
         lines.append(
             f"              level 0: ~{hierarchy['level0_edges_per_block']:.2g} edges per block x "
             f"{hierarchy['level_bytes_per_edge']} B/edge -> ~{human_bytes(hierarchy['level0_worker_bytes'])} per "
-            "worker; levels >= 1 hold their children's frozen residual (a surface, measured per level in "
-            "summary.json)"
+            f"worker; levels >= 1 hold their children's frozen residual (a surface: edges within {SHELL_DIAMETERS} "
+            f"fragment diameters, {hierarchy['fragment_diameter_voxels']} voxels each, of the children's faces; "
+            "measured per level in summary.json)"
         )
+        lines.append(
+            "              projected memory per block: "
+            + ", ".join(f"level {h['level']} ~{human_bytes(h['projected_block_bytes'])}" for h in hierarchy["levels"])
+        )
+        if hierarchy["worker_memory_bytes"] is not None:
+            lines.append(
+                f"              worker budget {human_bytes(hierarchy['worker_memory_bytes'])}: "
+                + hierarchy["projected_stop_reason"]
+                + (
+                    ""
+                    if hierarchy["level0_fits_budget"]
+                    else "; level 0 itself exceeds it: use smaller blocks (--block-size)"
+                )
+                + " (projected; the run decides from the measured states)"
+            )
     return "\n".join(lines)
 
 

@@ -249,7 +249,7 @@ class SegmentDriver(Driver):
         if redone:  # the RAG changed: state files and done markers of earlier hierarchical levels are stale
             self._forget_hierarchy()
         if info is None and self.config.agglomerate.method == "hierarchical":
-            failed, info = self._run_hierarchy()
+            failed, info = self.run_hierarchy()
             if failed is not None:
                 self.summary["stages"]["agglomerate"] = {"wall_s": round(time.time() - start, 3), **info}
                 return self.fail([failed])
@@ -307,26 +307,59 @@ class SegmentDriver(Driver):
         self.say(f"done in {time.time() - started:.1f} s: {outputs}; summary: {self.run_dir.summary}")
         return 0
 
-    def _run_hierarchy(self):
+    def run_hierarchy(self):
         """The levels of the hierarchical agglomeration, one daisy task each (resuming from their done markers), then
-        the merge tree from their states. Returns ``(report of the failed level or None, info)``."""
+        the merge tree from their states. With a worker memory budget, a level whose largest block's estimate
+        exceeds it becomes the top and this process finishes it. Returns ``(report of the failed level or None,
+        info)``; ``info["stop"]`` says which level was the top, in which process, and why."""
         from blockwise.steps.hierarchy import HierarchicalAgglomeration
 
         hierarchy = HierarchicalAgglomeration(self.config)
-        execution, levels = self.config.execution, []
-        for step in hierarchy.steps:
-            start = time.time()
-            self.say(
-                f"{step.task_id}: {step.num_blocks} block(s) of up to {step.cell if not step.is_top else 'all'} "
-                f"fragment blocks per axis, {execution.workers} worker(s), launcher {execution.launcher.type}"
-            )
-            report = self.run_step(step, {"cpu": 1})
+        budget = self.config.agglomerate.worker_memory_bytes
+        execution, levels, level, estimate = self.config.execution, [], 0, None
+        while level < len(hierarchy.steps):
+            step, start = hierarchy.steps[level], time.time()
+            estimate = hierarchy.estimate(level)
+            if budget is not None and estimate is not None and estimate["estimated_block_bytes"] > budget:
+                step = hierarchy.stop_at(level)
+                self.say(
+                    f"{step.task_id}: the largest block of level {level} needs "
+                    f"~{estimate['estimated_block_bytes'] / 1e6:.0f} MB, over the worker budget of {budget / 1e6:.0f} "
+                    f"MB: this process finishes the residual (~{estimate['estimated_finish_bytes'] / 1e6:.0f} MB)"
+                )
+                report = self._finish_in_driver(step)
+            else:
+                self.say(
+                    f"{step.task_id}: {step.num_blocks} block(s) of up to {step.cell if not step.is_top else 'all'} "
+                    f"fragment blocks per axis, {execution.workers} worker(s), launcher {execution.launcher.type}"
+                )
+                report = self.run_step(step, {"cpu": 1})
             self.summary["tasks"][step.task_id] = report.as_dict()
-            levels.append(hierarchy.level_record(step, start))
+            levels.append({**hierarchy.level_record(step, start), **(estimate or {})})
             if not report.ok:
                 return report, {"method": "hierarchical", "levels": levels}
             inject_fault("driver", -1, f"after-{step.task_id}")
-        return None, hierarchy.assemble(self.fingerprint, levels)
+            level += 1
+        return None, hierarchy.assemble(self.fingerprint, levels, hierarchy.stop_record(estimate))
+
+    def _finish_in_driver(self, step):
+        """The one block of a top level ``step`` run in this process (as a worker runs it: timer record, error record,
+        fault points), unless its record and state exist; its ``TaskReport``."""
+        from blockwise.runner import TaskReport
+        from blockwise.timers import recorded_blocks
+        from blockwise.worker import process
+
+        if 0 in recorded_blocks(step.timers_dir()) and step.state_path(0).is_file():
+            return TaskReport(step.task_id, total=1, completed=1, skipped=1)
+        step.setup()
+        try:
+            process(step, step.roi)
+        except Exception as error:
+            failed = {"block": 0, "roi": str(step.roi), "error": f"{type(error).__name__}: {error}"}
+            return TaskReport(step.task_id, total=1, failed=1, failed_blocks=[failed])
+        finally:
+            step.teardown()
+        return TaskReport(step.task_id, total=1, completed=1)
 
     def _forget_hierarchy(self) -> None:
         """Remove the state files, done markers, timer and error records of every hierarchical level (of an earlier

@@ -1,7 +1,8 @@
-"""``affcons segment --agglomeration hierarchical`` end to end (real daisy workers, zarr, SQLite): its merge tree and
-outputs equal the global agglomeration's for three block layouts (2 x 2 x 2; 2 x 4 x 2; the non-power-of-two
-5 x 2 x 4, also with a stop level); a block failing mid-level fails the run naming it, and the re-run resumes to the
-same bytes; bad option values are refused with exit code 2 before anything is written; the dry run lists the levels.
+"""``affcons segment --agglomeration hierarchical`` end to end (real daisy workers, zarr, SQLite; MongoDB once): its
+merge tree and outputs equal the global agglomeration's for three block layouts (2 x 2 x 2, also on MongoDB;
+2 x 4 x 2; the non-power-of-two 5 x 2 x 4, also with a stop level and with a worker memory budget that stops it
+early); a block failing mid-level fails the run naming it, and the re-run resumes to the same bytes; bad option
+values are refused with exit code 2 before anything is written; the dry run lists the levels and the projected stop.
 
 The 2 x 2 x 2 run is compared chunk for chunk with the reliability tests' global reference run (shared within a
 test process); the others with the global canonical tree of their own graph store, built as the global step builds
@@ -83,13 +84,42 @@ def test_hierarchical_outputs_equal_the_global_reference_chunk_for_chunk(tmp_pat
     assert_levels(out, 2)
 
 
+def test_hierarchical_run_on_mongodb_equals_the_global_sqlite_reference(tmp_path, mongodb_url):
+    """The levels' block reads through the MongoDB backend (the nx-27017 wire server): the outputs equal the global
+    SQLite reference run chunk for chunk (grid 2 x 2 x 2)."""
+    import pymongo
+
+    from tests.mongo_server import with_database
+
+    _, digests = reference_run()
+    database = f"affcons_hierarchy_{tmp_path.name[-20:].replace('-', '_')}"
+    out = tmp_path / "out.zarr"
+    try:
+        assert (
+            run_cli(reliability_argv(out, extra=HIERARCHICAL + ["--graph", with_database(mongodb_url, database)])) == 0
+        )
+        assert chunk_digests(out) == digests
+        assert summary_of(out)["config"]["graph"].startswith("mongodb://")
+        assert_levels(out, 2)
+    finally:
+        client = pymongo.MongoClient(mongodb_url, serverSelectionTimeoutMS=3000)
+        try:
+            client.drop_database(database)
+        finally:
+            client.close()
+
+
 def test_non_power_of_two_grid_and_a_stop_level_give_the_global_tree(tmp_path):
     """Blocks 10 x 50 x 25: grid 5 x 2 x 4, levels of 40, 6 and 2 blocks and the root at level 3; then the same RAG
-    finished at level 1 (level 0 reused from its done markers)."""
+    finished at level 1 (level 0 reused from its done markers); then with a worker memory budget below level 2's
+    estimate, so the driver finishes (levels below reused)."""
     out = tmp_path / "out.zarr"
     assert run_cli(argv_for(out, (10, 50, 25), HIERARCHICAL)) == 0
     assert_global_tree(out)
-    assert [r["blocks"] for r in assert_levels(out, 4)["levels"]] == [40, 6, 2, 1]
+    first_levels = assert_levels(out, 4)["levels"]
+    assert [r["blocks"] for r in first_levels] == [40, 6, 2, 1]
+    assert all(r["estimated_block_bytes"] > r["estimated_base_bytes"] > 10e6 for r in first_levels[1:])
+    assert summary_of(out)["stages"]["agglomerate"]["stop"]["process"] == "worker"
     luts = {p.name: p.read_bytes() for p in run_dir_of(out).lut_ids.parent.iterdir()}
 
     run_dir = run_dir_of(out)
@@ -104,6 +134,26 @@ def test_non_power_of_two_grid_and_a_stop_level_give_the_global_tree(tmp_path):
     # a cluster worker rebuilds the level from the run's config file and ``--level``
     step = load_step("hierarchy", str(run_dir / RunDir.SEGMENT_CONFIG), level=1)
     assert (step.task_id, step.num_blocks, step.worker_arguments()) == ("hierarchy_1_root", 1, ["--level", "1"])
+    assert summary_of(out)["stages"]["agglomerate"]["stop"]["reason"] == "stop level 1 (agglomerate.stop_level)"
+
+    # a worker memory budget just below level 2's estimate: the first level over it is finished by the driver
+    estimates = {r["level"]: r["estimated_block_bytes"] for r in first_levels if r["level"] > 0}
+    budget = estimates[2] - 1
+    expected_stop = min(level for level, estimate in estimates.items() if estimate > budget)
+    for path in (run_dir.merge_tree, run_dir.agglomerate_info):
+        path.unlink()
+    shutil.rmtree(run_dir.lut_ids.parent)
+    extra = HIERARCHICAL + ["--worker-memory-gb", repr(budget / 1e9)]
+    assert run_cli(argv_for(out, (10, 50, 25), extra)) == 0
+    assert_global_tree(out)
+    assert {p.name: p.read_bytes() for p in run_dir.lut_ids.parent.iterdir()} == luts
+    agglomerate = assert_levels(out, expected_stop + 1)
+    stop = agglomerate["stop"]
+    assert (stop["level"], stop["root_level"], stop["process"]) == (expected_stop, 3, "driver"), stop
+    assert stop["worker_memory_bytes"] == budget and "over the worker budget" in stop["reason"], stop
+    assert agglomerate["levels"][-1]["task"] == f"hierarchy_{expected_stop}_root"
+    assert agglomerate["levels"][-1]["estimated_block_bytes"] > budget
+    assert json.loads(run_dir.agglomerate_info.read_text())["stop"] == stop
 
 
 def test_failed_block_mid_level_then_rerun_gives_identical_bytes(tmp_path, capfd):
@@ -136,8 +186,12 @@ def test_failed_block_mid_level_then_rerun_gives_identical_bytes(tmp_path, capfd
         (["--agglomeration", "levels"], "invalid choice: 'levels'"),
         (["--agglomeration", "hierarchical", "--stop-level", "0"], "must be a positive integer"),
         (["--stop-level", "2"], "applies to the hierarchical agglomeration only"),
+        (HIERARCHICAL + ["--worker-memory-gb", "lots"], "must be a number of GB, got 'lots'"),
+        (HIERARCHICAL + ["--worker-memory-gb", "0"], "must be a positive, finite number of GB, got '0'"),
+        (HIERARCHICAL + ["--worker-memory-gb", "inf"], "must be a positive, finite number of GB, got 'inf'"),
+        (["--worker-memory-gb", "4"], "worker_memory_bytes 4000000000 applies to the hierarchical agglomeration only"),
     ],
-    ids=["method", "stop-level-0", "stop-level-global"],
+    ids=["method", "stop-level-0", "stop-level-global", "budget-text", "budget-0", "budget-inf", "budget-global"],
 )
 def test_bad_agglomeration_options_are_refused(tmp_path, capfd, extra, expected):
     out = tmp_path / "out.zarr"
@@ -150,13 +204,25 @@ def test_bad_agglomeration_options_are_refused(tmp_path, capfd, extra, expected)
     assert tree_snapshot(tmp_path) == {}
 
 
-def test_bad_method_in_a_config_file_is_refused(tmp_path, capfd):
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("method: levels", ("agglomerate.method", "'global' or 'hierarchical'")),
+        ("method: hierarchical\n  worker_memory_bytes: 4GB", ("agglomerate.worker_memory_bytes", "integer")),
+        (
+            "method: hierarchical\n  worker_memory_bytes: 0",
+            ("agglomerate.worker_memory_bytes", "greater than or equal to 1"),
+        ),
+    ],
+    ids=["method", "budget-text", "budget-0"],
+)
+def test_bad_agglomeration_keys_in_a_config_file_are_refused(tmp_path, capfd, text, expected):
     config = tmp_path / "segment.yaml"
-    config.write_text("agglomerate:\n  method: levels\n")
+    config.write_text(f"agglomerate:\n  {text}\n")
     out = tmp_path / "out.zarr"
     assert run_cli(argv_for(out, (25, 50, 50), ["--config", str(config)])) == 2
     error = capfd.readouterr().err
-    assert "agglomerate.method" in error and "'global' or 'hierarchical'" in error, error
+    assert all(part in error for part in expected), error
     assert not out.exists()
 
 
@@ -169,6 +235,19 @@ def test_dry_run_lists_the_levels(tmp_path, capsys):
     assert "level 1 6 block(s) of [20, 100, 50] voxels" in plan, plan
     assert "level 2 1 block(s) of [50, 100, 100] voxels (one process: the stop level)" in plan, plan
     assert "global alternative agglomerate" in plan
+    assert not out.exists()
+
+
+def test_dry_run_projects_the_stop_level_of_a_worker_budget(tmp_path, capsys):
+    """A budget below the projected worker baseline: level 0 is flagged, level 1 is the projected stop."""
+    out = tmp_path / "out.zarr"
+    extra = ["--agglomeration", "hierarchical", "--worker-memory-gb", "0.1", "--dry-run"]
+    assert run_cli(argv_for(out, (10, 50, 25), extra)) == 0
+    plan = capsys.readouterr().out
+    assert "projected memory per block: level 0 ~" in plan, plan
+    assert "worker budget 100.0 MB: level 1's largest block ~" in plan, plan
+    assert "the driver would finish the residual of level 0 there" in plan, plan
+    assert "level 0 itself exceeds it: use smaller blocks (--block-size)" in plan, plan
     assert not out.exists()
 
 

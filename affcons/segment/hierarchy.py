@@ -361,29 +361,47 @@ def hierarchical_merge_tree(
     return merge_tree_from_states(all_states, ids, scoring), report
 
 
-def block_state_from_store(store, grid_shape, begin, end, scoring: str = "mean") -> BlockState:
+def block_state_from_store(store, grid_shape, begin, end, scoring: str = "mean", counts=None) -> BlockState:
     """Level 0 for the box ``[begin, end)`` of the fragment-block grid ``grid_shape``, read from a
     :class:`~affcons.store.RagStore` whose nodes and edges were written under C-order grid indices: the box's
-    nodes, the edges between them, and the boundary from the edges across the box's faces."""
+    nodes, the edges between them, and the boundary from the edges across the box's faces. ``counts`` (a dict, if
+    given) receives ``block_edges`` and ``leaving_edges`` (the edges across the box's faces), the memory model's
+    inputs."""
     blocks = _box_blocks(grid_shape, begin, end)
     nodes = store.read_block_nodes(blocks)
     outer, _ = face_pairs(grid_shape, begin, end)
     leaving = store.read_face_edges(outer)
     boundary = np.intersect1d(np.union1d(leaving.u, leaving.v), nodes.ids)
-    return block_state(nodes.ids, store.read_block_edges(blocks), boundary, scoring)
+    edges = store.read_block_edges(blocks)
+    if counts is not None:
+        counts.update(block_edges=len(edges), leaving_edges=len(leaving))
+    return block_state(nodes.ids, edges, boundary, scoring)
 
 
 def parent_state_from_store(
-    store, grid_shape, begin, end, child_shape, children: Sequence[BlockState], scoring: str = "mean", level=None
+    store,
+    grid_shape,
+    begin,
+    end,
+    child_shape,
+    children: Sequence[BlockState],
+    scoring: str = "mean",
+    level=None,
+    counts=None,
 ) -> BlockState:
     """Level k for the box ``[begin, end)`` whose children are its cells of ``child_shape`` blocks per axis (their
     states in ``children``): reads only the edges across the children's shared faces and across the box's faces.
-    The box of the whole grid has no boundary: it is the root, or the one-process finish of a stop level."""
+    The box of the whole grid has no boundary: it is the root, or the one-process finish of a stop level.
+    ``counts`` (a dict, if given) receives ``crossing_edges`` (across the children's shared faces) and
+    ``leaving_edges`` (across the box's faces)."""
     outer, inner = face_pairs(grid_shape, begin, end, child_shape)
     leaving = store.read_face_edges(outer)
     members = np.concatenate([c.member_ids for c in children]) if children else np.zeros(0, _U64)
     boundary = np.intersect1d(np.union1d(leaving.u, leaving.v), members)
-    return parent_state(children, store.read_face_edges(inner), boundary, scoring, level)
+    crossing = store.read_face_edges(inner)
+    if counts is not None:
+        counts.update(crossing_edges=len(crossing), leaving_edges=len(leaving))
+    return parent_state(children, crossing, boundary, scoring, level)
 
 
 def face_pairs(grid_shape, begin, end, cell=None) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
     affcons segment --affs OUT.zarr/affs --out OUT.zarr --thresholds 0.3 0.5 0.7 \\
         --block-size 64 256 256 --context 8 32 32 --workers 4 --graph sqlite:///run/rag.db \\
         [--run-dir DIR] [--dry-run] [--scoring mean|quantile50] [--roi-offset z y x --roi-shape z y x]
-        [--agglomeration global|hierarchical [--stop-level N]]
+        [--agglomeration global|hierarchical [--stop-level N] [--worker-memory-gb GB]]
 
 ``--block-size``, ``--context`` and ``--chunk-shape`` are voxels; ``--roi-offset``/``--roi-shape`` are nm. A
 ``--config FILE`` (YAML, keys of :class:`blockwise.config.SegmentOptions`, lengths in nm) supplies defaults; options
@@ -12,10 +12,22 @@ another config (nothing overwritten).
 """
 
 import argparse
+import math
 
 from affcons.commands.arguments import non_negative_int, positive_int
 from affcons.secrets import PASSWORD_ENV
 from blockwise.commands.options import ZYX, add_execution_arguments, add_region_arguments, options_from_args
+
+
+def gigabytes(text: str) -> int:
+    """A positive, finite number of GB (1e9 bytes) as whole bytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of GB, got {text!r}") from None
+    if not (math.isfinite(value) and value * 1e9 >= 1):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of GB, got {text!r}")
+    return round(value * 1e9)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +76,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=positive_int,
         help="hierarchical only: finish the residual of level N in one process (default: go up to the root)",
+    )
+    parser.add_argument(
+        "--worker-memory-gb",
+        dest="agglomerate.worker_memory_bytes",
+        metavar="GB",
+        type=gigabytes,
+        help="hierarchical only: memory of one worker (1 GB = 1e9 bytes); the first level whose largest block would "
+        "exceed it is finished by the driver in one process (exact all the same)",
     )
     add_region_arguments(parser, "process")
     parser.add_argument(

@@ -42,14 +42,20 @@ class AgglomerateConfig(StrictModel):
     #: Hierarchical only: the level (>= 1) whose whole residual one process finishes; default none: the levels go
     #: up to the root. Does not change the result.
     stop_level: int | None = pydantic.Field(None, ge=1)
+    #: Hierarchical only: memory of one worker process, bytes (an integer >= 1). Before each level >= 1 runs, its
+    #: largest block is estimated from the level below's records (``HierarchicalAgglomeration.estimate``); the
+    #: first level over the budget is finished by the driver in one process instead. Does not change the result.
+    worker_memory_bytes: pydantic.StrictInt | None = pydantic.Field(None, ge=1)
 
     @pydantic.model_validator(mode="after")
-    def _stop_level_is_hierarchical(self) -> "AgglomerateConfig":
-        if self.stop_level is not None and self.method != "hierarchical":
-            raise ValueError(
-                f"stop_level {self.stop_level} applies to the hierarchical agglomeration only; pass "
-                "--agglomeration hierarchical (agglomerate.method: hierarchical) or drop --stop-level"
-            )
+    def _levels_are_hierarchical(self) -> "AgglomerateConfig":
+        options = (("stop_level", "--stop-level"), ("worker_memory_bytes", "--worker-memory-gb"))
+        for key, option in options:
+            if getattr(self, key) is not None and self.method != "hierarchical":
+                raise ValueError(
+                    f"{key} {getattr(self, key)} applies to the hierarchical agglomeration only; pass "
+                    f"--agglomeration hierarchical (agglomerate.method: hierarchical) or drop {option}"
+                )
         return self
 
     @pydantic.field_validator("scoring")
