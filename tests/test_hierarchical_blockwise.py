@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from affcons.config import load_config
-from affcons.segment import MergeTree, build_merge_tree
+from affcons.segment import EdgeTable, MergeTree, build_merge_tree
 from affcons.store import open_store
 from blockwise.config import SegmentConfig
 from blockwise.faults import FAULT_ENV
@@ -82,6 +82,24 @@ def test_hierarchical_outputs_equal_the_global_reference_chunk_for_chunk(tmp_pat
     assert run_cli(reliability_argv(out, extra=HIERARCHICAL)) == 0
     assert chunk_digests(out) == digests
     assert_levels(out, 2)
+
+
+def test_an_edge_between_blocks_that_share_no_face_fails_the_hierarchical_run(tmp_path, capfd):
+    """The levels read each edge inside a level-0 box or across one shared face; an edge between diagonal blocks
+    (which the blockwise steps never write) would be left out silently, so the run fails naming the counts."""
+    out = tmp_path / "out.zarr"
+    assert run_cli(reliability_argv(out, extra=HIERARCHICAL)) == 0
+    run_dir = run_dir_of(out)
+    config = load_config(SegmentConfig, run_dir / RunDir.SEGMENT_CONFIG)
+    with open_store(config.graph_url(), "a", config.histogram_bins) as store:
+        first, last = store.read_block_nodes([0]).ids[0], store.read_block_nodes([7]).ids[0]  # grid 2 x 2 x 2
+        edges = store.count_edges()
+        diagonal = EdgeTable([first], [last], [0.5], [1], np.zeros((1, config.histogram_bins)))
+        store.write_edges(999, diagonal)  # a block id that wrote no nodes: only this edge is added
+    run_dir.agglomerate_info.unlink()
+    capfd.readouterr()
+    assert run_cli(reliability_argv(out, extra=HIERARCHICAL)) != 0
+    assert f"the hierarchical levels read {edges} of the graph store's {edges + 1} edges" in capfd.readouterr().err
 
 
 def test_hierarchical_run_on_mongodb_equals_the_global_sqlite_reference(tmp_path, mongodb_url):

@@ -32,7 +32,7 @@ import time
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from affcons.errors import ConfigError
+from affcons.errors import AgglomerationError, ConfigError
 from affcons.files import atomic_write, write_json
 from blockwise.faults import inject_fault
 from blockwise.steps.base import BlockwiseStep
@@ -40,7 +40,16 @@ from blockwise.timers import Timers, read_records
 
 #: Counters of a block's timer record summed per level in ``summary.json`` (the state's sizes, and the edges the
 #: block read across its box's faces and, above level 0, across its children's shared faces).
-STATE_COUNTERS = ("merges", "frozen_clusters", "members", "deferred_edges", "bytes", "leaving_edges", "crossing_edges")
+STATE_COUNTERS = (
+    "merges",
+    "frozen_clusters",
+    "members",
+    "deferred_edges",
+    "bytes",
+    "block_edges",
+    "leaving_edges",
+    "crossing_edges",
+)
 
 
 def residual_bytes(children: list[dict], histogram_bins: int, quantile: bool) -> int:
@@ -308,6 +317,17 @@ class HierarchicalAgglomeration:
                 num_edges = store.count_edges()
             timings["read_s"] = time.perf_counter() - start
             start = time.perf_counter()
+            # every stored edge is read once: inside a level-0 box, or across the children's shared faces of the
+            # one level where its two blocks join; an edge between blocks that share no face would be read never
+            read = sum(
+                int(level.get("block_edges" if i == 0 else "crossing_edges", 0)) for i, level in enumerate(levels)
+            )
+            if read != num_edges:
+                raise AgglomerationError(
+                    f"the hierarchical levels read {read} of the graph store's {num_edges} edges: some edges join "
+                    "fragments of blocks that share no face (or nodes that were never stored), which the "
+                    "blockwise steps never write; use --agglomeration global for such a graph"
+                )
             tree = merge_tree_from_states(states, node_ids, self.config.agglomerate.scoring)
             timings["build_s"] = time.perf_counter() - start
         start = time.perf_counter()
