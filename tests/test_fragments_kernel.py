@@ -11,7 +11,8 @@ from scipy import ndimage
 
 from affcons.affinities import affinities_to_float, affinities_to_uint8
 from affcons.errors import VolumeError
-from affcons.segment import NodeTable, block_fragments, node_table, watershed_from_affinities
+from affcons.segment import NodeTable, block_fragments, edge_table, node_table, watershed_from_affinities
+from affcons.segment.block_edges import interior_edge_table
 from affcons.segment.reference_watershed import boundary_map, reference_levels, reference_watershed
 from affcons.segment.seeds import (
     squared_distance_limits_hold,
@@ -248,3 +249,23 @@ def test_node_table_equals_the_bincount_table_for_dense_sparse_and_narrow_ids(vo
         assert_same_nodes(node_table(ids, voxel_size, (90, 12, 0)), bincount_node_table(ids, voxel_size, (90, 12, 0)))
     with pytest.raises(VolumeError, match="non-negative"):
         node_table(np.full((2, 2, 2), -1, np.int64))
+
+
+@pytest.mark.parametrize("name", ["gala", "isbi"])
+def test_interior_edge_table_equals_edge_table_bit_for_bit(volumes, name):
+    """The fragments step's compiled interior RAG: the rows and bits of ``edge_table`` on real fragments (with a
+    gap in the ids and an empty block), and on random ids with many pairs per edge."""
+    affs, voxel_size = volumes[name]
+    first = 2**40 + 7
+    fragments, _, nodes = block_fragments(affs, (slice(None),) * 3, first_id=first, voxel_size=voxel_size)
+    fragments[fragments == first + 3] = 0  # a fragment without voxels leaves an empty bucket
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 6, affs.shape[1:]).astype(np.uint64)
+    ids[ids != 0] += np.uint64(first)
+    cases = [(fragments, len(nodes)), (ids, 5), (np.zeros_like(ids), 0)]
+    for labels, count in cases:
+        expected = edge_table(labels, affs)
+        actual = interior_edge_table(labels, affs, first, count)
+        assert len(expected) > 0 or count == 0
+        for column in ("u", "v", "affinity_sum", "count", "histogram", "linked", "quantised_sum"):
+            assert_same_bytes(getattr(actual, column), getattr(expected, column))

@@ -12,8 +12,9 @@ failed earlier attempt of the block wrote. The kernel's phases (``levels``, ``di
 block's timers (summed per step in ``summary.json``).
 
 While fragments and affinities are in memory, the block also computes the RAG of its interior (the edges of voxel
-pairs with both voxels in the write ROI, :func:`affcons.segment.edge_table`; phase ``edges``) and stores them as
-the block's *internal* edges; the edges step adds only the pairs across the block's lower faces.
+pairs with both voxels in the write ROI: :func:`affcons.segment.block_edges.interior_edge_table` for uint8
+affinities with mean scoring, :func:`affcons.segment.edge_table` otherwise, the same rows; phase ``edges``) and
+stores them as the block's *internal* edges; the edges step adds only the pairs across the block's lower faces.
 
 The block also records how its watershed, which sees the context, labels the voxel pairs across each face it shares
 with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.face_links`, written to
@@ -23,6 +24,7 @@ counts that stitch fragments cut by a face back together.
 
 import time
 
+import numpy as np
 import pydantic
 from funlib.geometry import Coordinate, Roi
 
@@ -51,6 +53,7 @@ class FragmentsStep(GraphStep):
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         from affcons.segment import block_fragments, edge_table
+        from affcons.segment.block_edges import interior_edge_table
 
         options = self.config.fragments
         read_roi = write_roi.grow(self.grow, self.grow).intersect(self.roi)
@@ -76,7 +79,11 @@ class FragmentsStep(GraphStep):
                 seconds=phases,
             )
             start = time.perf_counter()
-            internal = edge_table(fragments, affs[(slice(None),) + crop], self.config.histogram_bins)
+            inner = affs[(slice(None),) + crop]
+            if inner.dtype == np.uint8 and self.config.histogram_bins == 0:  # the compiled path, the same rows
+                internal = interior_edge_table(fragments, inner, self.first_id(block_index), len(nodes))
+            else:
+                internal = edge_table(fragments, inner, self.config.histogram_bins)
             phases["edges"] = time.perf_counter() - start
         for phase, seconds in phases.items():
             timers.add(f"compute_{phase}", seconds)
