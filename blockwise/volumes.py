@@ -47,7 +47,11 @@ class Box:
             else:
                 import zarr
 
-                self._array = zarr.open_array(f"{self.container}/{self.dataset}", mode="r+" if self.writable else "r")
+                # every written chunk is stored, also one equal to the fill value: zarr then skips comparing each
+                # chunk with it (~1/3 of a chunk write's CPU), and a missing chunk always means an unwritten one
+                config = {"write_empty_chunks": True} if self.writable else None
+                path = f"{self.container}/{self.dataset}"
+                self._array = zarr.open_array(path, mode="r+" if self.writable else "r", config=config)
         return self._array
 
     @property
