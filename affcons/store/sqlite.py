@@ -19,7 +19,6 @@ from affcons.store.base import (
     BackendErrors,
     Bounds,
     RagStore,
-    batched,
     histogram_from_rows,
     histogram_rows,
 )
@@ -128,10 +127,10 @@ class SQLiteRagStore(RagStore):
         try:
             with self._errors(f"writing nodes of block {block}"), self._transaction():
                 self._connection.execute("DELETE FROM nodes WHERE block = ?", (block,))
-                for chunk in batched(rows, self.batch_size):
-                    self._connection.executemany(
-                        "INSERT INTO nodes (id, z, y, x, size, block) VALUES (?, ?, ?, ?, ?, ?)", chunk
-                    )
+                # one statement over the row iterator (sqlite3 consumes it lazily): no per-batch lists
+                self._connection.executemany(
+                    "INSERT INTO nodes (id, z, y, x, size, block) VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
         except _Conflict:
             with self._errors(f"looking up the owner of a node of block {block}"):
                 for node_id in ids.tolist():
@@ -164,12 +163,11 @@ class SQLiteRagStore(RagStore):
                     self._connection.execute(
                         "DELETE FROM edges WHERE block = ? AND crossing = ?", (block, int(replaced))
                     )
-                for chunk in batched(rows, self.batch_size):
-                    self._connection.executemany(
-                        "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, quantised_sum, crossing, "
-                        "block) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        chunk,
-                    )
+                self._connection.executemany(
+                    "INSERT INTO edges (u, v, affinity_sum, count, histogram, linked, quantised_sum, crossing, block) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
         except _Conflict:
             with self._errors(f"looking up the owner of an edge of block {block}"):
                 for a, b in zip(u.tolist(), v.tolist()):
