@@ -213,8 +213,8 @@ def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates:
     """The levels of the hierarchical agglomeration: blocks and box per level, and level 0's memory per worker
     (the block's edges at the assumed density, as input table plus :func:`level_bytes_per_edge`)."""
     from affcons.segment import EdgeTable
-    from affcons.segment.agglomerate import parse_scoring
     from affcons.segment.hierarchy import level_bytes_per_edge
+    from affcons.segment.scoring import parse_scoring
     from blockwise.steps.hierarchy import level_grid, top_level
 
     bins = config.histogram_bins

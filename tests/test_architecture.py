@@ -3,6 +3,8 @@ inside functions and by ``importlib`` strings included), and every arrow points 
 ``blockwise``."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,3 +117,16 @@ def test_affcons_never_imports_blockwise():
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
         ]
         assert not [s for s in strings if s == "blockwise" or s.startswith("blockwise.")], path
+
+
+def test_workers_of_steps_without_compiled_kernels_load_neither_numba_nor_scipy():
+    """Every daisy worker unpickles its step and the step's config (``blockwise.config``, which validates the edge
+    scoring); only the fragments step, which runs the compiled watershed, should pay for loading numba at start-up."""
+    code = (
+        "import sys, blockwise.config, blockwise.steps.edges, blockwise.steps.extract, blockwise.steps.downsample, "
+        "blockwise.steps.predict, affcons.multiscale, affcons.segment.rag\n"
+        "from affcons.segment import QUANTILE_BINS, EdgeTable, apply_lookup, edge_table, parse_scoring\n"
+        "print(sorted(m for m in ('numba', 'scipy', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]"
