@@ -27,11 +27,9 @@ from numpy.typing import DTypeLike
 import affcons
 from affcons.codecs import zarr_compressors
 from affcons.errors import ConfigError, OutputExistsError, VolumeError
+from affcons.volume_paths import HDF5_SUFFIXES, PathLike, VolumePath, split_dataset_path
 
 logger = logging.getLogger(__name__)
-
-ZARR_SUFFIXES = (".zarr",)
-HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5")
 
 #: Attributes holding the voxel size (nm, z y x), in order of precedence.
 VOXEL_SIZE_ATTRS = ("voxel_size", "resolution_zyx_nm", "resolution")
@@ -52,56 +50,12 @@ _METADATA_FORMAT = MetaDataFormat()
 _FUNLIB_ATTRS = ("voxel_size", "offset", "axis_names", "units", "types")
 
 
-class VolumePath(NamedTuple):
-    """A dataset inside a container.
-
-    ``container`` is a ``.zarr`` directory or an HDF5 file; ``dataset`` is the path inside it (``/``-separated, no
-    leading slash; ``""`` is the container root).
-    """
-
-    container: Path
-    dataset: str
-
-    @property
-    def is_hdf5(self) -> bool:
-        return self.container.suffix.lower() in HDF5_SUFFIXES
-
-    def __str__(self) -> str:
-        if not self.dataset:
-            return str(self.container)
-        return f"{self.container}{':' if self.is_hdf5 else '/'}{self.dataset}"
-
-
 class StorageLayout(NamedTuple):
     """How a dataset is stored: ``format`` ("zarr v3", "zarr v2" or "hdf5") and ``chunks`` (voxels, every axis;
     ``None`` for a contiguous HDF5 dataset)."""
 
     format: str
     chunks: tuple[int, ...] | None
-
-
-PathLike = str | os.PathLike | VolumePath
-
-
-def split_dataset_path(path: PathLike) -> VolumePath:
-    """Split ``out.zarr/affs``, ``file.h5:raw`` or ``file.h5/labels/ids`` into container and dataset.
-
-    The container is the first path component ending in ``.zarr``, ``.h5``, ``.hdf`` or ``.hdf5``; a ``:`` right
-    after it also separates the dataset. A path without such a component is a :class:`VolumeError`.
-    """
-    if isinstance(path, VolumePath):
-        return path
-    parts = Path(path).parts
-    for index, part in enumerate(parts):
-        head, colon, tail = part.partition(":")
-        if Path(head).suffix.lower() in ZARR_SUFFIXES + HDF5_SUFFIXES:
-            inner = ([tail] if colon else []) + list(parts[index + 1 :])
-            dataset = "/".join(piece.strip("/") for piece in inner if piece.strip("/"))
-            return VolumePath(Path(*parts[:index], head), dataset)
-    raise VolumeError(
-        f"{str(path)!r} names no container: expected a path like out.zarr/name or file.h5:name "
-        f"(container suffixes: {', '.join(ZARR_SUFFIXES + HDF5_SUFFIXES)})"
-    )
 
 
 def list_datasets(container: str | os.PathLike) -> list[str]:

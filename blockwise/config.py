@@ -202,7 +202,7 @@ class SegmentConfig(Fingerprinted, SegmentOptions):
     def histogram_bins(self) -> int:
         """Histogram bins per stored edge: 256 for quantile scoring, 0 for mean."""
         from affcons.segment import QUANTILE_BINS
-        from affcons.segment.agglomerate import parse_scoring
+        from affcons.segment.scoring import parse_scoring
 
         return QUANTILE_BINS if parse_scoring(self.agglomerate.scoring) >= 0 else 0
 

@@ -167,7 +167,7 @@ def pyramid_run_dir(out: str) -> Path:
 
 def _beside_container(path: str, suffix: str, default_name: str = "") -> Path:
     """``CONTAINER_PARENT/<container stem>.<dataset, '/' as '_'>.<suffix>`` for ``c.zarr/dataset``."""
-    from affcons.io import split_dataset_path
+    from affcons.volume_paths import split_dataset_path
 
     volume = split_dataset_path(path)
     name = volume.dataset.replace("/", "_") or default_name
@@ -176,7 +176,7 @@ def _beside_container(path: str, suffix: str, default_name: str = "") -> Path:
 
 def _array_directory(path: str | Path) -> Path:
     """The directory of the zarr array ``out.zarr/name`` (a path string or a directory)."""
-    from affcons.io import split_dataset_path
+    from affcons.volume_paths import split_dataset_path
 
     volume = split_dataset_path(path)
     return volume.container / volume.dataset

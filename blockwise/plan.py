@@ -243,8 +243,8 @@ def hierarchy_plan(grid, block_voxels, roi_voxels, config: SegmentConfig, rates:
     row each. A model of a surface, not a bound (a plateau of ties keeps more); the run itself decides from the
     measured states (``summary.json`` reports the estimate and the outcome per level)."""
     from affcons.segment import EdgeTable
-    from affcons.segment.agglomerate import parse_scoring
     from affcons.segment.hierarchy import level_bytes_per_edge
+    from affcons.segment.scoring import parse_scoring
     from blockwise.steps.hierarchy import level_grid, top_level
 
     bins = config.histogram_bins

@@ -132,10 +132,10 @@ class Box:
 
 
 def box_for(path: str, offset, voxel_size, writable: bool = False) -> Box:
-    """A :class:`Box` for ``c.zarr/name`` or ``f.h5:name`` (split here; this imports :mod:`affcons.io`, so call it in
-    the driver or at step construction, not per block)."""
+    """A :class:`Box` for ``c.zarr/name`` or ``f.h5:name`` (split by :mod:`affcons.volume_paths`, which a cluster
+    worker rebuilding its step imports without funlib)."""
     from affcons.errors import ConfigError
-    from affcons.io import split_dataset_path
+    from affcons.volume_paths import split_dataset_path
 
     if offset is None or voxel_size is None:
         raise ConfigError(f"{path}: offset and voxel size must be resolved (affcons segment does this) before use")

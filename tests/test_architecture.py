@@ -3,6 +3,8 @@ inside functions and by ``importlib`` strings included), and every arrow points 
 ``blockwise``."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,3 +117,19 @@ def test_affcons_never_imports_blockwise():
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
         ]
         assert not [s for s in strings if s == "blockwise" or s.startswith("blockwise.")], path
+
+
+def test_workers_load_neither_funlib_nor_numba_unless_their_step_runs_compiled_kernels():
+    """Every daisy worker unpickles its step and the step's config (``blockwise.config``, which validates the edge
+    scoring), and a cluster worker rebuilds its step from the config (``blockwise.registry``, ``box_for``): only
+    the fragments step, which runs the compiled watershed, should pay for loading numba, and no worker needs
+    funlib.persistence (with dask, xarray and pandas) or torch unless it predicts."""
+    code = (
+        "import sys, blockwise.config, blockwise.registry, affcons.multiscale, affcons.segment.rag\n"
+        "from affcons.segment import QUANTILE_BINS, EdgeTable, apply_lookup, edge_table, parse_scoring\n"
+        "from blockwise.volumes import box_for\n"
+        "box_for('in.zarr/affs', (0, 0, 0), (1, 1, 1))\n"
+        "print(sorted(m for m in ('numba', 'scipy', 'torch', 'funlib.persistence', 'dask') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]"

@@ -19,7 +19,6 @@ All state lives in flat numpy arrays (bytes per edge: see :func:`merge_tree_byte
 compiled with numba.
 """
 
-import re
 from dataclasses import dataclass
 
 import numba
@@ -32,21 +31,12 @@ from affcons.segment.canonical import (
     fits_float_shortcut,
     merge_scores,
 )
+from affcons.segment.scoring import parse_scoring
 from affcons.segment.stitch import relabel_edges, stitch_groups, stitched_edges
 from affcons.segment.tables import EdgeTable
 
-_SCORING = re.compile(r"^(mean|quantile(\d{1,2}|100))$")
-
 #: Merge orders of :func:`build_merge_tree`; the first is the default.
 ORDERS = ("canonical", "waterz")
-
-
-def parse_scoring(scoring: str) -> int:
-    """``"mean"`` -> -1; ``"quantileQ"`` (Q in 0..100, e.g. ``quantile50`` for the median) -> Q."""
-    match = _SCORING.match(scoring)
-    if not match:
-        raise ConfigError(f"unknown scoring {scoring!r}: use 'mean' or 'quantileQ' with Q in 0..100 (e.g. quantile50)")
-    return -1 if match.group(1) == "mean" else int(match.group(2))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ section without any boundary voxel).
 import fastremap
 import numba
 import numpy as np
-from scipy import ndimage
 
 from affcons.errors import VolumeError
 
@@ -46,6 +45,8 @@ def distance_maxima_seeds(
         per_slice: 2-D distance transforms and seeds per z-slice.
         min_seed_distance: maxima closer than this to the boundary (in the units of ``voxel_size``) are no seeds.
     """
+    from scipy import ndimage  # here, not at the top: the compiled kernels' workers need it only in this fallback
+
     if per_slice:
         distance = np.stack([ndimage.distance_transform_edt(s, sampling=voxel_size[1:]) for s in interior])
         footprint = np.zeros((3, 3, 3), dtype=bool)

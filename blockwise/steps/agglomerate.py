@@ -61,7 +61,7 @@ class AgglomerateConfig(StrictModel):
     @pydantic.field_validator("scoring")
     @classmethod
     def _known_scoring(cls, value: str) -> str:
-        from affcons.segment.agglomerate import parse_scoring
+        from affcons.segment.scoring import parse_scoring
 
         parse_scoring(value)  # ConfigError naming the accepted forms
         return value

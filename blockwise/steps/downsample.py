@@ -25,7 +25,7 @@ def level_name(level: int) -> str:
 
 def group_location(out: str) -> tuple[str, str]:
     """``(container, group)`` of a multiscale group ``c.zarr/name``."""
-    from affcons.io import split_dataset_path
+    from affcons.volume_paths import split_dataset_path
 
     location = split_dataset_path(out)
     return str(location.container), location.dataset
