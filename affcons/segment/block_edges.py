@@ -42,24 +42,11 @@ def _pair(fragments, channel, z, y, x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _interior_edges(fragments, affs, first_id, count):  # pragma: no cover - compiled
+def _scan_pairs(fragments, affs, first_id, per_low, cursor, high_of, value_of, fill):  # pragma: no cover - compiled
+    """Every pair ``(p, p - e_c)`` of two different fragments in (channel, raster) order: count it per smaller local
+    id (``fill`` False: ``per_low``), or store its larger local id and affinity at ``cursor`` of its bucket."""
     nz, ny, nx = fragments.shape
-    per_low = np.zeros(count + 2, np.int64)
-    for channel in range(3):  # pass 1: pairs per smaller local id
-        for z in range(1 if channel == 0 else 0, nz):
-            for y in range(1 if channel == 1 else 0, ny):
-                for x in range(1 if channel == 2 else 0, nx):
-                    a = fragments[z, y, x]
-                    b = _pair(fragments, channel, z, y, x)
-                    if a != b and a != 0 and b != 0:
-                        per_low[min(a, b) - first_id] += 1
-    starts = np.zeros(count + 2, np.int64)
-    for low in range(1, count + 1):
-        starts[low + 1] = starts[low] + per_low[low]
-    high_of = np.empty(starts[count + 1], np.int64)
-    value_of = np.empty(starts[count + 1], np.uint8)
-    cursor = starts.copy()
-    for channel in range(3):  # pass 2: the pairs, bucketed by smaller id, in (channel, raster) order
+    for channel in range(3):
         for z in range(1 if channel == 0 else 0, nz):
             for y in range(1 if channel == 1 else 0, ny):
                 for x in range(1 if channel == 2 else 0, nx):
@@ -67,9 +54,25 @@ def _interior_edges(fragments, affs, first_id, count):  # pragma: no cover - com
                     b = _pair(fragments, channel, z, y, x)
                     if a != b and a != 0 and b != 0:
                         low = min(a, b) - first_id
-                        high_of[cursor[low]] = max(a, b) - first_id
-                        value_of[cursor[low]] = affs[channel, z, y, x]
-                        cursor[low] += 1
+                        if fill:
+                            high_of[cursor[low]] = max(a, b) - first_id
+                            value_of[cursor[low]] = affs[channel, z, y, x]
+                            cursor[low] += 1
+                        else:
+                            per_low[low] += 1
+
+
+@numba.njit(cache=True)
+def _interior_edges(fragments, affs, first_id, count):  # pragma: no cover - compiled
+    per_low = np.zeros(count + 2, np.int64)
+    nothing = np.zeros(0, np.int64)
+    _scan_pairs(fragments, affs, first_id, per_low, nothing, nothing, np.zeros(0, np.uint8), False)
+    starts = np.zeros(count + 2, np.int64)
+    for low in range(1, count + 1):
+        starts[low + 1] = starts[low] + per_low[low]
+    high_of = np.empty(starts[count + 1], np.int64)
+    value_of = np.empty(starts[count + 1], np.uint8)
+    _scan_pairs(fragments, affs, first_id, per_low, starts.copy(), high_of, value_of, True)
     n = starts[count + 1]
     u = np.empty(n, np.uint64)
     v = np.empty(n, np.uint64)
