@@ -7,9 +7,11 @@ generators) and compared exactly: ids, float64 bits, histograms, face-link count
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 
 import numpy as np
@@ -527,6 +529,27 @@ def test_unknown_scheme_errors_naming_url_and_supported_schemes():
         open_store("postgresql://db/rag")
     with pytest.raises(StoreError, match="unknown store URL scheme None"):
         open_store("runs/rag.db")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
+def test_sqlite_on_a_full_disk_errors_naming_no_space_left(tmp_path):
+    """SQLite reports a full disk as 'database or disk is full' (or an I/O error); the store says what it is."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("this machine refuses to mount a tmpfs")
+    try:
+        with open_store(f"sqlite:///{disk}/rag.db", "w", histogram_bins=BINS) as store:
+            with pytest.raises(
+                StoreError, match="writing (nodes|edges) of block .* failed: No space left on device"
+            ) as info:
+                for block in range(1000):
+                    nodes, edges = block_tables(block, n=400)
+                    store.write_nodes(block, nodes)
+                    store.write_edges(block, edges)
+            assert "free space on the disk of" in str(info.value) and str(disk) in str(info.value)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_unwritable_sqlite_path_errors_naming_the_path(tmp_path):

@@ -6,6 +6,7 @@ WAL journal plus a busy timeout let several worker processes on one machine writ
 """
 
 import itertools
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,5 +309,24 @@ class _SQLiteErrors(BackendErrors):
     def translate(self, error: BaseException) -> None:
         if isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error):
             raise _Conflict(str(error)) from None
+        if isinstance(error, sqlite3.Error) and _disk_full(error, sqlite_path(self.url)):
+            raise StoreError(
+                f"{self.url}: {self.action} failed: No space left on device ({error}); free space on the disk of "
+                f"{sqlite_path(self.url).parent} and re-run the same command"
+            ) from None
         if isinstance(error, sqlite3.Error):
             raise StoreError(f"{self.url}: {self.action} failed: {error}") from None
+
+
+def _disk_full(error: sqlite3.Error, path: Path) -> bool:
+    """Whether ``error`` comes from a full disk: SQLITE_FULL, or an I/O error while the database's disk has less
+    than 1 MiB free (SQLite reports a write to a full WAL file as either)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < 2**20
+    except OSError:
+        return False
