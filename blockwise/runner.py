@@ -270,10 +270,11 @@ def scheduler_death(exitcode: int | None, tracking) -> str:
         text = f"the daisy scheduler process was killed by {name}"
         if -exitcode == signal.SIGBUS:
             free = shutil.disk_usage(tracking.parent if tracking.parent.exists() else tracking.parents[1]).free
+            state = "No space left on device: " if free < 2**20 else ""
             text += (
                 f" (bus error): daisy could not write its block tracking in {tracking}, which happens when that file "
-                f"system is full ({free / 1e6:.1f} MB free); free space there, then re-run the same command: it "
-                "resumes where it stopped"
+                f"system is full ({state}{free / 1e6:.1f} MB free); free space there, then re-run the same command: "
+                "it resumes where it stopped"
             )
         return text
     return f"the daisy scheduler process exited with code {exitcode} without a report"
