@@ -13,13 +13,13 @@ retried ``max_retries`` times and then listed, with exit code 1; outputs are mar
 every block succeeded.
 """
 
-import hashlib
 import math
 import time
 from pathlib import Path
 
 from affcons.config import validate
 from affcons.errors import ConfigError, VolumeError
+from affcons.files import file_sha256
 from blockwise.config import PredictConfig, PredictOptions
 from blockwise.geometry import check_block_chunks, resolve_roi, resolve_voxel_size, to_nm
 from blockwise.gpus import describe_device, gpu_capability, resolve_gpus
@@ -33,14 +33,6 @@ BLOCK_TILES = (4, 8, 8)
 CHUNK_TILES = (2, 2, 2)
 
 Triple = tuple[int, int, int]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _round_up(value: int, step: int) -> int:

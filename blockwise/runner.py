@@ -269,8 +269,10 @@ def scheduler_death(exitcode: int | None, tracking) -> str:
         name = signal.Signals(-exitcode).name
         text = f"the daisy scheduler process was killed by {name}"
         if -exitcode == signal.SIGBUS:
+            from affcons.files import NEARLY_FULL_BYTES
+
             free = shutil.disk_usage(tracking.parent if tracking.parent.exists() else tracking.parents[1]).free
-            state = "No space left on device: " if free < 2**20 else ""
+            state = "No space left on device: " if free < NEARLY_FULL_BYTES else ""
             text += (
                 f" (bus error): daisy could not write its block tracking in {tracking}, which happens when that file "
                 f"system is full ({state}{free / 1e6:.1f} MB free); free space there, then re-run the same command: "

@@ -21,7 +21,6 @@ overwrites its own chunks and store rows, so a resumed run -- also after SIGKILL
 same bytes as an uninterrupted one.
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from blockwise.layout import (
 )
 from blockwise.runner import Driver
 from blockwise.steps.agglomerate import GlobalAgglomeration
-from blockwise.steps.base import check_affinity_values, ids_dtype, links_box
+from blockwise.steps.base import check_affinity_values, links_box
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.extract import ExtractStep
 from blockwise.steps.fragments import FragmentsStep
@@ -394,8 +393,7 @@ class SegmentDriver(Driver):
             return False
         self._create(links_box(self.config).path, dtype=np.uint8, mode="w")
         inject_fault("driver", -1, "after-links")
-        grid = [math.ceil(r / b) for r, b in zip(self.config.roi_shape, self.config.block_size)]
-        self._create(self.out / FRAGMENTS, dtype=ids_dtype(math.prod(grid), math.prod(self.config.block_voxels)))
+        self._create(self.out / FRAGMENTS, dtype=FragmentsStep(self.config).ids_dtype)
         inject_fault("driver", -1, "after-fragments")
         return True
 

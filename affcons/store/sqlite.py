@@ -6,7 +6,6 @@ WAL journal plus a busy timeout let several worker processes on one machine writ
 """
 
 import itertools
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from affcons.errors import StoreError
+from affcons.files import nearly_full
 from affcons.store.base import (
     DEFAULT_BATCH_SIZE,
     SCHEMA_VERSION,
@@ -319,14 +319,9 @@ class _SQLiteErrors(BackendErrors):
 
 
 def _disk_full(error: sqlite3.Error, path: Path) -> bool:
-    """Whether ``error`` comes from a full disk: SQLITE_FULL, or an I/O error while the database's disk has less
-    than 1 MiB free (SQLite reports a write to a full WAL file as either)."""
+    """Whether ``error`` comes from a full disk: SQLITE_FULL, or an I/O error while the database's disk is
+    :func:`~affcons.files.nearly_full` (SQLite reports a write to a full WAL file as either)."""
     code = getattr(error, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL:
         return True
-    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
-        return False
-    try:
-        return shutil.disk_usage(path.parent).free < 2**20
-    except OSError:
-        return False
+    return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR and nearly_full(path.parent)

@@ -16,7 +16,6 @@ Contracts:
 """
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ import torch
 
 from affcons.config import validate
 from affcons.errors import CheckpointError, ConfigError, OutputExistsError
+from affcons.files import file_sha256
 from affcons.train.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
 from affcons.train.config import resolve_path
 from affcons.train.dataset import LoadedVolume, make_loader
@@ -395,13 +395,7 @@ def _comparable(config: dict) -> dict:
 def _file_identity(name: str) -> str:
     """``sha256:<hex>`` of the file ``name`` (repository-relative or absolute), or ``name`` itself if it is absent."""
     path = resolve_path(name)
-    if not path.is_file():
-        return name
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{file_sha256(path)}" if path.is_file() else name
 
 
 def _differences(recorded, current, name: str = "") -> list[str]:
