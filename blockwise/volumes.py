@@ -47,11 +47,13 @@ class Box:
             else:
                 import zarr
 
-                # every written chunk is stored, also one equal to the fill value: zarr then skips comparing each
-                # chunk with it (~1/3 of a chunk write's CPU), and a missing chunk always means an unwritten one
-                config = {"write_empty_chunks": True} if self.writable else None
                 path = f"{self.container}/{self.dataset}"
-                self._array = zarr.open_array(path, mode="r+" if self.writable else "r", config=config)
+                self._array = zarr.open_array(path, mode="r+" if self.writable else "r")
+                if self.writable:
+                    # every written chunk is stored, also one equal to the fill value: zarr then skips comparing each
+                    # chunk with it (over half of a chunk write's CPU), and a missing chunk always means an unwritten
+                    # one. (zarr 3.1's open_array ignores a config= argument for an existing array: with_config.)
+                    self._array = self._array.with_config({"write_empty_chunks": True})
         return self._array
 
     @property

@@ -65,3 +65,17 @@ def test_box_without_a_channel_axis(tmp_path):
     np.testing.assert_array_equal(box.read(block), data)
     with pytest.raises(VolumeError, match="channel"):
         box.read(block, channels=slice(0, 1))
+
+
+def test_a_written_block_of_fill_values_is_stored_and_reads_as_complete(affs_path):
+    """A block of zeros (e.g. affinities predicted over blank resin) is a written chunk, not a missing one: a reader
+    that requires complete data reads it instead of reporting lost chunks."""
+    box = box_for(affs_path, OFFSET, VOXEL_SIZE, writable=True)
+    block = Roi((100, 40, 8), (200, 32, 16))  # exactly chunk (0, 0, 0): 4 x 8 x 4 voxels
+    box.write(block, np.zeros((3, 4, 8, 4), np.uint8))
+    reader = box_for(affs_path, OFFSET, VOXEL_SIZE)
+    reader.require_chunks = True
+    assert reader.missing_chunks(reader.index(block)) == []
+    np.testing.assert_array_equal(reader.read(block), 0)
+    with pytest.raises(VolumeError, match="missing"):
+        reader.read(Roi((300, 40, 8), (200, 32, 16)))  # chunk (1, 0, 0): never written
