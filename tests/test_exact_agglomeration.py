@@ -27,7 +27,7 @@ from affcons.segment import (
     node_table,
     watershed_from_affinities,
 )
-from affcons.segment.canonical import compare_fractions, key_before, quantile_bin
+from affcons.segment.canonical import _erase, _find, _home, compare_fractions, key_before, quantile_bin
 from affcons.segment.hierarchy import (
     BlockState,
     block_state,
@@ -573,3 +573,42 @@ def test_levels_driven_from_a_graph_store_equal_the_global_tree(store_url, gala_
                 states = drive_levels(store, grid, scoring, directory, stop)
                 assert_same_tree(merge_tree_from_states(states, nodes.ids, scoring), expected)
         assert expected.num_stitches > 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=200), st.integers(1, 4))
+@settings(max_examples=200, deadline=None)
+def test_the_loops_pair_lookup_behaves_like_a_dict(operations, spare):
+    """The merge loop's open-addressing table (linear probing, backward-shift deletion) under inserts and erasures
+    in a nearly full table, where probe runs wrap around its end: it finds exactly the keys a dict holds."""
+    capacity = 41 + spare  # never full: at most 41 distinct keys
+    keys, values = np.full(capacity, -1, np.int64), np.empty(capacity, np.int64)
+    expected = {}
+    for step, (insert, key) in enumerate(operations):
+        key = key * 7919  # spread over the range, collisions included
+        slot = _find(keys, key)
+        if insert:
+            keys[slot], values[slot] = key, step
+            expected[key] = step
+        elif keys[slot] == key:
+            _erase(keys, values, slot)
+            del expected[key]
+        for probe in range(0, 41 * 7919, 7919):
+            slot = _find(keys, probe)
+            stored = values[slot] if keys[slot] == probe else None
+            assert stored == expected.get(probe), (probe, stored, expected.get(probe))
+    assert np.count_nonzero(keys != -1) == len(expected)
+
+
+def test_erasing_from_a_probe_run_that_wraps_around_the_tables_end_keeps_the_others_findable():
+    capacity = 16
+    last = [key for key in range(10_000) if _home(key, capacity) == capacity - 1][:3]  # they fill slots 15, 0, 1
+    keys, values = np.full(capacity, -1, np.int64), np.empty(capacity, np.int64)
+    for value, key in enumerate(last):
+        slot = _find(keys, key)
+        keys[slot], values[slot] = key, value
+    assert [keys[capacity - 1], keys[0], keys[1]] == last
+    _erase(keys, values, _find(keys, last[0]))
+    for value, key in enumerate(last[1:], start=1):
+        slot = _find(keys, key)
+        assert keys[slot] == key and values[slot] == value
+    assert np.count_nonzero(keys != -1) == 2

@@ -112,7 +112,10 @@ def quantile_bin(histogram, row, quantile):  # pragma: no cover - compiled
 # entry keeps the old one (a snapshot below its key, so the heap order of the snapshots stays valid) and is marked
 # stale; when a stale entry reaches the top it is refiled with its current tie-break. A popped entry that is not
 # stale is then the true minimum: every other entry is at or below its edge's key. Edges whose statistics change
-# (parallel edges joining) are refiled at once.
+# (parallel edges joining) are refiled at once. The heap is 4-ary: half the depth of a binary heap, and the four
+# children of an entry share a cache line or two (the loop is bound by memory latency, not by comparisons).
+
+ARITY = 4
 
 
 @numba.njit(cache=True)
@@ -155,23 +158,24 @@ def _sift_down(
 ):  # pragma: no cover - compiled
     edge, key, tie = heap_edge[hole], heap_key[hole], heap_tie[hole]
     while True:
-        child = 2 * hole + 1
-        if child >= size:
+        first = ARITY * hole + 1
+        if first >= size:
             break
-        right = child + 1
-        if right < size and _before(
-            heap_key[right],
-            heap_tie[right],
-            heap_edge[right],
-            heap_key[child],
-            heap_tie[child],
-            heap_edge[child],
-            num,
-            den,
-            ends,
-            settings,
-        ):
-            child = right
+        child = first
+        for other in range(first + 1, min(first + ARITY, size)):
+            if _before(
+                heap_key[other],
+                heap_tie[other],
+                heap_edge[other],
+                heap_key[child],
+                heap_tie[child],
+                heap_edge[child],
+                num,
+                den,
+                ends,
+                settings,
+            ):
+                child = other
         if not _before(heap_key[child], heap_tie[child], heap_edge[child], key, tie, edge, num, den, ends, settings):
             break
         _move(heap_edge, heap_key, heap_tie, position, hole, child)
@@ -186,7 +190,7 @@ def _sift(heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, s
     edge, key, tie = heap_edge[hole], heap_key[hole], heap_tie[hole]
     start = hole
     while hole > 0:
-        parent = (hole - 1) // 2
+        parent = (hole - 1) // ARITY
         if not _before(key, tie, edge, heap_key[parent], heap_tie[parent], heap_edge[parent], num, den, ends, settings):
             break
         _move(heap_edge, heap_key, heap_tie, position, hole, parent)
@@ -216,6 +220,48 @@ def _primary(e, stitched, num, den):  # pragma: no cover - compiled
     if stitched[e] > 0:
         return -np.inf
     return -(np.float64(num[e]) / np.float64(den[e]))
+
+
+# --------------------------------------------------------------------------------------- the loop's pair lookup
+# Which live edge joins two clusters: an open-addressing hash table on flat arrays (linear probing, backward-shift
+# deletion, so no tombstones), from the pair key ``lo * num_nodes + hi`` to the edge; ``keys`` holds -1 in empty
+# slots. Twice as many slots as edges (the live pairs only ever decrease), 16 B each.
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True)
+def _home(key, capacity):  # pragma: no cover - compiled
+    mixed = np.uint64(key) * _MIX
+    return np.int64((mixed ^ (mixed >> np.uint64(29))) % np.uint64(capacity))
+
+
+@numba.njit(cache=True)
+def _find(keys, key):  # pragma: no cover - compiled
+    """The slot holding ``key``, or the empty slot where it would go."""
+    capacity = len(keys)
+    slot = _home(key, capacity)
+    while keys[slot] != -1 and keys[slot] != key:
+        slot += 1
+        if slot == capacity:
+            slot = 0
+    return slot
+
+
+@numba.njit(cache=True)
+def _erase(keys, values, slot):  # pragma: no cover - compiled
+    """Empty ``slot`` and move later entries of its probe run back into the gap (no tombstones)."""
+    capacity = len(keys)
+    hole = slot
+    slot = hole + 1 if hole + 1 < capacity else 0
+    while keys[slot] != -1:
+        home = _home(keys[slot], capacity)
+        # the entry may move to the hole unless its home lies cyclically in (hole, slot]
+        if (hole < slot and (home <= hole or home > slot)) or (slot < hole and slot < home <= hole):
+            keys[hole], values[hole] = keys[slot], values[slot]
+            hole = slot
+        slot = slot + 1 if slot + 1 < capacity else 0
+    keys[hole] = -1
 
 
 @numba.njit(cache=True)
@@ -252,8 +298,8 @@ def canonical_merge_loop(
     following = np.full(2 * num_edges, -1, np.int64)  # slot 2e: edge e at its end 0, 2e+1: at its end 1
     head = np.full(num_nodes, -1, np.int64)
     tail = np.full(num_nodes, -1, np.int64)
-    lookup = {np.int64(0): np.int64(0)}  # (lo * num_nodes + hi) -> live edge
-    del lookup[np.int64(0)]
+    pair_keys = np.full(max(2 * num_edges, 1), -1, np.int64)  # (lo * num_nodes + hi) -> live edge
+    pair_edges = np.empty(len(pair_keys), np.int64)
     heap_edge = np.arange(num_edges)
     heap_key = np.empty(num_edges, np.float64)
     heap_tie = np.empty(num_edges, np.uint64)
@@ -274,9 +320,11 @@ def canonical_merge_loop(
             else:
                 following[tail[node]] = slot
             tail[node] = slot
-        lookup[u[e] * num_nodes + v[e]] = e
+        key = u[e] * num_nodes + v[e]
+        slot = _find(pair_keys, key)
+        pair_keys[slot], pair_edges[slot] = key, e
     size = num_edges
-    for hole in range(num_edges // 2 - 1, -1, -1):
+    for hole in range((num_edges - 2) // ARITY, -1, -1):
         _sift_down(heap_edge, heap_key, heap_tie, position, size, hole, num, den, ends, settings)
     capacity = max(num_nodes - 1, 0)
     merge_lo = np.empty(capacity, np.int64)
@@ -306,7 +354,7 @@ def canonical_merge_loop(
         merge_stitched[merges] = stitched[e] > 0
         merges += 1
         deleted[e] = True
-        del lookup[a * num_nodes + b]
+        _erase(pair_keys, pair_edges, _find(pair_keys, a * num_nodes + b))
         # neither a nor b is frozen, so none of their edges is deferred: all live ones are in the heap
         previous = -1
         slot = head[b]
@@ -322,9 +370,10 @@ def canonical_merge_loop(
                 continue
             side = slot % 2
             c = ends[f, 1 - side]
-            del lookup[min(b, c) * num_nodes + max(b, c)]
+            _erase(pair_keys, pair_edges, _find(pair_keys, min(b, c) * num_nodes + max(b, c)))
             key = min(a, c) * num_nodes + max(a, c)
-            g = lookup[key] if key in lookup else np.int64(-1)
+            found = _find(pair_keys, key)
+            g = pair_edges[found] if pair_keys[found] == key else np.int64(-1)
             if g != -1:  # parallel edges: f leaves the heap (keys untouched meanwhile), its statistics join g
                 deleted[f] = True
                 size = _remove(heap_edge, heap_key, heap_tie, position, size, f, num, den, ends, settings)
@@ -345,7 +394,7 @@ def canonical_merge_loop(
                     following[previous] = next_slot
             else:  # f now joins a: only its tie-break changed, and only upwards
                 ends[f, side] = a
-                lookup[key] = f
+                pair_keys[found], pair_edges[found] = key, f
                 if packed:  # its entry (a snapshot) stays below its key: refile lazily when it reaches the top
                     stale[f] = True
                 else:
@@ -451,9 +500,9 @@ def canonical_bytes_per_edge(histogram_bins: int, quantile: bool) -> int:
     3 x uint64, plus a bool while the flags are made) and, for quantile scoring, the histogram as int64 (a sort
     order and a uint32 copy of the histogram join them when a table comes unsorted); in the loop: current ends
     (2 x int64), three flags, two incidence slots (2 x int64), the heap entry (edge, primary key, packed tie-break,
-    position: 4 x 8 B), the typed-dict entry of the pair lookup (about 5 x 8 B) and, for quantile scoring, the
+    position: 4 x 8 B), two slots of the pair lookup (2 x 16 B) and, for quantile scoring, the
     key's bin and denominator (2 x 8 B)."""
     bins = histogram_bins if quantile else 0
     statistics = 3 * 8 + 1 + 8 * bins
-    loop = 2 * 8 + 3 + 2 * 8 + 4 * 8 + 5 * 8 + (2 * 8 if quantile else 0)
+    loop = 2 * 8 + 3 + 2 * 8 + 4 * 8 + 2 * 16 + (2 * 8 if quantile else 0)
     return 2 * 8 + statistics + loop
