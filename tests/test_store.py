@@ -428,19 +428,22 @@ def test_mode_a_keeps_content_and_refuses_other_histogram_bins(store_url):
 
 
 def test_a_store_of_the_previous_schema_is_refused_naming_both_versions(store_url):
-    """Schema 2 stores lack the quantised sums and crossing flags: reopening one is an error, not a wrong read."""
+    """A store of an older layout is an error on open, not a wrong read: MongoDB schema 2 lacks the quantised sums and
+    crossing flags; SQLite schema 3 kept one row per edge (schema 4: one row per block and part)."""
     open_store(store_url, "w").close()
     if store_url.startswith("sqlite"):
+        old, current = 3, 4
         connection = sqlite3.connect(store_url[len("sqlite:///") :])
-        connection.execute("UPDATE store_info SET value = 2 WHERE key = 'schema_version'")
+        connection.execute("UPDATE store_info SET value = 3 WHERE key = 'schema_version'")
         connection.commit()
         connection.close()
     else:
+        old, current = 2, 3
         client = pymongo.MongoClient(store_url, serverSelectionTimeoutMS=3000)
         client.get_default_database().store_info.update_one({"_id": "schema"}, {"$set": {"version": 2}})
         client.close()
     for mode in ("r", "a"):
-        with pytest.raises(StoreError, match="store schema version 2, this affcons reads 3"):
+        with pytest.raises(StoreError, match=f"store schema version {old}, this affcons reads {current}"):
             open_store(store_url, mode)
 
 
@@ -651,3 +654,18 @@ def test_mongodb_large_edge_write_is_split_into_bulk_calls_of_at_most_batch_size
         client = pymongo.MongoClient(mongodb_url)
         client.drop_database(f"affcons_batches_{os.getpid()}")
         client.close()
+
+
+def test_a_pair_written_by_two_blocks_that_own_neither_endpoint_is_never_read_as_two_edges(store_url):
+    """Outside the store's contract (an edge is written from the block of one of its endpoints) SQLite cannot see the
+    other block on write; then reading the table refuses the pair, naming it. MongoDB refuses the second write."""
+    edge = EdgeTable(np.array([7], np.uint64), np.array([9], np.uint64), [1.0], [1], np.zeros((1, BINS)))
+    with open_store(store_url, "w", histogram_bins=BINS) as store:
+        store.write_edges(5, edge)
+        if store_url.startswith("sqlite"):
+            store.write_edges(6, edge)
+            with pytest.raises(StoreError, match=r"edge \(7, 9\) is stored twice"):
+                store.read_edges()
+        else:
+            with pytest.raises(StoreError, match=r"edge \(7, 9\) is already stored by block 5"):
+                store.write_edges(6, edge)

@@ -7,7 +7,8 @@ int64 id conversion, ROI bounds, sorting of results, the read-only and closed st
 Contract of the writes: ``write_nodes(block_id, nodes)`` and ``write_edges(block_id, edges)`` *replace* everything
 that block wrote before (delete-then-insert keyed by block id), so a retried block never leaves a row twice, and a
 retry after a partial write ends with exactly the full set. Each node id and each edge (u, v) belongs to one block;
-writing it from another block is refused, naming the owner.
+writing it from another block is refused, naming the owner (SQLite, which stores a block's edges as one row per
+part, checks the blocks that own the edge's endpoints on write, and any pair stored twice when it reads the table).
 
 Block reads (:meth:`RagStore.read_block_nodes`, :meth:`RagStore.read_block_edges`,
 :meth:`RagStore.read_face_edges`) find a node's block by the block that wrote it. They rely on the edges step's
@@ -94,6 +95,9 @@ class RagStore(ABC):
     Attributes: ``url`` (password redacted), ``mode`` ('r', 'a' or 'w'), ``histogram_bins`` (B of every stored
     edge), ``batch_size`` (rows per bulk write / read batch).
     """
+
+    #: The layout version this backend reads and writes (recorded in the store when it is created).
+    schema_version = SCHEMA_VERSION
 
     def __init__(self, url: str, mode: str, histogram_bins: int, batch_size: int):
         self.url = redact(url)
@@ -327,6 +331,13 @@ class RagStore(ABC):
         u = np.concatenate([b[0] for b in batches])
         v = np.concatenate([b[1] for b in batches])
         order = np.lexsort((v, u))
+        twice = np.flatnonzero((u[order][1:] == u[order][:-1]) & (v[order][1:] == v[order][:-1]))
+        if len(twice):
+            i = order[twice[0]]
+            raise StoreError(
+                f"{self.url}: edge ({u[i]}, {v[i]}) is stored twice (by two blocks); re-run the step that wrote the "
+                "edges into a fresh store"
+            )
         return EdgeTable(
             u[order].astype(ID_DTYPE),
             v[order].astype(ID_DTYPE),
@@ -339,16 +350,17 @@ class RagStore(ABC):
 
     def _endpoint_blocks(self, edges: EdgeTable) -> tuple[np.ndarray, np.ndarray]:
         """The block that wrote each endpoint's node (int64, -1 for an endpoint whose node is not stored)."""
-        ids = np.union1d(edges.u, edges.v).astype(np.int64)
-        blocks = np.full(len(ids), -1, np.int64)
-        for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start : start + self.batch_size]
-            found, block = self._node_blocks(chunk)
-            blocks[np.searchsorted(ids, found)] = block
-        return (
-            blocks[np.searchsorted(ids, edges.u.astype(np.int64))],
-            blocks[np.searchsorted(ids, edges.v.astype(np.int64))],
-        )
+        owners = self._node_owners(np.concatenate([edges.u, edges.v]).astype(np.int64))
+        return owners[: len(edges)], owners[len(edges) :]
+
+    def _node_owners(self, ids: np.ndarray) -> np.ndarray:
+        """The block that wrote each node of int64 ``ids`` (-1 where no block did), looked up in batches."""
+        unique = np.unique(ids)
+        blocks = np.full(len(unique), -1, np.int64)
+        for start in range(0, len(unique), self.batch_size):
+            found, block = self._node_blocks(unique[start : start + self.batch_size])
+            blocks[np.searchsorted(unique, found)] = block
+        return blocks[np.searchsorted(unique, ids)]
 
     def _bounds(self, roi) -> Bounds | None:
         if roi is None:
@@ -367,8 +379,8 @@ class RagStore(ABC):
 
     def _check_store_info(self, version, histogram_bins) -> None:
         """Refuse a store of another schema version or histogram width (as recorded when it was created)."""
-        if version != SCHEMA_VERSION:
-            raise StoreError(f"{self.url}: store schema version {version}, this affcons reads {SCHEMA_VERSION}")
+        if version != self.schema_version:
+            raise StoreError(f"{self.url}: store schema version {version}, this affcons reads {self.schema_version}")
         if histogram_bins != self.histogram_bins:
             raise StoreError(
                 f"{self.url}: the store keeps {histogram_bins} histogram bins per edge, opened with "

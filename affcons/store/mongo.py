@@ -23,7 +23,6 @@ from pymongo import uri_parser
 from affcons.errors import StoreError
 from affcons.store.base import (
     DEFAULT_BATCH_SIZE,
-    SCHEMA_VERSION,
     BackendErrors,
     Bounds,
     RagStore,
@@ -93,7 +92,7 @@ class MongoRagStore(RagStore):
                 self._db.edges.create_index([("block", 1), ("crossing", 1)])
                 try:
                     self._db.store_info.insert_one(
-                        {"_id": "schema", "version": SCHEMA_VERSION, "histogram_bins": self.histogram_bins}
+                        {"_id": "schema", "version": self.schema_version, "histogram_bins": self.histogram_bins}
                     )
                 except pymongo.errors.DuplicateKeyError:
                     pass  # created before (by this run's other workers or an earlier run); checked below
