@@ -72,6 +72,9 @@ class ExecutionConfig(StrictModel):
     max_worker_restarts: int = pydantic.Field(10, ge=0)
     #: Show daisy's progress bar per task.
     progress: bool = True
+    #: Decoded input chunks each worker keeps for its next blocks, MiB (0: none): blocks read with context decode
+    #: the chunks of their neighbours' faces too (``blockwise.volumes.ChunkCache``).
+    read_cache_mb: int = pydantic.Field(256, ge=0)
 
 
 #: The steps that store a block's RAG edges (a fingerprint field of ``affcons segment``).

@@ -122,10 +122,18 @@ def make_task(step, process_function, execution: ExecutionConfig, run_dir: RunDi
 
 
 def run_task(
-    step, process_function, execution: ExecutionConfig, run_dir: RunDir, requires: dict, reset: bool, progress: bool
+    step,
+    process_function,
+    execution: ExecutionConfig,
+    run_dir: RunDir,
+    requires: dict,
+    reset: bool,
+    progress: bool,
+    while_waiting=None,
 ) -> TaskReport:
     """Run one blockwise step as one daisy task (:func:`make_task`) with ``requires`` per worker and
-    ``execution.workers`` times that in resources; ``reset`` voids its done markers first.
+    ``execution.workers`` times that in resources; ``reset`` voids its done markers first. ``while_waiting``: a
+    callable the driver runs once the scheduler has started (its own preparation for the next stage).
 
     The daisy scheduler runs in a child process of the driver (forked; it dies with the driver). daisy tracks
     blocks in memory-mapped files, and a full disk turns a write to one of them into a bus error (SIGBUS) that
@@ -144,6 +152,8 @@ def run_task(
     scheduler.start()
     sender.close()
     try:
+        if while_waiting is not None:
+            while_waiting()
         counters = receiver.recv()
     except EOFError:  # the scheduler died before it could answer
         counters = None
@@ -425,8 +435,9 @@ class Driver:
 
     # --------------------------------------------------------------------------------------------- steps
 
-    def run_step(self, step, requires: dict, reset: bool = False) -> TaskReport:
-        """Run one blockwise step as a daisy task with ``requires`` per worker (:func:`run_task`)."""
+    def run_step(self, step, requires: dict, reset: bool = False, while_waiting=None) -> TaskReport:
+        """Run one blockwise step as a daisy task with ``requires`` per worker (:func:`run_task`; ``while_waiting``
+        runs in the driver meanwhile, also when no block is left to run)."""
         from blockwise.launchers import process_function
 
         execution = self.config.execution
@@ -436,10 +447,21 @@ class Driver:
         elif recorded_blocks(step.timers_dir()) >= set(range(step.num_blocks)):
             # every block left its record in an earlier run: nothing to schedule, no worker to start
             n = step.num_blocks
+            if while_waiting is not None:
+                while_waiting()
             return TaskReport(step.task_id, total=n, completed=n, skipped=n)
         function = process_function(step, execution.launcher, str(self.run_dir / self.config_file))
         progress = execution.progress and not self.quiet
-        return run_task(step, function, execution, self.run_dir, requires, reset=reset, progress=progress)
+        return run_task(
+            step,
+            function,
+            execution,
+            self.run_dir,
+            requires,
+            reset=reset,
+            progress=progress,
+            while_waiting=while_waiting,
+        )
 
     @staticmethod
     def stage_record(start: float, step) -> dict:

@@ -230,8 +230,11 @@ class SegmentDriver(Driver):
 
     def _run_steps(self, fresh_fragments: bool, started: float) -> int:
         reports = []
-        for step in (FragmentsStep(self.config), EdgesStep(self.config)):
-            report = self._run_blockwise(step, reset=fresh_fragments)
+        agglomerate = GlobalAgglomeration(self.config)
+        # while the edges step runs, the driver loads the compiled merge loop of the global agglomeration
+        prepare = agglomerate.warm_up if self.config.agglomerate.method == "global" else None
+        for step, while_waiting in ((FragmentsStep(self.config), None), (EdgesStep(self.config), prepare)):
+            report = self._run_blockwise(step, reset=fresh_fragments, while_waiting=while_waiting)
             reports.append(report)
             if not report.ok:
                 return self.fail([report])
@@ -241,7 +244,6 @@ class SegmentDriver(Driver):
         with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
             self.summary["nodes"], self.summary["edges"] = store.count_nodes(), store.count_edges()
 
-        agglomerate = GlobalAgglomeration(self.config)
         redone = any(r.completed > r.skipped for r in reports)
         info = None if redone else agglomerate.done(self.fingerprint)
         start = time.time()
@@ -370,15 +372,16 @@ class SegmentDriver(Driver):
             for directory in (self.run_dir / kind).glob("hierarchy_*"):
                 shutil.rmtree(directory, ignore_errors=True)
 
-    def _run_blockwise(self, step, reset: bool, start: float | None = None):
-        """One step on one CPU per worker, its stage record in the summary."""
+    def _run_blockwise(self, step, reset: bool, start: float | None = None, while_waiting=None):
+        """One step on one CPU per worker, its stage record in the summary (``while_waiting``: see
+        :meth:`blockwise.runner.Driver.run_step`)."""
         start = time.time() if start is None else start
         execution = self.config.execution
         self.say(
             f"{step.task_id}: {step.num_blocks} blocks, {execution.workers} worker(s), launcher "
             f"{execution.launcher.type}"
         )
-        report = self.run_step(step, {"cpu": 1}, reset=reset)
+        report = self.run_step(step, {"cpu": 1}, reset=reset, while_waiting=while_waiting)
         self.summary["tasks"][step.task_id] = report.as_dict()
         self.summary["stages"][step.name] = self.stage_record(start, step)
         return report

@@ -79,3 +79,29 @@ def test_a_written_block_of_fill_values_is_stored_and_reads_as_complete(affs_pat
     np.testing.assert_array_equal(reader.read(block), 0)
     with pytest.raises(VolumeError, match="missing"):
         reader.read(Roi((300, 40, 8), (200, 32, 16)))  # chunk (1, 0, 0): never written
+
+
+def test_a_read_only_box_with_a_chunk_cache_reads_what_zarr_reads_and_stays_within_its_bytes(tmp_path):
+    """Overlapping reads with context (as neighbouring blocks make them) through the cache equal plain reads; the
+    chunks shared with an earlier read are not decoded again; the cache never holds more than its bytes."""
+    path = f"{tmp_path}/c.zarr/affs"
+    roi = Roi(OFFSET, (16 * 50, 24 * 4, 20 * 4))  # 16 x 24 x 20 voxels
+    create_volume(path, roi, VOXEL_SIZE, "uint8", num_channels=3, chunk_shape=(4, 8, 4))
+    data = np.random.default_rng(0).integers(0, 256, (3, 16, 24, 20), dtype=np.uint8)
+    box_for(path, OFFSET, VOXEL_SIZE, writable=True).write(roi, data)
+    plain = box_for(path, OFFSET, VOXEL_SIZE)
+    cached = box_for(path, OFFSET, VOXEL_SIZE)
+    cached.cache_bytes = 3 * 4 * 8 * 4 * 12  # twelve chunks
+    blocks = [Roi((100 + 50 * z, 40 + 4 * y, 8 + 4 * x), (300, 40, 36)) for z in (0, 4) for y in (0, 6) for x in (0, 8)]
+    for block in blocks:
+        for channels in (slice(0, 3), slice(1, 2)):
+            np.testing.assert_array_equal(cached.read(block, channels), plain.read(block, channels))
+        assert cached._cache.bytes <= cached.cache_bytes
+    np.testing.assert_array_equal(cached.read(roi), data)  # larger than the cache: still whole
+
+    fresh = box_for(path, OFFSET, VOXEL_SIZE)
+    fresh.cache_bytes = 10**9
+    fresh.read(Roi((100, 40, 8), (400, 64, 36)))  # z 0-8, y 0-16, x 0-9: 2 x 2 x 3 chunks
+    assert fresh._cache.decoded == 12
+    fresh.read(Roi((100, 40, 24), (400, 64, 36)))  # x 4-13: chunks x 1-3, of which x 1-2 are cached
+    assert fresh._cache.decoded == 16

@@ -669,3 +669,12 @@ def test_a_pair_written_by_two_blocks_that_own_neither_endpoint_is_never_read_as
         else:
             with pytest.raises(StoreError, match=r"edge \(7, 9\) is already stored by block 5"):
                 store.write_edges(6, edge)
+
+
+def test_read_node_ids_are_every_stored_id_sorted(store_url):
+    with open_store(store_url, "w", histogram_bins=BINS) as store:
+        for block in (3, 1, 2):
+            store.write_nodes(block, block_tables(block)[0])
+        ids = store.read_node_ids()
+    assert ids.dtype == np.uint64
+    np.testing.assert_array_equal(ids, expected_tables([1, 2, 3])[0].ids)

@@ -214,6 +214,11 @@ class RagStore(ABC):
         self._check_open()
         return _node_table(list(self._read_node_batches(self._bounds(roi))))
 
+    def read_node_ids(self) -> np.ndarray:
+        """The ids of all stored nodes, sorted (uint64): what an agglomeration needs of the nodes."""
+        self._check_open()
+        return np.sort(self._all_node_ids()).astype(ID_DTYPE)
+
     def read_edges(self, roi=None) -> EdgeTable:
         """Edges whose ``u`` node lies in ``roi`` (3-D ``funlib.geometry.Roi`` in nm; None: all edges, also those
         whose nodes were never written), sorted by (u, v)."""
@@ -404,6 +409,10 @@ class RagStore(ABC):
     @abstractmethod
     def _read_node_batches(self, bounds: Bounds | None) -> Iterator[tuple]:
         """Batches of (int64 ids, float64 position [n, 3], int64 size)."""
+
+    @abstractmethod
+    def _all_node_ids(self) -> np.ndarray:
+        """int64 ids of every stored node."""
 
     @abstractmethod
     def _read_edge_batches(self, bounds: Bounds | None) -> Iterator[tuple]:

@@ -182,6 +182,11 @@ class MongoRagStore(RagStore):
     def _read_node_batches(self, bounds) -> Iterator[tuple]:
         yield from self._node_batches(self._filter(bounds), "reading nodes")
 
+    def _all_node_ids(self) -> np.ndarray:
+        with self._errors("reading node ids"):
+            cursor = self._db.nodes.find({}, {"_id": 1}, batch_size=self.batch_size)
+            return np.array([d["_id"] for d in cursor], np.int64)
+
     def _read_block_node_batches(self, blocks) -> Iterator[tuple]:
         yield from self._node_batches({"block": {"$in": blocks}}, "reading the nodes of blocks")
 

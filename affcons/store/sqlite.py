@@ -3,6 +3,8 @@
 
 WAL journal plus a busy timeout let several worker processes on one machine write blocks at once (each write is one
 ``BEGIN IMMEDIATE`` transaction, so writers queue for the lock instead of failing). Not for network file systems.
+``synchronous=NORMAL``: a commit is safe from any crash of the writing process; a power loss may roll back the last
+commits (never corrupt the file), as it may lose the zarr chunks written just before it.
 """
 
 import itertools
@@ -97,6 +99,9 @@ class SQLiteRagStore(RagStore):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._connection = sqlite3.connect(self.path, timeout=busy_ms / 1000, isolation_level=None)
                 self._connection.execute("PRAGMA journal_mode=WAL")
+                # commits survive any crash of the process (the WAL is written before COMMIT returns); only a power
+                # loss may roll back the last ones, never corrupt the file. FULL would fsync every block's write.
+                self._connection.execute("PRAGMA synchronous=NORMAL")
             else:
                 self._connection = sqlite3.connect(
                     f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_ms / 1000, isolation_level=None
@@ -237,6 +242,10 @@ class SQLiteRagStore(RagStore):
     def _read_node_batches(self, bounds) -> Iterator[tuple]:
         where, parameters = self._where(bounds)
         yield from self._node_batches(f"SELECT id, z, y, x, size FROM nodes{where}", parameters, "reading nodes")
+
+    def _all_node_ids(self) -> np.ndarray:
+        batches = self._batches("SELECT id FROM nodes", [], "reading node ids")
+        return np.array([row[0] for rows in batches for row in rows], np.int64)
 
     def _read_block_node_batches(self, blocks) -> Iterator[tuple]:
         marks = ", ".join("?" * len(blocks))

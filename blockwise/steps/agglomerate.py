@@ -85,6 +85,10 @@ class GlobalAgglomeration:
         self.config = config
         self.run_dir = RunDir(config.run_dir)
 
+    def warm_up(self) -> None:
+        """Load the compiled merge loop now (the driver does it while the edges step runs)."""
+        _warm_up(self.config.agglomerate.scoring, self.config.histogram_bins)
+
     def done(self, fingerprint: str) -> dict | None:
         """The info of a finished agglomeration of this configuration, or None."""
         tree, info_path = self.run_dir.merge_tree, self.run_dir.agglomerate_info
@@ -100,16 +104,16 @@ class GlobalAgglomeration:
         from affcons.store import open_store
 
         timings = {}
-        _warm_up(self.config.agglomerate.scoring, self.config.histogram_bins)
+        self.warm_up()  # loaded already when the driver ran the edges step
         with RssSampler() as memory:
             start = time.perf_counter()
             with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
-                nodes = store.read_nodes()
+                node_ids = store.read_node_ids()
                 edges = store.read_edges()
             timings["read_s"] = time.perf_counter() - start
             after_read = memory.process.memory_info().rss
             start = time.perf_counter()
-            tree = build_merge_tree(edges, self.config.agglomerate.scoring, node_ids=nodes.ids)
+            tree = build_merge_tree(edges, self.config.agglomerate.scoring, node_ids=node_ids)
             timings["build_s"] = time.perf_counter() - start
         start = time.perf_counter()
         atomic_write(self.run_dir.merge_tree, tree.save)
@@ -118,9 +122,9 @@ class GlobalAgglomeration:
         info = {
             "fingerprint": fingerprint,
             "method": "global",
-            "nodes": len(nodes),
+            "nodes": len(node_ids),
             "edges": num_edges,
-            "isolated_nodes": int(len(nodes) - len(np.union1d(edges.u, edges.v))),
+            "isolated_nodes": int(len(node_ids) - len(np.union1d(edges.u, edges.v))),
             "merges": len(tree),
             "stitches": tree.num_stitches,
             "edge_table_bytes_per_edge": edges.nbytes / num_edges if num_edges else 0.0,

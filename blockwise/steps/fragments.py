@@ -50,6 +50,8 @@ class FragmentsStep(GraphStep):
 
     def __init__(self, config):
         super().__init__(config, Coordinate(config.context), writes_fragments=True)
+        # the context of a block lies in its neighbours' chunks, which the worker's next blocks read again
+        self.affs.cache_bytes = config.execution.read_cache_mb * 2**20
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         from affcons.segment import block_fragments, edge_table

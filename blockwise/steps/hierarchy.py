@@ -313,7 +313,7 @@ class HierarchicalAgglomeration:
             start = time.perf_counter()
             states = [BlockState.load(path) for step in self.steps for path in step.state_paths()]
             with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
-                node_ids = store.read_nodes().ids
+                node_ids = store.read_node_ids()
                 num_edges = store.count_edges()
             timings["read_s"] = time.perf_counter() - start
             start = time.perf_counter()

@@ -96,6 +96,7 @@ class PredictStep(BlockwiseStep):
         self.grid = PatchGrid(config.patch, config.margin)
         self.margin_nm = Coordinate(config.margin) * self.voxel_size
         self.raw = box_for(config.raw, config.raw_offset, config.voxel_size)
+        self.raw.cache_bytes = config.execution.read_cache_mb * 2**20  # neighbouring blocks share context
         self.raw.require_chunks = config.raw_complete
         self.raw_roi = Roi(config.raw_offset, Coordinate(config.raw_shape) * self.voxel_size)
         self.out = box_for(config.out, config.roi_offset, config.voxel_size, writable=True)
