@@ -319,14 +319,21 @@ def build_merge_tree(
     parse_order(order)
     if quantile >= 0 and edges.histogram_bins == 0:
         raise ConfigError(f"scoring {scoring!r} needs edge histograms; compute the RAG with histogram_bins > 0")
-    ids = np.union1d(edges.u, edges.v) if node_ids is None else np.unique(np.asarray(node_ids, np.uint64))
+    if node_ids is None:
+        ids = np.union1d(edges.u, edges.v)
+    else:
+        ids = np.asarray(node_ids, np.uint64)
+        if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):  # a store's read is sorted and unique already
+            ids = np.unique(ids)
+    ids = ids.astype(np.uint64)
+    endpoints = []
     for endpoint in (edges.u, edges.v):
         found = np.searchsorted(ids, endpoint)
         if len(ids) and np.any(ids[np.minimum(found, len(ids) - 1)] != endpoint):
             raise ValueError("edges refer to fragment ids missing from node_ids")
-    ids = ids.astype(np.uint64)
+        endpoints.append(found.astype(np.int64))
     if order == "canonical":
-        return _canonical_tree(edges, ids, quantile)
+        return _canonical_tree(edges, ids, quantile, *endpoints)
     representative = stitch_groups(edges, ids)
     stitched = representative != np.arange(len(ids))
     if stitched.any():
@@ -377,10 +384,9 @@ def sorted_pairs(u: np.ndarray, v: np.ndarray) -> np.ndarray | None:
     return order
 
 
-def _canonical_tree(edges: EdgeTable, ids: np.ndarray, quantile: int) -> MergeTree:
-    """The canonical merge tree of ``edges`` (combined) over the sorted fragment ``ids``."""
-    u = np.searchsorted(ids, edges.u).astype(np.int64)
-    v = np.searchsorted(ids, edges.v).astype(np.int64)
+def _canonical_tree(edges: EdgeTable, ids: np.ndarray, quantile: int, u: np.ndarray, v: np.ndarray) -> MergeTree:
+    """The canonical merge tree of ``edges`` (combined) over the sorted fragment ``ids``; ``u``, ``v``: the
+    endpoints' indices into ``ids`` (int64)."""
     order = sorted_pairs(u, v)
     if order is not None:
         u, v = u[order], v[order]

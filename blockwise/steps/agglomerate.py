@@ -76,6 +76,14 @@ def _warm_up(scoring: str, histogram_bins: int) -> None:
     build_merge_tree(edges, scoring).lookup(0.5)
 
 
+def isolated_nodes(node_ids: np.ndarray, edges) -> int:
+    """How many of the sorted ``node_ids`` no edge touches (every endpoint is among them)."""
+    touched = np.zeros(len(node_ids), bool)
+    for endpoint in (edges.u, edges.v):
+        touched[np.searchsorted(node_ids, endpoint)] = True
+    return int(len(node_ids) - np.count_nonzero(touched))
+
+
 class GlobalAgglomeration:
     """The global agglomeration of a resolved ``SegmentConfig`` (runs in the driver process)."""
 
@@ -124,7 +132,7 @@ class GlobalAgglomeration:
             "method": "global",
             "nodes": len(node_ids),
             "edges": num_edges,
-            "isolated_nodes": int(len(node_ids) - len(np.union1d(edges.u, edges.v))),
+            "isolated_nodes": isolated_nodes(node_ids, edges),
             "merges": len(tree),
             "stitches": tree.num_stitches,
             "edge_table_bytes_per_edge": edges.nbytes / num_edges if num_edges else 0.0,
