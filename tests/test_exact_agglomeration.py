@@ -612,3 +612,12 @@ def test_erasing_from_a_probe_run_that_wraps_around_the_tables_end_keeps_the_oth
         slot = _find(keys, key)
         assert keys[slot] == key and values[slot] == value
     assert np.count_nonzero(keys != -1) == 2
+
+
+def test_isolated_nodes_are_the_ids_no_edge_touches():
+    from blockwise.steps.agglomerate import isolated_nodes
+
+    ids = np.array([1, 2, 3, 5, 8], np.uint64)
+    edges = EdgeTable(np.array([1, 2], np.uint64), np.array([2, 5], np.uint64), [1.0, 1.0], [1, 1], np.zeros((2, 0)))
+    assert isolated_nodes(ids, edges) == 2  # 3 and 8
+    assert isolated_nodes(ids, EdgeTable.empty(0)) == 5
