@@ -78,7 +78,7 @@ class ExecutionConfig(StrictModel):
 
 
 #: The steps that store a block's RAG edges (a fingerprint field of ``affcons segment``).
-RAG_STEPS = "internal edges: fragments; crossing edges: edges"
+RAG_STEPS = "internal edges: fragments; crossing edges: edges, from the face sections"
 
 
 class Fingerprinted:

@@ -87,9 +87,10 @@ class RunDir:
         return f"sqlite:///{self.path / 'rag.db'}"
 
     @property
-    def face_links(self) -> Path:
-        """``face_links.zarr/links``: uint8 face-link bits on the fragments' grid (run-internal state)."""
-        return self.path / "face_links.zarr" / "links"
+    def faces(self) -> Path:
+        """``faces.zarr``: the blocks' face sections (fragments, face-link bits, affinities; see
+        :mod:`blockwise.faces`), run-internal state."""
+        return self.path / "faces.zarr"
 
     @property
     def merge_tree(self) -> Path:

@@ -189,7 +189,10 @@ def segment_plan(config: SegmentConfig, rates: Rates = MEASURED, density: tuple[
             "bytes_each_uncompressed": voxels * ids.itemsize,
             "run_dir": config.run_dir,
             "graph": redact(config.graph),
-            "face_links_bytes_uncompressed": voxels,
+            # per axis a: 2 sections of ids and link bits per block, 1 of affinities (counted as uint8)
+            "face_sections_bytes_uncompressed": sum(
+                math.ceil(r / b) * voxels // r * (2 * (ids.itemsize + 1) + 1) for r, b in zip(roi_voxels, block_voxels)
+            ),
         },
         "estimate": {
             "workers": workers,
@@ -337,9 +340,8 @@ def format_segment_plan(plan: dict) -> str:
         f"  outputs     {outputs['fragments']} and {len(outputs['segmentations'])} segmentation(s) "
         f"({', '.join(s.rsplit('/', 1)[-1] for s in outputs['segmentations'])}), {outputs['dtype']}, "
         f"{human_bytes(outputs['bytes_each_uncompressed'])} each uncompressed, chunks {blocks['chunk_shape']}",
-        f"  run dir     {outputs['run_dir']} (face links: uint8, "
-        f"{human_bytes(outputs['face_links_bytes_uncompressed'])} "
-        "uncompressed, non-zero only on block faces); graph " + outputs["graph"],
+        f"  run dir     {outputs['run_dir']} (face sections: "
+        f"{human_bytes(outputs['face_sections_bytes_uncompressed'])} uncompressed); graph " + outputs["graph"],
         f"  estimate    {estimate['workers']} worker(s): "
         + ", ".join(f"{k} {human_seconds(v)}" for k, v in estimate["stage_s"].items())
         + f"; total ~{human_seconds(estimate['total_s'])}",

@@ -42,10 +42,11 @@ from blockwise.layout import (
 )
 from blockwise.runner import Driver
 from blockwise.steps.agglomerate import GlobalAgglomeration
-from blockwise.steps.base import check_affinity_values, links_box
+from blockwise.steps.base import check_affinity_values, face_sections
 from blockwise.steps.edges import EdgesStep
 from blockwise.steps.extract import ExtractStep
 from blockwise.steps.fragments import FragmentsStep
+from blockwise.volumes import box_for
 
 #: Default block and context, voxels (z, y, x).
 DEFAULT_BLOCK = (64, 256, 256)
@@ -389,14 +390,17 @@ class SegmentDriver(Driver):
     # ----------------------------------------------------------------------------------------------- outputs
 
     def create_fragments(self) -> bool:
-        """Create the run's face-link bits, then ``OUT.zarr/fragments``, unless the fragments exist (checked
-        before); True if they were created now. The fragments come last: their existence marks both created, so a
-        crash in between creates both anew on the next run."""
+        """Create the run's face sections (:mod:`blockwise.faces`), then ``OUT.zarr/fragments``, unless the
+        fragments exist (checked before); True if they were created now. The fragments come last: their existence
+        marks both created, so a crash in between creates both anew on the next run."""
         if read_attrs(self.out / FRAGMENTS) is not None:
             return False
-        self._create(links_box(self.config).path, dtype=np.uint8, mode="w")
+        ids = FragmentsStep(self.config).ids_dtype
+        affs = box_for(self.config.affs, self.config.affs_offset, self.config.voxel_size)
+        face_sections(self.config).create(ids, affs.array.dtype)
+        affs.close()
         inject_fault("driver", -1, "after-links")
-        self._create(self.out / FRAGMENTS, dtype=FragmentsStep(self.config).ids_dtype)
+        self._create(self.out / FRAGMENTS, dtype=ids)
         inject_fault("driver", -1, "after-fragments")
         return True
 

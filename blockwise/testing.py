@@ -90,12 +90,14 @@ def segment_argv(
 
 
 def face_links_of_run(out) -> np.ndarray:
-    """The face-link bits a run of ``affcons segment --out OUT`` recorded (default run directory)."""
-    import zarr
-
+    """The face-link bits a run of ``affcons segment --out OUT`` recorded (default run directory), as a volume."""
+    from affcons.config import load_config
+    from blockwise.config import SegmentConfig
     from blockwise.layout import RunDir, segment_run_dir
+    from blockwise.steps.base import face_sections
 
-    return zarr.open_array(str(RunDir(segment_run_dir(out)).face_links))[:]
+    run_dir = RunDir(segment_run_dir(out))
+    return face_sections(load_config(SegmentConfig, run_dir / RunDir.SEGMENT_CONFIG)).links_volume()
 
 
 def run_cli(argv: list[str]) -> int:

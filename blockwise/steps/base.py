@@ -24,6 +24,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from affcons.errors import VolumeError
+from blockwise.faces import FaceSections
 from blockwise.layout import FRAGMENTS, RunDir
 from blockwise.timers import Timers
 from blockwise.volumes import Box, box_for
@@ -98,6 +99,12 @@ class BlockwiseStep:
         begin = self.roi.begin + Coordinate(tuple(reversed(position))) * self.block_shape
         return Roi(begin, self.block_shape).intersect(self.roi)
 
+    def voxel_box(self, write_roi: Roi) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(grid coordinates, first voxel relative to the ROI, shape in voxels) of a block's write ROI."""
+        begin = (write_roi.begin - self.roi.begin) / self.voxel_size
+        coords = tuple(int(b) // int(s) for b, s in zip(begin, self.block_shape / self.voxel_size))
+        return coords, tuple(int(b) for b in begin), tuple(int(s) for s in write_roi.shape / self.voxel_size)
+
     def first_id(self, block_index: int) -> int:
         """Fragment ids of a block are ``first_id + 1 .. first_id + voxels_per_block``."""
         return block_index * (self.voxels_per_block + 1)
@@ -131,10 +138,11 @@ def fragments_box(config, writable: bool = False) -> Box:
     return Box(str(config.out), FRAGMENTS, tuple(config.roi_offset), tuple(config.voxel_size), writable)
 
 
-def links_box(config, writable: bool = False) -> Box:
-    """``RUN_DIR/face_links.zarr/links``: uint8 face-link bits on the fragments' grid."""
-    links = RunDir(config.run_dir).face_links
-    return Box(str(links.parent), links.name, tuple(config.roi_offset), tuple(config.voxel_size), writable)
+def face_sections(config) -> FaceSections:
+    """``RUN_DIR/faces.zarr``: the blocks' face sections (:mod:`blockwise.faces`) on the run's block grid."""
+    grid = tuple(math.ceil(r / b) for r, b in zip(config.roi_shape, config.block_size))
+    volume = tuple(r // v for r, v in zip(config.roi_shape, config.voxel_size))
+    return FaceSections(RunDir(config.run_dir).faces, grid, config.block_voxels, volume)
 
 
 #: Float affinities must lie in [0, 1]; this much rounding error is tolerated.
@@ -171,7 +179,7 @@ class GraphStep(BlockwiseStep):
         self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
         self.affs.require_chunks = config.affs_complete
         self.fragments = fragments_box(config, writable=writes_fragments)
-        self.links = links_box(config, writable=writes_fragments)
+        self.faces = face_sections(config)
         self.store = None
 
     def read_affinities(self, roi: Roi, block_index: int) -> np.ndarray:
@@ -195,5 +203,5 @@ class GraphStep(BlockwiseStep):
         if self.store is not None:
             self.store.close()
             self.store = None
-        for box in (self.affs, self.fragments, self.links):
+        for box in (self.affs, self.fragments):
             box.close()

@@ -17,9 +17,10 @@ affinities with mean scoring, :func:`affcons.segment.edge_table` otherwise, the 
 stores them as the block's *internal* edges; the edges step adds only the pairs across the block's lower faces.
 
 The block also records how its watershed, which sees the context, labels the voxel pairs across each face it shares
-with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.face_links`, written to
-``RUN_DIR/face_links.zarr/links`` (uint8, the fragments' grid). The edges step turns them into the ``linked``
-counts that stitch fragments cut by a face back together.
+with a neighbouring block: the face-link bits of :func:`affcons.segment.stitch.face_links`. It stores them with
+its first and last section of fragments and the first section of affinities as its face sections
+(:mod:`blockwise.faces`): all the edges step reads. The edges step turns the bits into the ``linked`` counts that
+stitch fragments cut by a face back together.
 """
 
 import time
@@ -90,8 +91,10 @@ class FragmentsStep(GraphStep):
         for phase, seconds in phases.items():
             timers.add(f"compute_{phase}", seconds)
         with timers.time("write"):
-            self.fragments.write(write_roi, fragments.astype(self.fragments.array.dtype, copy=False))
-            self.links.write(write_roi, links)
+            fragments = fragments.astype(self.fragments.array.dtype, copy=False)
+            self.fragments.write(write_roi, fragments)
+            coords, begin, _ = self.voxel_box(write_roi)
+            self.faces.write_block(coords, begin, fragments, links, inner)
             inject_fault(self.name, block_index, "partial-write")
             self.store.write_nodes(block_index, nodes)
             self.store.write_edges(block_index, internal, part="internal")
