@@ -141,23 +141,27 @@ VOXEL_NM = (8, 8, 8)
 
 
 def write_lattice_rag(url: str, size: int, block: int, seed: int = 0) -> tuple[int, int]:
-    """A RAG of a ``size``^3 volume in the graph store at ``url``, written block by block as the fragments and
-    edges steps write it: one fragment per ``SPACING``^3 cell of a lattice (shuffled ids, jittered centres and
-    sizes), edges to the 6 face neighbours and to half of the (0, 1, 1) diagonal neighbours (not across a block's
-    edge: in a real RAG fragments touch only within a block or across a face), each written by the block of its
-    ``u``. Statistics as the pipeline's: ``count`` voxel pairs, ``quantised_sum`` an integer sum of
-    uint8 affinities (bimodal means; half of the edges exactly ``level * count``, so many means tie),
-    ``affinity_sum = quantised_sum / 255``; a fifth of the edges across a fragment-block face are stitched
-    (``linked = count``). Returns ``(nodes, edges)``."""
+    """A RAG of a ``size``^3 volume in the graph store at ``url``, written block by block as the fragments and edges
+    steps write it: one fragment per ``SPACING``^3 cell of a lattice (ids contiguous per block and shuffled within
+    it, jittered centres and sizes), edges to the 6 face neighbours and to half of the (0, 1, 1) diagonal neighbours
+    (not across a block's edge: in a real RAG fragments touch only within a block or across a face), each written by
+    the block of its ``u``. Statistics as the pipeline's: ``count`` voxel pairs, ``quantised_sum`` an integer sum of
+    uint8 affinities (bimodal means; half of the edges exactly ``level * count``, so many means tie), ``affinity_sum
+    = quantised_sum / 255``; a fifth of the edges across a fragment-block face are stitched (``linked = count``).
+    Returns ``(nodes, edges)``."""
     from affcons.segment import EdgeTable, NodeTable
     from affcons.store import open_store
 
     rng = np.random.default_rng(seed)
     cells = size // SPACING
-    ids = rng.permutation(cells**3).astype(np.uint64) + 1
     index = np.arange(cells**3).reshape((cells,) * 3)
     position = np.stack(np.unravel_index(index.ravel(), index.shape), axis=1)
     node_block = np.ravel_multi_index(tuple((position * SPACING // block).T), ((size + block - 1) // block,) * 3)
+    # ids as the pipeline's: one contiguous range per block (so a block's rows land together in the store's
+    # B-trees), in random order within the block (so ties between equal scores break in no spatial order)
+    rank = np.empty(cells**3, np.int64)
+    rank[np.lexsort((rng.permutation(cells**3), node_block))] = np.arange(cells**3)
+    ids = rank.astype(np.uint64) + 1
     pairs = [np.stack([index[:-1].ravel(), index[1:].ravel()], 1)]
     pairs.append(np.stack([index[:, :-1].ravel(), index[:, 1:].ravel()], 1))
     pairs.append(np.stack([index[:, :, :-1].ravel(), index[:, :, 1:].ravel()], 1))
