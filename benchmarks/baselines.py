@@ -78,6 +78,7 @@ class RssSampler:
         self.interval = interval
         self.peak = 0
         self.peaks: dict[int, int] = {}
+        self.commands: dict[int, str] = {}  # command line of each process seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -94,7 +95,9 @@ class RssSampler:
             for process in processes:
                 try:
                     rss = process.memory_info().rss
-                except psutil.NoSuchProcess:
+                    if process.pid not in self.commands:
+                        self.commands[process.pid] = " ".join(process.cmdline())
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 total += rss
                 self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
@@ -111,6 +114,10 @@ class RssSampler:
     def largest(self) -> int:
         """The largest peak of any one process."""
         return max(self.peaks.values(), default=0)
+
+    def largest_of(self, marker: str) -> int:
+        """The largest peak of the processes whose command line contains ``marker``."""
+        return max((peak for pid, peak in self.peaks.items() if marker in self.commands.get(pid, "")), default=0)
 
 
 def run_baseline(

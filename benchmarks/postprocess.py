@@ -1,6 +1,11 @@
 """Post-processing throughput (issue 11): ``affcons segment`` vs monolithic baselines of equal quality, in one run.
 
     nice .venv/bin/python benchmarks/postprocess.py [--sizes 256 512] [--baseline-sizes 256] [--before DIR]
+        [--unscored-sizes 1024]
+
+``--unscored-sizes``: volumes made slab by slab (:func:`slabwise_affinities`: the same recipe without ever holding
+the whole volume), run with the largest ``--workers`` only and not scored: the memory per worker at a scale whose
+label volume would not fit here.
 
 For each size S, an S^3 volume is made by mirroring a bundled FIB-SEM ground truth (default ``gala-test``, the
 unseen NeuroProof-like volume, 10 nm; reflected at its faces until it covers S^3, then one id per connected piece),
@@ -14,15 +19,14 @@ child process whose process tree is sampled with psutil:
   ``affcons segment`` of another checkout of the repository (e.g. ``git worktree add DIR 36aeb8f``), 2 workers.
 
 Printed per row: wall s (the child process from start to exit), Mvoxel/s (S^3 / wall), peak RSS of the largest
-process of the tree (driver or worker), VOI (nats) at each threshold and the best; then the ratio affcons 2 workers
-/ DT baseline, whether the outputs of every affcons row are byte-identical (chunk digests), where the fragments of
-``--before`` differ from these and by how much VOI, and the per-step profile (read / compute / write and the
-compute phases of the fragments kernel, summed over blocks, from the run's ``summary.json``). Every score comes from
-the (fragment, ground truth) contingency table and the run's lookup tables
+process of the tree (driver or worker) and of the largest daisy worker, VOI (nats) at each threshold and the best;
+then the ratio affcons 2 workers / DT baseline, whether the outputs of every affcons row are byte-identical (chunk
+digests), where the fragments of ``--before`` differ from these and by how much VOI, and the per-step profile (read
+/ compute / write and the compute phases of the fragments kernel, summed over blocks, from the run's
+``summary.json``). Every score comes from the (fragment, ground truth) contingency table and the run's lookup tables
 (:func:`affcons.evaluate.scores_from_lut`, the same numbers as scoring the written segmentations). Before the
 measured runs, each checkout segments a small volume once, so that numba's kernel caches are warm (a fresh
-checkout's first run compiles the kernels in every worker).
-"""
+checkout's first run compiles the kernels in every worker)."""
 
 import argparse
 import json
@@ -61,10 +65,41 @@ def affcons_segment(source: Path, affs: str, out: Path, thresholds, block, conte
     wall = time.perf_counter() - start
     sampler.stop()
     peak = sampler.largest  # the largest process: the driver or one worker
+    worker_peak = sampler.largest_of("daisy._subprocess_worker")  # daisy's local workers
     if code != 0:
         raise RuntimeError(f"affcons segment ({source}) failed with exit code {code}; see {log}")
     summary = json.loads(RunDir(segment_run_dir(out)).summary.read_text())
-    return {"wall_s": wall, "peak_rss": peak, "summary": summary, "workers": workers}
+    return {"wall_s": wall, "peak_rss": peak, "worker_rss": worker_peak, "summary": summary, "workers": workers}
+
+
+def mirror_index(length: int, size: int) -> np.ndarray:
+    """Indices into an axis of ``length`` that reflect it at its ends until ``size`` (as :func:`mirror_to`)."""
+    position = np.arange(size) % (2 * length)
+    return np.where(position < length, position, 2 * length - 1 - position)
+
+
+def slabwise_affinities(base: np.ndarray, size: int, voxel_size, path: str, slab: int = 64, halo: int = 8) -> None:
+    """uint8 degraded affinities of ``base`` mirrored to ``size``^3, made per z-slab with a halo for the recipe's
+    blur and widened boundaries (noise seeded per slab), so neither the labels nor the affinities of the whole volume
+    are ever in memory. Affinities compare neighbouring labels only, so the mirrored ids need no relabelling."""
+    from funlib.geometry import Coordinate, Roi
+
+    from affcons.affinities import affinities_to_uint8
+    from affcons.io import create_volume
+    from affcons.synthetic import degraded_affinities
+
+    roi = Roi((0, 0, 0), Coordinate((size,) * 3) * Coordinate(voxel_size))
+    array = create_volume(path, roi, voxel_size, np.uint8, num_channels=3, chunk_shape=(64,) * 3, mode="w")
+    z_index, y_index, x_index = (mirror_index(n, size) for n in base.shape)
+    for begin in range(0, size, slab):
+        low, high, end = max(begin - halo, 0), min(begin + slab + halo, size), min(begin + slab, size)
+        labels = base[np.ix_(z_index[low:high], y_index, x_index)]
+        affs = degraded_affinities(labels, seed=begin)[:, begin - low : end - low]
+        box = Roi(
+            Coordinate((begin, 0, 0)) * Coordinate(voxel_size),
+            Coordinate((end - begin, size, size)) * Coordinate(voxel_size),
+        )
+        array[box] = affinities_to_uint8(affs)
 
 
 def affcons_scores(out: Path, labels: np.ndarray, thresholds) -> dict[float, float]:
@@ -132,7 +167,7 @@ def profile_lines(summary: dict, workers: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512], help="cube edge lengths, voxels")
+    parser.add_argument("--sizes", nargs="*", type=int, default=[256, 512], help="cube edge lengths, voxels")
     parser.add_argument(
         "--baseline-sizes", nargs="*", type=int, default=None, help="sizes with the monolithic baselines (default all)"
     )
@@ -144,6 +179,14 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="another checkout of the repository to run as 'before' (2 workers)")
     parser.add_argument("--before-sizes", nargs="*", type=int, default=None, help="sizes with --before (default all)")
     parser.add_argument("--work-dir", help="default: a temporary directory (removed at the end)")
+    parser.add_argument(
+        "--unscored-sizes",
+        nargs="*",
+        type=int,
+        default=[],
+        help="sizes made slab by slab and run with the largest --workers only, not scored (memory per worker at a "
+        "scale whose label volume would not fit here), e.g. 1024",
+    )
     args = parser.parse_args()
 
     import cc3d
@@ -172,35 +215,56 @@ def main() -> None:
         affcons_segment(source, warm_affs, out, args.thresholds[:1], [32, 32, 32], args.context, 1)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(segment_run_dir(out), ignore_errors=True)
-    for size in args.sizes:
-        labels = cc3d.connected_components(mirror_to(base, (size,) * 3), connectivity=6).astype(np.uint64)
+    for size in args.sizes + args.unscored_sizes:
+        scored = size not in args.unscored_sizes
+        labels = None
         affs = f"{work}/in{size}.zarr/affs"
-        write_affinities(affs, degraded_affinities(labels, seed=0), voxel_size, dtype=np.uint8, chunk_shape=(64,) * 3)
+        if scored:
+            labels = cc3d.connected_components(mirror_to(base, (size,) * 3), connectivity=6).astype(np.uint64)
+            write_affinities(
+                affs, degraded_affinities(labels, seed=0), voxel_size, dtype=np.uint8, chunk_shape=(64,) * 3
+            )
+        else:
+            start = time.perf_counter()
+            slabwise_affinities(base, size, voxel_size, affs)
+            print(f"\n{size}^3 affinities made slab by slab in {time.perf_counter() - start:.0f} s", flush=True)
         mega = size**3 / 1e6
         rows: dict[str, tuple[float, int, dict]] = {}
-        if size in baseline_sizes:
+        if scored and size in baseline_sizes:
             for method, name in (("dt-watershed", "DT-ws + waterz"), ("waterz", "waterz own ws")):
                 result = run_baseline(method, affs, work / f"{method}{size}", args.thresholds, voxel_size=voxel_size)
-                rows[name] = (result.wall_s, result.peak_rss_sampled, baseline_scores(result.segmentations, labels))
+                rows[name] = (
+                    result.wall_s,
+                    result.peak_rss_sampled,
+                    baseline_scores(result.segmentations, labels),
+                    None,
+                )
                 shutil.rmtree(work / f"{method}{size}", ignore_errors=True)
         runs, digests = {}, {}
-        variants = [(f"affcons {w} worker{'s' if w > 1 else ''}", REPO, w) for w in args.workers]
-        if args.before and size in before_sizes:
+        counts = args.workers if scored else [max(args.workers)]
+        variants = [(f"affcons {w} worker{'s' if w > 1 else ''}", REPO, w) for w in counts]
+        if scored and args.before and size in before_sizes:
             variants.append(("affcons before, 2 workers", args.before.resolve(), 2))
         for name, source, workers in variants:
             out = work / f"out{size}_{len(runs)}.zarr"
             run = affcons_segment(source, affs, out, args.thresholds, args.block, args.context, workers)
-            rows[name] = (run["wall_s"], run["peak_rss"], affcons_scores(out, labels, args.thresholds))
+            scores = affcons_scores(out, labels, args.thresholds) if scored else {}
+            rows[name] = (run["wall_s"], run["peak_rss"], scores, run["worker_rss"])
             runs[name] = (out, run)
-            digests[name] = json.dumps(chunk_digests(out, ["fragments", *map(segmentation_name, args.thresholds)]))
+            if scored:
+                digests[name] = json.dumps(chunk_digests(out, ["fragments", *map(segmentation_name, args.thresholds)]))
 
         print(f"\n=== {size}^3 ({mega:.1f} Mvoxel); uptime now: {os.getloadavg()} (1/5/15 min load) ===")
-        header = f"{'run':26} {'wall s':>8} {'Mvox/s':>7} {'peak RSS':>9} {'best VOI':>9}  VOI per threshold"
+        header = (
+            f"{'run':26} {'wall s':>8} {'Mvox/s':>7} {'peak RSS':>9} {'worker RSS':>10} {'best VOI':>9}  "
+            "VOI per threshold"
+        )
         print(header)
-        for name, (wall, rss, voi) in rows.items():
-            per = " ".join(f"{voi[t]:.3f}" for t in args.thresholds)
-            best = min(voi.values())
-            print(f"{name:26} {wall:8.1f} {mega / wall:7.2f} {rss / 2**30:7.2f} GB {best:9.3f}  {per}")
+        for name, (wall, rss, voi, worker) in rows.items():
+            per = " ".join(f"{voi[t]:.3f}" for t in args.thresholds) if voi else "(not scored)"
+            best = f"{min(voi.values()):9.3f}" if voi else f"{'-':>9}"
+            worker = f"{worker / 2**30:7.2f} GB" if worker else f"{'-':>10}"
+            print(f"{name:26} {wall:8.1f} {mega / wall:7.2f} {rss / 2**30:7.2f} GB {worker} {best}  {per}")
         two = rows.get("affcons 2 workers")
         for reference in ("DT-ws + waterz", "waterz own ws", "affcons before, 2 workers"):
             if two and reference in rows:
@@ -223,7 +287,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(segment_run_dir(out), ignore_errors=True)
         shutil.rmtree(f"{work}/in{size}.zarr", ignore_errors=True)
-        del labels
+        labels = None
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
 
