@@ -621,3 +621,42 @@ def test_isolated_nodes_are_the_ids_no_edge_touches():
     edges = EdgeTable(np.array([1, 2], np.uint64), np.array([2, 5], np.uint64), [1.0, 1.0], [1, 1], np.zeros((2, 0)))
     assert isolated_nodes(ids, edges) == 2  # 3 and 8
     assert isolated_nodes(ids, EdgeTable.empty(0)) == 5
+
+
+def test_the_assembly_reads_only_the_merges_of_a_state_file_and_refuses_other_formats(tmp_path):
+    from affcons.segment.hierarchy import BlockMerges
+
+    state = BlockState(
+        level=1,
+        quantile=-1,
+        histogram_bins=0,
+        merge_lo=np.array([1, 3], np.uint64),
+        merge_hi=np.array([2, 4], np.uint64),
+        merge_num=np.array([510, 255], np.uint64),
+        merge_den=np.array([2, 1], np.uint64),
+        merge_stitched=np.array([False, True]),
+        cluster_ids=np.array([1], np.uint64),
+        member_ids=np.array([1], np.uint64),
+        edge_u=np.zeros(0, np.uint64),
+        edge_v=np.zeros(0, np.uint64),
+        edge_quantised_sum=np.zeros(0, np.uint64),
+        edge_count=np.zeros(0, np.uint64),
+        edge_stitched=np.zeros(0, np.uint64),
+        edge_histogram=np.zeros((0, 0), np.uint32),
+    )
+    path = tmp_path / "state.npz"
+    state.save(path)
+    merges = BlockMerges.load(path)
+    for name in ("merge_lo", "merge_hi", "merge_num", "merge_den", "merge_stitched"):
+        np.testing.assert_array_equal(getattr(merges, name), getattr(state, name))
+    assert (merges.quantile, merges.histogram_bins) == (-1, 0)
+    ids = np.array([1, 2, 3, 4], np.uint64)
+    light, full = merge_tree_from_states([merges], ids), merge_tree_from_states([state], ids)
+    for name in ("ids", "kept", "absorbed", "score", "level"):
+        np.testing.assert_array_equal(getattr(light, name), getattr(full, name))
+    np.savez(tmp_path / "old.npz", format=np.int64(0), merge_lo=state.merge_lo)
+    with pytest.raises(AgglomerationError, match="block state format 0"):
+        BlockMerges.load(tmp_path / "old.npz")
+    np.savez(tmp_path / "partial.npz", format=np.int64(1), merge_lo=state.merge_lo)
+    with pytest.raises(AgglomerationError, match="lacks"):
+        BlockMerges.load(tmp_path / "partial.npz")

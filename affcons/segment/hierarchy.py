@@ -102,19 +102,7 @@ class BlockState:
     def load(file) -> "BlockState":
         """Read a state written by :meth:`save`; a file of another format or with wrong arrays is an
         :class:`~affcons.errors.AgglomerationError` naming it."""
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError) as error:
-            raise AgglomerationError(f"{file}: not a readable block state: {error}") from None
-        if int(arrays.get("format", -1)) != STATE_FORMAT:
-            raise AgglomerationError(
-                f"{file}: block state format {arrays.get('format')}, this affcons reads {STATE_FORMAT}"
-            )
-        missing = [f.name for f in fields(BlockState) if f.name not in arrays]
-        if missing:
-            raise AgglomerationError(f"{file}: block state lacks {', '.join(missing)}")
-        values = {f.name: arrays[f.name] for f in fields(BlockState)}
+        values = _load_arrays(file, [f.name for f in fields(BlockState)])
         for name in ("level", "quantile", "histogram_bins"):
             values[name] = int(values[name])
         try:
@@ -259,7 +247,53 @@ def finish(children: Sequence[BlockState], crossing: EdgeTable, scoring: str = "
     return parent_state(children, crossing, np.zeros(0, _U64), scoring)
 
 
-def merge_tree_from_states(states: Sequence[BlockState], node_ids: np.ndarray, scoring: str = "mean") -> MergeTree:
+def _load_arrays(file, names: list[str]) -> dict:
+    """The arrays ``names`` of a state file written by :meth:`BlockState.save` (read one by one: a reader that needs
+    some of them never decompresses the others); a file of another format or without them is an
+    :class:`~affcons.errors.AgglomerationError` naming it."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            if "format" not in data.files or int(data["format"]) != STATE_FORMAT:
+                found = data["format"] if "format" in data.files else None
+                raise AgglomerationError(f"{file}: block state format {found}, this affcons reads {STATE_FORMAT}")
+            missing = [name for name in names if name not in data.files]
+            if missing:
+                raise AgglomerationError(f"{file}: block state lacks {', '.join(missing)}")
+            return {name: data[name] for name in names}
+    except AgglomerationError:
+        raise
+    except (OSError, ValueError, EOFError) as error:
+        raise AgglomerationError(f"{file}: not a readable block state: {error}") from None
+
+
+@dataclass(frozen=True)
+class BlockMerges:
+    """The final merges of a :class:`BlockState` and its scoring: all that the assembly of the merge tree needs."""
+
+    quantile: int
+    histogram_bins: int
+    merge_lo: np.ndarray
+    merge_hi: np.ndarray
+    merge_num: np.ndarray
+    merge_den: np.ndarray
+    merge_stitched: np.ndarray
+
+    @staticmethod
+    def load(file) -> "BlockMerges":
+        """The merges of the state file ``file`` (:meth:`BlockState.save`), without its frozen clusters, members
+        and deferred edges."""
+        values = _load_arrays(file, [f.name for f in fields(BlockMerges)])
+        for name in ("quantile", "histogram_bins"):
+            values[name] = int(values[name])
+        merges = BlockMerges(**values)
+        if len({len(merges.merge_lo), len(merges.merge_hi), len(merges.merge_num), len(merges.merge_den)}) > 1:
+            raise AgglomerationError(f"{file}: block state merges of different lengths")
+        return merges
+
+
+def merge_tree_from_states(
+    states: Sequence[BlockState | BlockMerges], node_ids: np.ndarray, scoring: str = "mean"
+) -> MergeTree:
     """The merge tree of all merges of ``states`` (every block of every level, root included), over all fragment
     ``node_ids``: the canonical global tree (``build_merge_tree(order="canonical")``), byte for byte."""
     quantile = parse_scoring(scoring)

@@ -299,10 +299,10 @@ class HierarchicalAgglomeration:
         return record
 
     def assemble(self, fingerprint: str, levels: list[dict], stop: dict) -> dict:
-        """Read every state of every level and the node ids, build the merge tree, save it and
+        """Read the merges of every state of every level and the node ids, build the merge tree, save it and
         ``agglomerate.json`` (with the ``levels`` records and the ``stop`` record); return counts, timings and the
         driver's peak RSS."""
-        from affcons.segment.hierarchy import BlockState, merge_tree_from_states
+        from affcons.segment.hierarchy import BlockMerges, merge_tree_from_states
         from affcons.store import open_store
         from blockwise.layout import RunDir
         from blockwise.timers import RssSampler
@@ -311,7 +311,8 @@ class HierarchicalAgglomeration:
         timings = {}
         with RssSampler() as memory:
             start = time.perf_counter()
-            states = [BlockState.load(path) for step in self.steps for path in step.state_paths()]
+            # the merges only: frozen clusters, members and deferred edges are the levels' business
+            states = [BlockMerges.load(path) for step in self.steps for path in step.state_paths()]
             with open_store(self.config.graph_url(), "r", self.config.histogram_bins) as store:
                 node_ids = store.read_node_ids()
                 num_edges = store.count_edges()
