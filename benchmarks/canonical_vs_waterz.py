@@ -197,22 +197,22 @@ def memory_case(case: str, scoring: str, side: int = 50) -> None:
     if case == "finish":  # a residual of the same size: a state in which every fragment froze, every edge deferred
         none = np.zeros(0, np.uint64)
         residual = BlockState(
-            0,
-            parse_scoring(scoring),
-            bins,
-            none,
-            none,
-            none,
-            none,
-            np.zeros(0, bool),
-            ids,
-            ids,
-            edges.u,
-            edges.v,
-            edges.quantised_sum,
-            edges.count,
-            np.zeros(len(edges), np.uint64),
-            edges.histogram.astype(np.uint64),
+            level=0,
+            quantile=parse_scoring(scoring),
+            histogram_bins=bins,
+            merge_lo=none,
+            merge_hi=none,
+            merge_num=none,
+            merge_den=none,
+            merge_stitched=np.zeros(0, bool),
+            cluster_ids=ids,
+            member_ids=ids,
+            edge_u=edges.u,
+            edge_v=edges.v,
+            edge_quantised_sum=edges.quantised_sum,
+            edge_count=edges.count,
+            edge_stitched=np.zeros(len(edges), np.uint64),
+            edge_histogram=edges.histogram.astype(np.uint64),
         )
         edges = EdgeTable.empty(bins)
     run = {

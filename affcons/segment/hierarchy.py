@@ -43,7 +43,33 @@ _U64 = np.uint64
 
 
 @dataclass(frozen=True)
-class BlockState:
+class BlockMerges:
+    """The final merges of a block and its scoring: all that the assembly of the merge tree needs (see
+    :class:`BlockState`, which adds what a parent block needs)."""
+
+    quantile: int
+    histogram_bins: int
+    merge_lo: np.ndarray
+    merge_hi: np.ndarray
+    merge_num: np.ndarray
+    merge_den: np.ndarray
+    merge_stitched: np.ndarray
+
+    @staticmethod
+    def load(file) -> "BlockMerges":
+        """The merges of the state file ``file`` (:meth:`BlockState.save`), without its frozen clusters, members
+        and deferred edges; checked as :meth:`BlockState.load` checks them."""
+        return _loaded(BlockMerges, file)
+
+    def _checked(self) -> "BlockMerges":
+        """Dtypes and lengths of the merge arrays as documented, else AgglomerationError."""
+        merges = {"merge_lo": _U64, "merge_hi": _U64, "merge_num": _U64, "merge_den": _U64, "merge_stitched": np.bool_}
+        _check_group(self, merges)
+        return self
+
+
+@dataclass(frozen=True)
+class BlockState(BlockMerges):
     """What a block leaves for its parent (all ids uint64 fragment ids; a cluster is named by its smallest fragment).
 
     - ``level``, ``quantile`` (-1: mean scoring, else Q), ``histogram_bins`` (B of the histograms, 0 for mean).
@@ -60,13 +86,6 @@ class BlockState:
     """
 
     level: int
-    quantile: int
-    histogram_bins: int
-    merge_lo: np.ndarray
-    merge_hi: np.ndarray
-    merge_num: np.ndarray
-    merge_den: np.ndarray
-    merge_stitched: np.ndarray
     cluster_ids: np.ndarray
     member_ids: np.ndarray
     edge_u: np.ndarray
@@ -102,40 +121,15 @@ class BlockState:
     def load(file) -> "BlockState":
         """Read a state written by :meth:`save`; a file of another format or with wrong arrays is an
         :class:`~affcons.errors.AgglomerationError` naming it."""
-        values = _load_arrays(file, [f.name for f in fields(BlockState)])
-        for name in ("level", "quantile", "histogram_bins"):
-            values[name] = int(values[name])
-        try:
-            return BlockState(**values)._checked()
-        except AgglomerationError as error:
-            raise AgglomerationError(f"{file}: {error}") from None
+        return _loaded(BlockState, file)
 
     def _checked(self) -> "BlockState":
         """Dtypes and shapes as documented, else AgglomerationError."""
-        expected = {
-            "merge_lo": _U64,
-            "merge_hi": _U64,
-            "merge_num": _U64,
-            "merge_den": _U64,
-            "merge_stitched": np.bool_,
-            "cluster_ids": _U64,
-            "member_ids": _U64,
-            "edge_u": _U64,
-            "edge_v": _U64,
-            "edge_quantised_sum": _U64,
-            "edge_count": _U64,
-            "edge_stitched": _U64,
-        }
-        for name, dtype in expected.items():
-            if getattr(self, name).dtype != dtype:
-                raise AgglomerationError(f"block state array {name} has dtype {getattr(self, name).dtype}, not {dtype}")
-        groups = (
-            ("merge_lo", "merge_hi", "merge_num", "merge_den", "merge_stitched"),
-            ("edge_u", "edge_v", "edge_quantised_sum", "edge_count", "edge_stitched", "edge_histogram"),
-        )
-        for group in groups:
-            if len({getattr(self, name).shape[0] for name in group}) != 1:
-                raise AgglomerationError(f"block state arrays {', '.join(group)} differ in length")
+        super()._checked()
+        _check_group(self, {"cluster_ids": _U64})
+        _check_group(self, {"member_ids": _U64})
+        edges = {"edge_u": _U64, "edge_v": _U64, "edge_quantised_sum": _U64, "edge_count": _U64, "edge_stitched": _U64}
+        _check_group(self, edges, also=("edge_histogram",))
         if self.edge_histogram.dtype not in (np.uint32, _U64):
             raise AgglomerationError(f"block state array edge_histogram has dtype {self.edge_histogram.dtype}")
         if self.edge_histogram.ndim != 2 or self.edge_histogram.shape[1] != self.histogram_bins:
@@ -143,6 +137,28 @@ class BlockState:
                 f"block state edge_histogram has shape {self.edge_histogram.shape}, expected (D, {self.histogram_bins})"
             )
         return self
+
+
+def _check_group(state, dtypes: dict, also: tuple[str, ...] = ()) -> None:
+    """AgglomerationError unless the arrays named in ``dtypes`` have those dtypes and, with ``also``, one length."""
+    for name, dtype in dtypes.items():
+        if getattr(state, name).dtype != dtype:
+            raise AgglomerationError(f"block state array {name} has dtype {getattr(state, name).dtype}, not {dtype}")
+    group = (*dtypes, *also)
+    if len(group) > 1 and len({getattr(state, name).shape[0] for name in group}) != 1:
+        raise AgglomerationError(f"block state arrays {', '.join(group)} differ in length")
+
+
+def _loaded(kind: type, file):
+    """The ``kind`` (:class:`BlockMerges` or :class:`BlockState`) of the state file ``file``, checked."""
+    values = _load_arrays(file, [f.name for f in fields(kind)])
+    for name in ("level", "quantile", "histogram_bins"):
+        if name in values:
+            values[name] = int(values[name])
+    try:
+        return kind(**values)._checked()
+    except AgglomerationError as error:
+        raise AgglomerationError(f"{file}: {error}") from None
 
 
 def block_state(
@@ -266,34 +282,7 @@ def _load_arrays(file, names: list[str]) -> dict:
         raise AgglomerationError(f"{file}: not a readable block state: {error}") from None
 
 
-@dataclass(frozen=True)
-class BlockMerges:
-    """The final merges of a :class:`BlockState` and its scoring: all that the assembly of the merge tree needs."""
-
-    quantile: int
-    histogram_bins: int
-    merge_lo: np.ndarray
-    merge_hi: np.ndarray
-    merge_num: np.ndarray
-    merge_den: np.ndarray
-    merge_stitched: np.ndarray
-
-    @staticmethod
-    def load(file) -> "BlockMerges":
-        """The merges of the state file ``file`` (:meth:`BlockState.save`), without its frozen clusters, members
-        and deferred edges."""
-        values = _load_arrays(file, [f.name for f in fields(BlockMerges)])
-        for name in ("quantile", "histogram_bins"):
-            values[name] = int(values[name])
-        merges = BlockMerges(**values)
-        if len({len(merges.merge_lo), len(merges.merge_hi), len(merges.merge_num), len(merges.merge_den)}) > 1:
-            raise AgglomerationError(f"{file}: block state merges of different lengths")
-        return merges
-
-
-def merge_tree_from_states(
-    states: Sequence[BlockState | BlockMerges], node_ids: np.ndarray, scoring: str = "mean"
-) -> MergeTree:
+def merge_tree_from_states(states: Sequence[BlockMerges], node_ids: np.ndarray, scoring: str = "mean") -> MergeTree:
     """The merge tree of all merges of ``states`` (every block of every level, root included), over all fragment
     ``node_ids``: the canonical global tree (``build_merge_tree(order="canonical")``), byte for byte."""
     quantile = parse_scoring(scoring)
