@@ -18,8 +18,15 @@ call, not the bytes, is what these tiny reads and writes pay. Run-internal state
 
 import numpy as np
 
+from blockwise.volumes import open_zarr
+
 AXES = (0, 1, 2)
 FRAGMENTS, LINKS, AFFINITIES = 0, 1, 2
+
+
+def _along(axis: int, part: slice) -> tuple[slice, ...]:
+    """``part`` along ``axis``, everything along the other axes."""
+    return tuple(part if a == axis else slice(None) for a in AXES)
 
 
 def container_dtype(ids_dtype, affs_dtype) -> np.dtype:
@@ -59,11 +66,7 @@ class FaceSections:
     def array(self, axis: int, writable: bool = False):
         key = (axis, writable)
         if key not in self._arrays:
-            import zarr
-
-            array = zarr.open_array(f"{self.path}/{axis}", mode="r+" if writable else "r")
-            # a stored chunk of zeros is still a written chunk (see blockwise.volumes.Box.array)
-            self._arrays[key] = array.with_config({"write_empty_chunks": True}) if writable else array
+            self._arrays[key] = open_zarr(f"{self.path}/{axis}", writable)
         return self._arrays[key]
 
     @staticmethod
@@ -81,8 +84,7 @@ class FaceSections:
             sections[LINKS] = np.take(links, ends, axis=axis)
             bits = np.take(affs[axis], [0], axis=axis)
             bits = bits.view(f"uint{8 * bits.dtype.itemsize}")
-            first = tuple(slice(0, 1) if a == axis else slice(None) for a in AXES)
-            sections[(AFFINITIES,) + first] = bits
+            sections[(AFFINITIES,) + _along(axis, slice(0, 1))] = bits
             k = coords[axis]
             array[self._index(axis, begin, fragments.shape, slice(2 * k, 2 * k + 2))] = sections
 
@@ -94,7 +96,7 @@ class FaceSections:
         sections = np.asarray(self.array(axis)[self._index(axis, begin, shape, slice(2 * k - 1, 2 * k + 1))])
         affs_dtype = np.dtype(affs_dtype)
         affs = np.zeros((3,) + sections.shape[1:], affs_dtype)
-        upper = tuple(slice(1, 2) if a == axis else slice(None) for a in AXES)
+        upper = _along(axis, slice(1, 2))
         bits = sections[(AFFINITIES,) + upper].astype(f"uint{8 * affs_dtype.itemsize}")
         affs[(axis,) + upper] = bits.view(affs_dtype)
         return sections[FRAGMENTS], sections[LINKS].astype(np.uint8), affs
@@ -113,7 +115,7 @@ class FaceSections:
                 start = k * self.block_shape[axis]
                 last = min(start + self.block_shape[axis], self.volume_shape[axis]) - 1
                 for section, position in ((2 * k, start), (2 * k + 1, last)):
-                    target = tuple(slice(position, position + 1) if a == axis else slice(None) for a in AXES)
-                    source = tuple(slice(section, section + 1) if a == axis else slice(None) for a in AXES)
-                    volume[target] |= links[source]
+                    volume[_along(axis, slice(position, position + 1))] |= links[
+                        _along(axis, slice(section, section + 1))
+                    ]
         return volume

@@ -54,15 +54,7 @@ class Box:
                 self._file = h5py.File(self.container, "r")
                 self._array = self._file[self.dataset]
             else:
-                import zarr
-
-                path = f"{self.container}/{self.dataset}"
-                self._array = zarr.open_array(path, mode="r+" if self.writable else "r")
-                if self.writable:
-                    # every written chunk is stored, also one equal to the fill value: zarr then skips comparing each
-                    # chunk with it (over half of a chunk write's CPU), and a missing chunk always means an unwritten
-                    # one. (zarr 3.1's open_array ignores a config= argument for an existing array: with_config.)
-                    self._array = self._array.with_config({"write_empty_chunks": True})
+                self._array = open_zarr(f"{self.container}/{self.dataset}", self.writable)
         return self._array
 
     @property
@@ -145,6 +137,17 @@ class Box:
         self._file = None
         self._array = None
         self._cache = None
+
+
+def open_zarr(path: str, writable: bool = False):
+    """The zarr array at ``path``, read-only or writable. A writable one stores every written chunk, also one equal to
+    the fill value: zarr then skips comparing each chunk with it (over half of a chunk write's CPU), and a missing
+    chunk always means an unwritten one. (zarr 3.1's ``open_array`` ignores a ``config=`` argument for an existing
+    array: hence ``with_config``.)"""
+    import zarr
+
+    array = zarr.open_array(path, mode="r+" if writable else "r")
+    return array.with_config({"write_empty_chunks": True}) if writable else array
 
 
 class ChunkCache:
