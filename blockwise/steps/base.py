@@ -27,7 +27,7 @@ from affcons.errors import VolumeError
 from blockwise.faces import FaceSections
 from blockwise.layout import FRAGMENTS, RunDir
 from blockwise.timers import Timers
-from blockwise.volumes import Box, box_for
+from blockwise.volumes import Box
 
 
 class BlockwiseStep:
@@ -170,23 +170,14 @@ def check_affinity_values(affs: np.ndarray, where: str) -> None:
 
 
 class GraphStep(BlockwiseStep):
-    """A step that reads affinities and writes to the graph store (fragments, edges). A block reads its write ROI
-    grown by ``grow`` (nm) on every side, as declared to daisy; the boxes open lazily in the worker."""
+    """A step that writes to the graph store and shares the run's face sections (fragments, edges). A block reads its
+    write ROI grown by ``grow`` (nm) on every side, as declared to daisy; arrays and store open in the worker."""
 
-    def __init__(self, config, grow: Coordinate, writes_fragments: bool):
+    def __init__(self, config, grow: Coordinate):
         super().__init__(config)
         self.grow = grow
-        self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
-        self.affs.require_chunks = config.affs_complete
-        self.fragments = fragments_box(config, writable=writes_fragments)
         self.faces = face_sections(config)
         self.store = None
-
-    def read_affinities(self, roi: Roi, block_index: int) -> np.ndarray:
-        """Channels 0-2 of the affinities in ``roi`` (nm), checked (:func:`check_affinity_values`)."""
-        affs = self.affs.read(roi, channels=slice(0, 3))
-        check_affinity_values(affs, f"{self.affs.path}, block {block_index} @ {roi} (nm)")
-        return affs
 
     def rois(self) -> tuple[Roi, Roi, Roi]:
         total = self.roi.grow(self.grow, self.grow)
@@ -203,5 +194,3 @@ class GraphStep(BlockwiseStep):
         if self.store is not None:
             self.store.close()
             self.store = None
-        for box in (self.affs, self.fragments):
-            box.close()

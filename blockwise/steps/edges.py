@@ -36,7 +36,7 @@ class EdgesStep(GraphStep):
     def __init__(self, config):
         # The block reads one voxel below its write ROI; the ROI declared to daisy is grown on both sides, the
         # pattern whose block layout daisy 2.0.0 gets right.
-        super().__init__(config, Coordinate(config.voxel_size), writes_fragments=False)
+        super().__init__(config, Coordinate(config.voxel_size))
         self.affs_dtype = None  # of the stored face sections, read once per worker
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:

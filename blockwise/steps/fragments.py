@@ -31,8 +31,9 @@ from funlib.geometry import Coordinate, Roi
 
 from affcons.config import StrictModel
 from blockwise.faults import inject_fault
-from blockwise.steps.base import GraphStep
+from blockwise.steps.base import GraphStep, check_affinity_values, fragments_box
 from blockwise.timers import Timers
+from blockwise.volumes import box_for
 
 
 class FragmentsConfig(StrictModel):
@@ -50,9 +51,23 @@ class FragmentsStep(GraphStep):
     name = "fragments"
 
     def __init__(self, config):
-        super().__init__(config, Coordinate(config.context), writes_fragments=True)
+        super().__init__(config, Coordinate(config.context))
+        self.affs = box_for(config.affs, config.affs_offset, config.voxel_size)
+        self.affs.require_chunks = config.affs_complete
         # the context of a block lies in its neighbours' chunks, which the worker's next blocks read again
         self.affs.cache_bytes = config.execution.read_cache_mb * 2**20
+        self.fragments = fragments_box(config, writable=True)
+
+    def read_affinities(self, roi: Roi, block_index: int) -> np.ndarray:
+        """Channels 0-2 of the affinities in ``roi`` (nm), checked (:func:`check_affinity_values`)."""
+        affs = self.affs.read(roi, channels=slice(0, 3))
+        check_affinity_values(affs, f"{self.affs.path}, block {block_index} @ {roi} (nm)")
+        return affs
+
+    def teardown(self) -> None:
+        super().teardown()
+        for box in (self.affs, self.fragments):
+            box.close()
 
     def process_block(self, write_roi: Roi, block_index: int, timers: Timers) -> None:
         from affcons.segment import block_fragments, edge_table
