@@ -15,18 +15,19 @@ child process whose process tree is sampled with psutil:
 - ``DT-ws + waterz``: monolithic scikit-image distance-transform watershed + ``waterz.agglomerate`` on those
   fragments (:mod:`benchmarks.baselines`, the equal-quality baseline); ``waterz``: waterz with its own watershed
   (second reference). Only at ``--baseline-sizes`` (they hold the whole volume: ~20 GB at 500^3).
-- ``affcons segment`` (SQLite graph store) with each of ``--workers``; with ``--before DIR`` also the
-  ``affcons segment`` of another checkout of the repository (e.g. ``git worktree add DIR 36aeb8f``), 2 workers.
+- ``affcons segment`` (SQLite graph store) with each of ``--workers`` (the warm worker pool, the default); with 2
+  workers also with fresh worker processes per step (``execution.warm_workers: false``); with ``--before DIR`` also
+  the ``affcons segment`` of another checkout of the repository (e.g. ``git worktree add DIR 36aeb8f``), 2 workers.
 
 Printed per row: wall s (the child process from start to exit), Mvoxel/s (S^3 / wall), peak RSS of the largest
-process of the tree (driver or worker) and of the largest daisy worker, VOI (nats) at each threshold and the best;
-then the ratio affcons 2 workers / DT baseline, whether the outputs of every affcons row are byte-identical (chunk
-digests), where the fragments of ``--before`` differ from these and by how much VOI, and the per-step profile (read
-/ compute / write and the compute phases of the fragments kernel, summed over blocks, from the run's
-``summary.json``). Every score comes from the (fragment, ground truth) contingency table and the run's lookup tables
-(:func:`affcons.evaluate.scores_from_lut`, the same numbers as scoring the written segmentations). Before the
-measured runs, each checkout segments a small volume once, so that numba's kernel caches are warm (a fresh
-checkout's first run compiles the kernels in every worker)."""
+process of the tree (driver or worker) and of the largest worker (pool process or fresh daisy worker), VOI (nats) at
+each threshold and the best; then the ratios of affcons 2 workers to the other rows, whether the outputs of every
+affcons row are byte-identical (chunk digests), where the fragments of ``--before`` differ from these and by how
+much VOI, and the per-step profile (read / compute / write and the compute phases of the fragments kernel, summed
+over blocks, from the run's ``summary.json``). Every score comes from the (fragment, ground truth) contingency table
+and the run's lookup tables (:func:`affcons.evaluate.scores_from_lut`, the same numbers as scoring the written
+segmentations). Before the measured runs, each checkout segments a small volume once, so that numba's kernel caches
+are warm (a fresh checkout's first run compiles the kernels in every worker)."""
 
 import argparse
 import json
@@ -51,9 +52,17 @@ from blockwise.testing import chunk_digests, load_labels, mirror_to, segment_arg
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def affcons_segment(source: Path, affs: str, out: Path, thresholds, block, context, workers: int) -> dict:
-    """Run ``affcons segment`` of the repository checkout ``source`` in a child process; wall s, peak RSS, summary."""
-    argv = segment_argv(affs, str(out), thresholds, block, context, workers)
+def affcons_segment(
+    source: Path, affs: str, out: Path, thresholds, block, context, workers: int, fresh_workers: bool = False
+) -> dict:
+    """Run ``affcons segment`` of the repository checkout ``source`` in a child process; wall s, peak RSS, summary.
+    ``fresh_workers``: daisy's fresh worker processes per step instead of the warm pool."""
+    extra = []
+    if fresh_workers:
+        config = out.parent / f"{out.stem}-fresh-workers.yaml"
+        config.write_text("execution:\n  warm_workers: false\n")
+        extra = ["--config", str(config)]
+    argv = segment_argv(affs, str(out), thresholds, block, context, workers, extra)
     environment = {**os.environ, "PYTHONPATH": str(source)}
     log = out.parent / f"{out.stem}.log"
     start = time.perf_counter()
@@ -65,7 +74,8 @@ def affcons_segment(source: Path, affs: str, out: Path, thresholds, block, conte
     wall = time.perf_counter() - start
     sampler.stop()
     peak = sampler.largest  # the largest process: the driver or one worker
-    worker_peak = sampler.largest_of("daisy._subprocess_worker")  # daisy's local workers
+    # the warm pool's processes, or daisy's fresh local workers (with the pool these only relay)
+    worker_peak = max(sampler.largest_of("blockwise.pool"), sampler.largest_of("daisy._subprocess_worker"))
     if code != 0:
         raise RuntimeError(f"affcons segment ({source}) failed with exit code {code}; see {log}")
     summary = json.loads(RunDir(segment_run_dir(out)).summary.read_text())
@@ -242,12 +252,14 @@ def main() -> None:
                 shutil.rmtree(work / f"{method}{size}", ignore_errors=True)
         runs, digests = {}, {}
         counts = args.workers if scored else [max(args.workers)]
-        variants = [(f"affcons {w} worker{'s' if w > 1 else ''}", REPO, w) for w in counts]
+        variants = [(f"affcons {w} worker{'s' if w > 1 else ''}", REPO, w, False) for w in counts]
+        if scored and 2 in counts:
+            variants.append(("affcons 2, fresh per step", REPO, 2, True))
         if scored and args.before and size in before_sizes:
-            variants.append(("affcons before, 2 workers", args.before.resolve(), 2))
-        for name, source, workers in variants:
+            variants.append(("affcons before, 2 workers", args.before.resolve(), 2, False))
+        for name, source, workers, fresh in variants:
             out = work / f"out{size}_{len(runs)}.zarr"
-            run = affcons_segment(source, affs, out, args.thresholds, args.block, args.context, workers)
+            run = affcons_segment(source, affs, out, args.thresholds, args.block, args.context, workers, fresh)
             scores = affcons_scores(out, labels, args.thresholds) if scored else {}
             rows[name] = (run["wall_s"], run["peak_rss"], scores, run["worker_rss"])
             runs[name] = (out, run)
@@ -266,7 +278,7 @@ def main() -> None:
             worker = f"{worker / 2**30:7.2f} GB" if worker else f"{'-':>10}"
             print(f"{name:26} {wall:8.1f} {mega / wall:7.2f} {rss / 2**30:7.2f} GB {worker} {best}  {per}")
         two = rows.get("affcons 2 workers")
-        for reference in ("DT-ws + waterz", "waterz own ws", "affcons before, 2 workers"):
+        for reference in ("DT-ws + waterz", "waterz own ws", "affcons 2, fresh per step", "affcons before, 2 workers"):
             if two and reference in rows:
                 print(f"ratio affcons 2 workers / {reference}: {rows[reference][0] / two[0]:.2f}x throughput")
         current = [name for name in digests if "before" not in name]

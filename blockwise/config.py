@@ -75,6 +75,9 @@ class ExecutionConfig(StrictModel):
     #: Decoded input chunks each worker keeps for its next blocks, MiB (0: none): blocks read with context decode
     #: the chunks of their neighbours' faces too (``blockwise.volumes.ChunkCache``).
     read_cache_mb: int = pydantic.Field(256, ge=0)
+    #: Local launcher: start ``workers`` processes once per run and run every step's workers in them
+    #: (``blockwise.pool``); False: daisy starts fresh ones for each step (~1.7 s CPU each before their first block).
+    warm_workers: bool = True
 
 
 #: The steps that store a block's RAG edges (a fingerprint field of ``affcons segment``).

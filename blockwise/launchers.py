@@ -2,6 +2,8 @@
 
 - ``local``: the worker loop itself, ``partial(serve_blocks, step)`` (zero arguments); daisy runs it in
   ``max_workers`` fresh processes (the step is pickled; it opens its arrays, stores and networks in the worker).
+  With a warm pool (``execution.warm_workers``, :mod:`blockwise.pool`) daisy's processes relay the step to the
+  pool's processes instead.
 - ``slurm`` / ``lsf``: a *zero-argument* function, ``partial(run_cluster_worker, command)``. daisy calls it once
   per worker slot (in a local helper process whose environment carries ``DAISY_CONTEXT``); it runs
   ``srun ... PYTHON -m blockwise.worker --config RUN_DIR/<config file> --step NAME`` (or ``sbatch --wait --wrap``,
@@ -80,8 +82,15 @@ def run_cluster_worker(command: list[str]) -> None:
         raise RuntimeError(f"{last} ({what})" if last else what)
 
 
-def process_function(step, launcher: LauncherConfig, config_path: str):
-    """What daisy runs in each worker slot of ``step`` (see the module docstring)."""
+def process_function(step, launcher: LauncherConfig, config_path: str, pool=None):
+    """What daisy runs in each worker slot of ``step`` (see the module docstring); with the local launcher and a
+    :class:`blockwise.pool.WorkerPool`, a relay to its warm processes."""
+    if launcher.type == "local" and pool is not None:
+        import pickle
+
+        from blockwise.pool import relay
+
+        return functools.partial(relay, pool.address, pickle.dumps(step))
     if launcher.type == "local":
         return functools.partial(serve_blocks, step)
     return functools.partial(run_cluster_worker, worker_command(launcher, config_path, step))

@@ -10,6 +10,7 @@ mis-schedules the downstream task of a pipeline whose read ROI extends on one si
 (``docs/design/blockwise.md``).
 """
 
+import contextlib
 import datetime
 import logging
 import os
@@ -187,6 +188,8 @@ def _schedule(sender, step, process_function, execution, run_dir, requires, rese
     import faulthandler
 
     faulthandler.disable()  # a bus error here is reported by the driver, not by a dump of this process's stack
+    from blockwise.lifetime import die_with
+
     die_with(driver_pid)
     if logging.getLogger("daisy").getEffectiveLevel() > logging.WARNING:  # not --verbose
         divert_native_stderr(run_dir.logs / f"scheduler-{step.task_id}.log")
@@ -246,28 +249,6 @@ def divert_native_stderr(path: Path) -> None:
                     pass
 
     threading.Thread(target=drain, name="native stderr", daemon=True).start()
-
-
-def die_with(parent_pid: int) -> None:
-    """End this process when the process ``parent_pid`` ends (Linux: the kernel's parent-death signal; elsewhere a
-    thread that watches the parent), so a killed driver never leaves a scheduler running."""
-    import ctypes
-    import signal
-    import threading
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-
-        def watch():
-            while os.getppid() == parent_pid:
-                time.sleep(0.5)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent_pid:  # the driver died before the signal was armed
-        os._exit(1)
 
 
 def scheduler_death(exitcode: int | None, tracking) -> str:
@@ -333,6 +314,8 @@ class Driver:
         self.run_dir = RunDir(run_dir)
         self.fingerprint = config.fingerprint()
         self.summary: dict = {}
+        #: The warm local workers of this run (:meth:`warm_pool`), or None.
+        self.pool = None
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -450,18 +433,41 @@ class Driver:
             if while_waiting is not None:
                 while_waiting()
             return TaskReport(step.task_id, total=n, completed=n, skipped=n)
-        function = process_function(step, execution.launcher, str(self.run_dir / self.config_file))
+        if self.pool is not None:
+            self.pool.revive()
+        function = process_function(step, execution.launcher, str(self.run_dir / self.config_file), self.pool)
         progress = execution.progress and not self.quiet
-        return run_task(
-            step,
-            function,
-            execution,
-            self.run_dir,
-            requires,
-            reset=reset,
-            progress=progress,
-            while_waiting=while_waiting,
-        )
+        try:
+            return run_task(
+                step,
+                function,
+                execution,
+                self.run_dir,
+                requires,
+                reset=reset,
+                progress=progress,
+                while_waiting=while_waiting,
+            )
+        finally:
+            if self.pool is not None:
+                self.pool.revive()  # replacements warm up while the driver works between steps
+
+    @contextlib.contextmanager
+    def warm_pool(self):
+        """Within: the local launcher's steps run in ``execution.workers`` warm processes started now
+        (:mod:`blockwise.pool`), unless ``execution.warm_workers`` is off or the launcher is a cluster's."""
+        execution = self.config.execution
+        if execution.launcher.type != "local" or not execution.warm_workers:
+            yield
+            return
+        from blockwise.pool import WorkerPool
+
+        with WorkerPool(execution.workers, self.run_dir.logs) as pool:
+            self.pool = pool
+            try:
+                yield
+            finally:
+                self.pool = None
 
     @staticmethod
     def stage_record(start: float, step) -> dict:

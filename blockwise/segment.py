@@ -219,6 +219,10 @@ class SegmentDriver(Driver):
         started = self.start_summary(stages={}, tasks={})
         self.write_config()
         inject_fault("driver", -1, "after-config")
+        with self.warm_pool():  # the pool's processes load their kernels while this one prepares the outputs
+            return self._prepare_and_run(started)
+
+    def _prepare_and_run(self, started: float) -> int:
         import daisy.logging
 
         daisy.logging.set_log_basedir(str(self.run_dir.logs))

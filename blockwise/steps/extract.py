@@ -4,7 +4,8 @@ The agglomerate step cuts the merge tree at each threshold and saves the lookup 
 (``luts/ids.npy``: all fragment ids, sorted; ``luts/segments_<t>.npy``: the segment of each, named by its smallest
 fragment id). Workers memory-map them. Per block the fragments are read once; since the ids of a block are
 ``first_id + 1 .. first_id + m``, its slice of the tables is found by two binary searches and applied by direct
-indexing (a general sorted lookup is the fallback). Each segmentation is written into
+indexing, the block's local indices once for all thresholds (:class:`affcons.segment.relabel.BlockRelabeller`; a
+general sorted lookup is the fallback). Each segmentation is written into
 ``OUT.zarr/segmentation_<t:.2f>`` (the fragments' dtype, chunk-aligned write ROIs).
 
 A later run with new thresholds reuses the merge tree: it only cuts and relabels. The task id names the thresholds
@@ -61,6 +62,7 @@ class ExtractStep(BlockwiseStep):
         ]
         self.ids = None
         self.segments = None
+        self.relabeller = None
 
     @property
     def task_id(self) -> str:
@@ -80,9 +82,12 @@ class ExtractStep(BlockwiseStep):
     def setup(self) -> None:
         self.ids = np.load(self.run_dir.lut_ids, mmap_mode="r")
         self.segments = [np.load(self.run_dir.lut_segments(t), mmap_mode="r") for t in self.thresholds]
+        from affcons.segment.relabel import BlockRelabeller  # numba: loaded in the workers only
+
+        self.relabeller = BlockRelabeller()
 
     def teardown(self) -> None:
-        self.ids = self.segments = None
+        self.ids = self.segments = self.relabeller = None
         self.fragments.close()
         for output in self.outputs:
             output.close()
@@ -98,21 +103,18 @@ class ExtractStep(BlockwiseStep):
             high = int(np.searchsorted(self.ids, np.uint64(first + self.voxels_per_block + 1)))
             ids = np.asarray(self.ids[low:high])
             count = high - low
-            local = np.subtract(fragments, first, dtype=np.int64)  # id - first: 1..count; background: <= 0
-            np.maximum(local, 0, out=local)
             dense = count == 0 or (int(ids[0]) == first + 1 and int(ids[-1]) == first + count)
-            dense = dense and int(local.max(initial=0)) <= count
-            results = []
-            for segments, output in zip(self.segments, self.outputs):
+            dense = dense and self.relabeller.index(fragments, first, count)
+        for index, (segments, output) in enumerate(zip(self.segments, self.outputs)):
+            with timers.time("compute"):
                 dtype = output.array.dtype  # the fragments' (uint32 where the run's ids fit)
-                table = np.asarray(segments[low:high])
+                table = np.asarray(segments[low:high]).astype(dtype)
                 if dense:
-                    results.append(np.concatenate([np.zeros(1, dtype), table.astype(dtype)])[local])
+                    segmentation = self.relabeller.relabel(np.concatenate([np.zeros(1, dtype), table]))
                 else:
-                    results.append(apply_lookup(fragments, ids, table).astype(dtype, copy=False))
-        with timers.time("write"):
-            for index, (output, segmentation) in enumerate(zip(self.outputs, results)):
+                    segmentation = apply_lookup(fragments, ids, table).astype(dtype, copy=False)
+            with timers.time("write"):
                 output.write(write_roi, segmentation)
-                if index == 0:
-                    inject_fault(self.name, block_index, "partial-write")
+            if index == 0:
+                inject_fault(self.name, block_index, "partial-write")
         timers.count("fragments", count)
