@@ -221,6 +221,38 @@ class Job(Driver):
         self.write_config()
         return self.run_recorded(self._run_stages, started, started)
 
+    def check_run_dir(self) -> None:
+        """As :meth:`Driver.check_run_dir`, and refuse a run directory copied or moved from elsewhere: its summary
+        and stage configs name the outputs and stores of the first place, which a run here would neither use nor
+        update (writes nothing)."""
+        super().check_run_dir()
+        here = self.run_dir.path.resolve()
+        for recorded in self.recorded_places():
+            if Path(recorded).resolve() != here:
+                raise OutputExistsError(
+                    f"run directory {self.run_dir} holds a run made in {recorded} (copied or moved: its summary and "
+                    f"stage configs name the outputs there); a run directory cannot be relocated. Re-run with "
+                    f"--run-dir {recorded}, or start afresh with another --run-dir"
+                )
+
+    def recorded_places(self) -> list[str]:
+        """The run directories this one's records name: the summary's, and the parents of the stages' own."""
+        import json
+
+        import yaml
+
+        places = []
+        try:
+            places.append(json.loads(self.run_dir.summary.read_text())["run_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        for stage in (self.run_dir.predict / RunDir.PREDICT_CONFIG, self.run_dir.segment / RunDir.SEGMENT_CONFIG):
+            try:
+                places.append(str(Path(yaml.safe_load(stage.read_text())["run_dir"]).parent))
+            except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+                pass
+        return places
+
     def finished_before(self) -> bool:
         """True (and ``self.summary`` loaded) when this config's run finished here before and all its outputs are
         still there, marked complete: a re-run then starts no worker and leaves the first run's summary as it is."""

@@ -12,6 +12,7 @@ from affcons.cli import main as cli_main
 from affcons.config import load_config
 from affcons.errors import ConfigError
 from blockwise.config import JobConfig
+from blockwise.testing import tree_snapshot
 from tests.data_paths import ISBI
 from tests.test_predict import make_checkpoint
 
@@ -88,6 +89,15 @@ def test_main_job_runs_every_stage_into_one_run_dir_and_resumes(tmp_path, capsys
     assert again["status"] == "complete"
     assert again["stages"]["predict"]["task"]["skipped"] == 2 and again["stages"]["predict"]["task"]["processed"] == 0
     assert again["metrics"]["per_threshold"] == rows
+
+    # a copied run directory is refused before anything runs, naming where the run was made, and left as it was
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = tree_snapshot(copy)
+    assert cli_main(["run", "-c", str(config), "--run-dir", str(copy), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert f"holds a run made in {run_dir}" in error and f"--run-dir {run_dir}" in error, error
+    assert tree_snapshot(copy) == before
 
 
 def scored_segmentations(out, metrics, thresholds) -> list[dict]:
