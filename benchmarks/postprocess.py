@@ -50,6 +50,8 @@ from blockwise.testing import chunk_digests, load_labels, mirror_to, segment_arg
 
 #: Agglomeration thresholds (9, as in the issue's table).
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: The blockwise steps whose block work the plan's rates measure.
+STEPS = ("fragments", "edges", "extract")
 
 
 def affcons_segment(
@@ -175,6 +177,26 @@ def profile_lines(summary: dict, workers: int) -> list[str]:
     return lines
 
 
+def plan_rates(summary: dict, size: int, block, context, workers: int, thresholds) -> dict:
+    """The :class:`blockwise.plan.Rates` this run measured: per worker and second of block work (read + compute +
+    write), the agglomeration's rates in the driver, and the wall time per step outside blocks."""
+    from blockwise.plan import read_voxels
+
+    stages = summary["stages"]
+    work = {step: sum(stages[step][f"{phase}_s"] for phase in ("read", "compute", "write")) for step in STEPS}
+    read, _ = read_voxels((size,) * 3, block, context)
+    agglomerate = stages["agglomerate"]
+    return {
+        "fragments_read_voxels_per_s": read / work["fragments"],
+        "edges_voxels_per_s": size**3 / work["edges"],
+        "extract_voxels_per_s": size**3 * len(thresholds) / work["extract"],
+        "store_read_edges_per_s": agglomerate["edges"] / agglomerate["read_s"],
+        "agglomerate_edges_per_s": agglomerate["edges"] / agglomerate["build_s"],
+        "agglomerate_bytes_per_edge": agglomerate["measured_bytes_per_edge"],
+        "worker_startup_s": sum(stages[step]["wall_s"] - work[step] / workers for step in STEPS) / len(STEPS),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="*", type=int, default=[256, 512], help="cube edge lengths, voxels")
@@ -296,6 +318,9 @@ def main() -> None:
         for name, (out, run) in runs.items():
             print(f"profile, {name} (summary.json):")
             print("\n".join(profile_lines(run["summary"], run["workers"])))
+            if name == "affcons 2 workers":
+                rates = plan_rates(run["summary"], size, args.block, args.context, 2, args.thresholds)
+                print("  rates for blockwise.plan.MEASURED: " + ", ".join(f"{k}={v:.3g}" for k, v in rates.items()))
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(segment_run_dir(out), ignore_errors=True)
         shutil.rmtree(f"{work}/in{size}.zarr", ignore_errors=True)

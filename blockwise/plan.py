@@ -4,7 +4,7 @@ with ``benchmarks/postprocess.py``.
 The plan lists blocks per task, the read volume with context, output sizes, and an estimated cost: time per stage
 from per-worker rates, memory per worker from bytes per read voxel, and the global step's memory from bytes per
 edge. Rates and densities default to :data:`MEASURED` (this repository's benchmark on a 2-core machine, see
-``docs/design/blockwise.md``); the benchmark passes its own measurements to :func:`project` for Kasthuri15.
+``docs/design/blockwise.md``).
 
 Any global step (agglomerate: the whole RAG in one process) whose estimated memory exceeds
 :data:`LARGE_MACHINE_BYTES` (128 GB) is flagged ``DOES NOT FIT``.
@@ -52,26 +52,28 @@ class Rates:
     #: RAG density: fragments and edges per voxel (for plans of volumes not yet segmented).
     nodes_per_voxel: float
     edges_per_voxel: float
-    #: worker process start-up (imports), seconds.
+    #: wall time per step outside block work (the scheduler, worker start-up or relay, the tail), seconds.
     worker_startup_s: float
 
 
-#: Defaults measured by ``benchmarks/postprocess.py`` on this project's 2-core machine (512^3 mirrored gala volume,
-#: blocks 128^3, context 8^3, 2 workers, load average ~3.4 from other jobs); densities default to Kasthuri15's
-#: typical 8e7 nodes and 4e8 edges (degraded ground-truth affinities give ~3x denser RAGs).
+#: Defaults measured on this project's 2-core machine (2026-12-02): ``.venv/bin/python benchmarks/postprocess.py
+#: --sizes 512 --baseline-sizes --workers 2`` prints them for its 2-worker run (512^3 mirrored gala-test volume, blocks
+#: 128^3, context 8^3, nine thresholds, warm workers; whole output: ``benchmarks/results/postprocess-512-rates.txt``);
+#: the store's write rate is ``benchmarks/store.py``'s (SQLite); worker memory and the RAG densities are older
+#: figures (Kasthuri15's typical 8e7 nodes and 4e8 edges; degraded ground-truth affinities give ~3x denser RAGs).
 MEASURED = Rates(
-    fragments_read_voxels_per_s=9.96e5,
-    edges_voxels_per_s=3.92e6,
-    extract_voxels_per_s=1.02e7,
-    store_write_edges_per_s=1.26e5,
-    store_read_edges_per_s=6.36e5,
-    agglomerate_edges_per_s=2.16e5,
+    fragments_read_voxels_per_s=6.05e6,
+    edges_voxels_per_s=7.41e7,
+    extract_voxels_per_s=1.52e8,
+    store_write_edges_per_s=4.1e5,
+    store_read_edges_per_s=3.45e6,
+    agglomerate_edges_per_s=4.26e5,
     worker_bytes_per_read_voxel=125.0,
     worker_base_bytes=250e6,
-    agglomerate_bytes_per_edge=183.0,
+    agglomerate_bytes_per_edge=167.0,
     nodes_per_voxel=KASTHURI_NODES / math.prod(KASTHURI_SHAPE),
     edges_per_voxel=KASTHURI_EDGES / math.prod(KASTHURI_SHAPE),
-    worker_startup_s=2.0,
+    worker_startup_s=0.83,
 )
 
 
