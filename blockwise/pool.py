@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import AuthenticationError, Client, Listener
 from pathlib import Path
 
+#: Name prefix of the pool directories in ``$TMPDIR``, followed by the driver's pid.
+PREFIX = "affcons-pool-"
 #: Seconds a relay waits for a starting pool process to listen before it serves the step itself.
 START_WAIT_S = 60.0
 #: Seconds a relay waits for the driver to record the exit code of a pool process that ended during its task.
@@ -74,7 +76,9 @@ class WorkerPool:
     manager, or call :meth:`close`."""
 
     def __init__(self, size: int, log_dir: Path):
-        directory = tempfile.mkdtemp(prefix="affcons-pool-")  # mode 700: the sockets are this user's only
+        remove_stale_pools()
+        # mode 700: the sockets are this user's only; the name carries the driver's pid (remove_stale_pools)
+        directory = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
         self.address = PoolAddress(directory, size, secrets.token_bytes(32))
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +135,21 @@ class WorkerPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def remove_stale_pools() -> None:
+    """Remove this user's pool directories whose driver has ended without closing its pool (killed by a signal it
+    could not handle): ``$TMPDIR/affcons-pool-<driver pid>-*`` with no process of that pid."""
+    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        try:
+            pid = int(path.name[len(PREFIX) :].split("-", 1)[0])
+            if path.stat().st_uid != os.getuid():
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, OSError):  # not a pool directory of ours, or its driver lives
+            continue
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -125,6 +125,27 @@ def test_the_pool_answers_only_its_key_and_leaves_nothing_behind(tmp_path):
     assert process.poll() is not None and not os.path.exists(address.directory)
 
 
+def test_a_pool_directory_left_by_a_killed_driver_is_removed_by_the_next_pool(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from blockwise.pool import PREFIX, WorkerPool
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{PREFIX}{int(ended.stdout)}-abc"
+    live = tmp_path / f"{PREFIX}{os.getpid()}-def"  # this process lives: its directory stays
+    other = tmp_path / f"{PREFIX}notapid"
+    for directory in (stale, live, other):
+        directory.mkdir()
+        (directory / "0.sock").touch()
+    with WorkerPool(1, tmp_path / "logs") as pool:
+        assert pool.address.directory.startswith(str(tmp_path / f"{PREFIX}{os.getpid()}-"))
+    assert not stale.exists() and live.exists() and other.exists()
+
+
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
 def test_one_pass_relabelling_equals_the_general_lookup(dtype):
     rng = np.random.default_rng(7)
