@@ -16,7 +16,7 @@ them:
 - a pool process that dies (an injected ``exit``, a block timeout: daisy's watchdog ends the process that holds the
   client) makes its relay exit with the same exit code, a dirty worker exit for daisy as before; a relay that finds
   no live idle pool process runs the worker loop itself (cold, the pre-pool behaviour), and the driver replaces the
-  ended pool processes before the next step (:meth:`WorkerPool.revive`).
+  ended pool processes after each step (:meth:`WorkerPool.revive`).
 
 Results do not depend on the pool (``execution.warm_workers: false`` turns it off; tests compare both).
 """
@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import AuthenticationError, Client, Listener
 from pathlib import Path
 
@@ -53,7 +53,7 @@ class PoolAddress:
 
     directory: str
     size: int
-    authkey: bytes
+    authkey: bytes = field(repr=False)  # no log line or error that shows the relay's function shows the key
 
     def socket(self, slot: int) -> str:
         return os.path.join(self.directory, f"{slot}.sock")

@@ -121,6 +121,7 @@ def test_the_pool_answers_only_its_key_and_leaves_nothing_behind(tmp_path):
         with _connect(address, 0) as connection:  # a refused client does not end the pool process
             assert connection.recv() == pool.processes[0].pid
         assert oct(os.stat(address.directory).st_mode & 0o777) == "0o700"
+        assert address.authkey.hex() not in repr(address) and str(address.authkey) not in repr(address)
         process = pool.processes[0]
     assert process.poll() is not None and not os.path.exists(address.directory)
 
