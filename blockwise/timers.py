@@ -102,6 +102,31 @@ def voxels_since(directory: Path, since: float) -> int:
     return sum(int(r.get("voxels", 0)) for r in read_records(directory).values() if r["start"] >= since)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory, bytes, since it started or since :func:`reset_peak_rss` (Linux's
+    ``VmHWM``; elsewhere ``ru_maxrss``, which cannot be reset)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart :func:`peak_rss_bytes` from the current resident memory (Linux's ``clear_refs``), so that the peak of a
+    warm worker (``blockwise.pool``) belongs to the step it serves, not to the steps it served before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        pass
+
+
 class RssSampler:
     """Peak resident memory (bytes) of this process while the ``with`` block runs (a thread samples every
     ``interval`` seconds)."""

@@ -70,7 +70,9 @@ def assert_levels(out, levels: int) -> dict:
     assert records[-1]["frozen_clusters"] == records[-1]["deferred_edges"] == 0, "the top level finishes"
     assert records[0]["frozen_clusters"] > 0 and records[0]["deferred_edges"] > 0, "level 0 blocks have faces"
     for record in records:
-        assert record["bytes"] > 0 and record["peak_rss_bytes"] > 10e6 and record["wall_s"] > 0
+        assert record["bytes"] > 0 and record["peak_rss_bytes"] > 10e6
+        assert record["wall_s"] > 0 or record["processed_this_run"] == 0  # a level done before takes ~0 s
+        assert record["peak_rss_bytes"] >= record["baseline_rss_bytes"] > 10e6
     assert sum(r["merges"] for r in records) == agglomerate["merges"]
     return agglomerate
 

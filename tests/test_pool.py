@@ -147,6 +147,18 @@ def test_a_pool_directory_left_by_a_killed_driver_is_removed_by_the_next_pool(tm
     assert not stale.exists() and live.exists() and other.exists()
 
 
+def test_a_warm_workers_peak_memory_restarts_with_each_step():
+    """The hierarchy's levels record each worker's peak memory; a pool process serves several steps, so its peak is
+    restarted when a step sets up (and is not inherited across ``exec`` from the driver, as ``ru_maxrss`` is)."""
+    from blockwise.timers import peak_rss_bytes, reset_peak_rss
+
+    block = np.ones(300_000_000, np.uint8)
+    assert peak_rss_bytes() >= block.nbytes
+    del block
+    reset_peak_rss()
+    assert peak_rss_bytes() < 200_000_000 + psutil.Process().memory_info().rss
+
+
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
 def test_one_pass_relabelling_equals_the_general_lookup(dtype):
     rng = np.random.default_rng(7)

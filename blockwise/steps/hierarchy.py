@@ -26,7 +26,6 @@ Fault injection (tests): a level's blocks match the step name ``hierarchy_<k>`` 
 """
 
 import math
-import resource
 import time
 
 import numpy as np
@@ -36,7 +35,7 @@ from affcons.errors import AgglomerationError, ConfigError
 from affcons.files import atomic_write, write_json
 from blockwise.faults import inject_fault
 from blockwise.steps.base import BlockwiseStep
-from blockwise.timers import Timers, read_records
+from blockwise.timers import Timers, peak_rss_bytes, read_records, reset_peak_rss
 
 #: Counters of a block's timer record summed per level in ``summary.json`` (the state's sizes, and the edges the
 #: block read across its box's faces and, above level 0, across its children's shared faces).
@@ -158,6 +157,7 @@ class HierarchyStep(BlockwiseStep):
         one = np.ones(1, np.uint64)
         edge = EdgeTable(one, one + 1, np.ones(1), one, np.ones((1, bins), np.uint32), quantised_sum=one)
         block_state(np.array([1, 2], np.uint64), edge, np.array([2], np.uint64), self.scoring)
+        reset_peak_rss()  # a warm worker's peak so far belongs to the steps it served before
         self.baseline_rss = psutil.Process().memory_info().rss
 
     def teardown(self) -> None:
@@ -195,7 +195,7 @@ class HierarchyStep(BlockwiseStep):
             atomic_write(path, state.save)
         for key, value in {**state.sizes(), **counts}.items():
             timers.count(key, value)
-        timers.count("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        timers.count("peak_rss_bytes", peak_rss_bytes())
         timers.count("baseline_rss_bytes", self.baseline_rss)
 
 
