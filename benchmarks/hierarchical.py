@@ -10,7 +10,8 @@ mirrored to S^3, one id per connected piece, degraded ground-truth affinities). 
 deterministic, so both agglomerate the same RAG; checked by its counts). It checks that both trees are equal array
 for array and the lookup tables byte for byte, and prints per method: the agglomeration's wall time, the global
 step's peak RSS (the driver, sampled) against each level's blocks, states and the largest peak RSS among its workers
-(``ru_maxrss``), the assembly's peak RSS in the driver, and the ratios.
+(VmHWM since the level's set-up: ``blockwise.timers.peak_rss_bytes``), the assembly's peak RSS in the driver, and
+the ratios.
 
 ``--rag-only`` measures the agglomeration alone at scales where the watershed would take too long here: it writes
 a RAG of an S^3 volume straight into a SQLite graph store through the store's own API (:func:`write_lattice_rag`:

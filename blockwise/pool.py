@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import AuthenticationError, Client, Listener
 from pathlib import Path
 
+from affcons.files import write_text
+
 #: Name prefix of the pool directories in ``$TMPDIR``, followed by the driver's pid.
 PREFIX = "affcons-pool-"
 #: Seconds a relay waits for a starting pool process to listen before it serves the step itself.
@@ -97,7 +99,7 @@ class WorkerPool:
             process = subprocess.Popen([sys.executable, "-c", bootstrap], stdin=subprocess.PIPE, stdout=log, stderr=log)
         process.stdin.write(pickle.dumps(settings))
         process.stdin.close()
-        _write_atomically(self.address.pid_file(slot), str(process.pid))
+        write_text(self.address.pid_file(slot), str(process.pid))
         threading.Thread(target=self._watch, args=(process,), daemon=True, name=f"pool {slot}").start()
         return process
 
@@ -106,7 +108,7 @@ class WorkerPool:
         code = process.wait()
         if not self._closing.is_set():
             try:
-                _write_atomically(self.address.exit_file(process.pid), str(code))
+                write_text(self.address.exit_file(process.pid), str(code))
             except OSError:
                 pass
 
@@ -150,12 +152,6 @@ def remove_stale_pools() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (ValueError, OSError):  # not a pool directory of ours, or its driver lives
             continue
-
-
-def _write_atomically(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as file:
-        file.write(text)
-    os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------------------------------- pool process
