@@ -1,12 +1,12 @@
-"""CPU training speed of CRAC: the HEAD code path against the optimised one, in one run, on the same crops and nets.
+"""CPU training speed of CRAC: the code at 3b88176 against the optimised one, in one run, on the same crops and nets.
 
 Arms (each a real ``Trainer`` on the reduced protocol's ISBI setting, same seed, so the same initial weights and the
 same crop stream; data loading in one worker process, as before):
 
-  old       -- one intra-op thread, contiguous tensors, the two networks one after the other, Adam's default
-               kernel (the code at 3b88176 with ``--threads 1``, the setting the reduced benchmark used, except for
-               the S1 percentile, which is the new one in every arm and is timed on its own below; so the ratio
-               understates the gain over 3b88176);
+  old       -- the code at 3b88176 with ``--threads 1``, the setting the reduced benchmark used: one intra-op
+               thread, contiguous tensors, the two networks one after the other, Adam's default kernel, and that
+               commit's S1 percentile (boolean compaction, two ``kthvalue``) and implicit affinities (autograd through
+               one slice product per offset), both kept below and swapped in while this arm runs;
   new       -- channels-last 3-D tensors (oneDNN's 3-D convolution backward is 1.5-5x faster in that layout for these
                8-16 channel layers) and the two networks' forward passes, pseudo-label filters and backward passes
                in two threads (``run.parallel_branches``; one intra-op thread each);
@@ -17,13 +17,14 @@ hits all of them alike; the first block of each arm is warm-up and not timed. Tw
 randomly initialised confidence net filtering all 12 channels of both maps from the first iteration, as after the
 gate). The script prints iterations/s per arm, the ratio to ``old``, where an iteration goes (waiting for data,
 forward + pseudo-labels + loss, backward, optimiser), and the loss curves' agreement (the arms compute the same
-function; only floating-point rounding differs). It also times the S1 percentile (HEAD: boolean compaction and two
+function; only floating-point rounding differs). It also times the S1 percentile (3b88176: boolean compaction and two
 ``kthvalue`` calls; now: one ``topk`` over the masked tensor) on the same entropy maps.
 
     nice python benchmarks/crac_speed.py                # ~10-20 min on the shared 2-core machine
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -34,7 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
+import affcons.pseudo  # noqa: E402
+import affcons.train.strategies  # noqa: E402
+from affcons.affinities import shifted_pair_slices  # noqa: E402
 from affcons.config import validate  # noqa: E402
 from affcons.nets import build_confidence_net  # noqa: E402
 from affcons.pseudo import binary_entropy, s1_mask  # noqa: E402
@@ -50,6 +55,52 @@ ARMS = {
     "new": {"threads": 1, "channels_last": True, "parallel_branches": True, "fused_optimizer": True},
     "intra-op": {"threads": 2, "channels_last": True, "parallel_branches": False, "fused_optimizer": True},
 }
+
+
+def s1_mask_at_3b88176(
+    entropy: torch.Tensor, candidates: torch.Tensor, alpha: float, max_elements: int = 16_000_000, seed: int = 0
+) -> tuple[torch.Tensor, float]:
+    """3b88176's S1 mask: the candidates' entropies compacted, then two ``kthvalue`` calls (no subsampling: the
+    benchmark's batches stay below ``max_elements``)."""
+    selected = entropy[candidates].float()
+    if alpha <= 0.0 or selected.numel() == 0:
+        return torch.ones_like(entropy, dtype=torch.bool), float("inf")
+    position = (1.0 - alpha) * (selected.numel() - 1)
+    lower = int(position)
+    low = torch.kthvalue(selected, lower + 1).values
+    high = torch.kthvalue(selected, min(lower + 2, selected.numel())).values
+    gamma = low + (position - lower) * (high - low)
+    return entropy < gamma, float(gamma)
+
+
+def implicit_affinities_at_3b88176(embedding: torch.Tensor, offsets, eps: float = 1e-12) -> torch.Tensor:
+    """3b88176's implicit affinities: autograd through one slice product per offset, zero-padded and stacked."""
+    normalised = F.normalize(embedding.float(), p=2.0, dim=1, eps=eps)
+    spatial = tuple(normalised.shape[2:])
+    channels = []
+    for offset in offsets:
+        at_p, at_partner = shifted_pair_slices(spatial, tuple(offset))
+        if any(s.stop <= s.start for s in at_p):
+            channels.append(normalised.new_zeros((normalised.shape[0], *spatial)))
+            continue
+        product = normalised[(slice(None), slice(None), *at_p)] * normalised[(slice(None), slice(None), *at_partner)]
+        pad = [bound for axis in (2, 1, 0) for bound in (at_p[axis].start, spatial[axis] - at_p[axis].stop)]
+        channels.append(F.pad(product.sum(dim=1), pad))
+    return torch.stack(channels, dim=1)
+
+
+@contextlib.contextmanager
+def code_at_3b88176():
+    """Swap 3b88176's S1 mask and implicit affinities into the library while the ``old`` arm runs."""
+    saved = affcons.pseudo.s1_mask, affcons.train.strategies.implicit_affinities
+    affcons.pseudo.s1_mask, affcons.train.strategies.implicit_affinities = (
+        s1_mask_at_3b88176,
+        implicit_affinities_at_3b88176,
+    )
+    try:
+        yield
+    finally:
+        affcons.pseudo.s1_mask, affcons.train.strategies.implicit_affinities = saved
 
 
 def config(arm: dict, iterations: int, s2: bool) -> CRACConfig:
@@ -112,7 +163,8 @@ def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) 
             torch.set_num_threads(ARMS[name]["threads"])
             trainer = trainers[name]
             start, cpu_start = time.perf_counter(), time.process_time()
-            trainer.run(stop_at=trainer.iteration + block)
+            with code_at_3b88176() if name == "old" else contextlib.nullcontext():
+                trainer.run(stop_at=trainer.iteration + block)
             if index > 0:
                 seconds[name] += time.perf_counter() - start
                 cpu_seconds[name] += time.process_time() - cpu_start
@@ -130,19 +182,14 @@ def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) 
 
 
 def percentile_timing(repeats: int) -> dict:
-    """Seconds per S1 threshold on a batch-sized entropy map: HEAD's compaction + 2 kthvalue vs the masked topk."""
+    """Seconds per S1 threshold on a batch-sized entropy map: 3b88176's compaction + 2 kthvalue vs the masked topk."""
     generator = torch.Generator().manual_seed(0)
     entropy = binary_entropy(torch.rand(2, 12, 8, 80, 80, generator=generator))
     candidates = torch.rand(2, 12, 8, 80, 80, generator=generator) < 0.9
     alpha = 0.005
 
     def head() -> float:
-        values = entropy[candidates]
-        position = (1 - alpha) * (values.numel() - 1)
-        lower = int(position)
-        low = torch.kthvalue(values, lower + 1).values
-        high = torch.kthvalue(values, lower + 2).values
-        return float(low + (position - lower) * (high - low))
+        return s1_mask_at_3b88176(entropy, candidates, alpha)[1]
 
     def now() -> float:
         return s1_mask(entropy, candidates, alpha)[1]
@@ -192,7 +239,7 @@ def main(argv=None) -> int:
     timing = percentile_timing(20)
     results["percentile"] = timing
     print(
-        f"\nS1 threshold on 2x12x8x80x80 entropies: HEAD {1000 * timing['head']['seconds']:.1f} ms, now "
+        f"\nS1 threshold on 2x12x8x80x80 entropies: 3b88176 {1000 * timing['head']['seconds']:.1f} ms, now "
         f"{1000 * timing['now']['seconds']:.1f} ms (x{timing['head']['seconds'] / timing['now']['seconds']:.1f}; "
         f"gamma {timing['head']['gamma']:.6f} vs {timing['now']['gamma']:.6f}); two per iteration"
     )

@@ -24,30 +24,49 @@ def offset_validity(shape: Sequence[int], offsets: Sequence[Sequence[int]], devi
     return valid
 
 
+class _ShiftedCosine(torch.autograd.Function):
+    """``<n(p), n(p + o)>`` for every offset ``o`` of unit vectors ``n`` (B, E, D, H, W): (B, len(offsets), D, H, W).
+
+    Autograd through one slice product per offset would give each of the 2 x len(offsets) slices its own zero-filled
+    gradient of the full embedding's size and add them up; here the backward accumulates every offset's two terms
+    into one buffer in place (2-3x faster on the CPU for 12 offsets, the same forward bits).
+    """
+
+    @staticmethod
+    def forward(ctx, normalised: torch.Tensor, offsets: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        spatial = tuple(normalised.shape[2:])
+        similarities = normalised.new_zeros((normalised.shape[0], len(offsets), *spatial))
+        pairs = []
+        for channel, offset in enumerate(offsets):
+            at_p, at_partner = shifted_pair_slices(spatial, offset)
+            if any(s.stop <= s.start for s in at_p):  # offset longer than the crop: nothing valid on this channel
+                continue
+            at_p, at_partner = (slice(None), slice(None), *at_p), (slice(None), slice(None), *at_partner)
+            similarities[:, channel : channel + 1][at_p] = (normalised[at_p] * normalised[at_partner]).sum(1, True)
+            pairs.append((channel, at_p, at_partner))
+        ctx.pairs = pairs
+        ctx.save_for_backward(normalised)
+        return similarities
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_similarities: torch.Tensor):
+        (normalised,) = ctx.saved_tensors
+        grad = torch.zeros_like(normalised)
+        for channel, at_p, at_partner in ctx.pairs:
+            grad_channel = grad_similarities[:, channel : channel + 1][at_p]  # (B, 1, ...) broadcasts over E
+            grad[at_p].addcmul_(grad_channel, normalised[at_partner])
+            grad[at_partner].addcmul_(grad_channel, normalised[at_p])
+        return grad, None
+
+
 def implicit_affinities(embedding: torch.Tensor, offsets: Sequence[Sequence[int]], eps: float = 1e-12) -> torch.Tensor:
     """Cosine similarities of ``embedding`` (B, E, D, H, W) at each offset: ``(B, len(offsets), D, H, W)`` in [-1, 1].
 
-    Entries whose partner falls outside the crop are 0 (see :func:`offset_validity`). The result is differentiable.
+    Entries whose partner falls outside the crop are 0 (see :func:`offset_validity`). The result is differentiable
+    once (no double backward).
     """
     if embedding.ndim != 5:
         raise VolumeError(f"embedding must be (B, E, D, H, W), got shape {tuple(embedding.shape)}")
-    # contiguous: the slice products below backpropagate by copying into a tensor of this layout, which is ~20x
-    # slower into a channels-last one (measured on CPU)
     normalised = F.normalize(embedding.float(), p=2.0, dim=1, eps=eps).contiguous()
-    spatial = tuple(normalised.shape[2:])
-    channels = []
-    for offset in offsets:
-        at_p, at_partner = shifted_pair_slices(spatial, tuple(offset))
-        product = normalised[(slice(None), slice(None), *at_p)] * normalised[(slice(None), slice(None), *at_partner)]
-        similarity = product.sum(dim=1)
-        # zero-pad back to the full crop: F.pad takes (x_before, x_after, y_before, y_after, z_before, z_after)
-        pad = []
-        for axis in (2, 1, 0):
-            start, stop = at_p[axis].start, at_p[axis].stop
-            if stop <= start:  # offset longer than the crop: nothing valid on this channel
-                similarity = normalised.new_zeros((normalised.shape[0], *spatial))
-                pad = [0] * 6
-                break
-            pad += [start, spatial[axis] - stop]
-        channels.append(F.pad(similarity, pad))
-    return torch.stack(channels, dim=1)
+    return _ShiftedCosine.apply(normalised, tuple(tuple(int(v) for v in offset) for offset in offsets))
