@@ -294,6 +294,8 @@ class PredictConfig(Fingerprinted, PredictOptions):
     margin: Triple
     block_size: Triple
     chunk_shape: Triple
+    #: The map this run writes (``auto`` is resolved against the checkpoint before the run is configured).
+    map: Literal["implicit", "explicit", "mean"]
 
     @property
     def block_voxels(self) -> Triple:

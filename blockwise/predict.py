@@ -25,7 +25,7 @@ from blockwise.geometry import check_block_chunks, resolve_roi, resolve_voxel_si
 from blockwise.gpus import describe_device, gpu_capability, resolve_gpus
 from blockwise.layout import RunDir, input_is_complete, predict_run_dir, read_attrs, update_attrs
 from blockwise.runner import Driver
-from blockwise.steps.predict import PredictStep
+from blockwise.steps.predict import PredictStep, resolve_map
 from blockwise.timers import summarise, voxels_since
 
 #: Default block and chunk shapes in tiles (z, y, x), clipped to the ROI.
@@ -83,6 +83,7 @@ def resolve(options: PredictOptions, voxels: dict | None = None) -> tuple[Predic
     data["checkpoint"] = str(Path(data["checkpoint"]).absolute())
     networks, model_config = load_model(data["checkpoint"], use_ema=data["use_ema"])
     data["checkpoint_sha256"] = file_sha256(data["checkpoint"])
+    data["map"] = resolve_map(data["map"], networks.available)
 
     raw_path = data["raw"]
     voxel_size = resolve_voxel_size(raw_path, data["voxel_size"], "raw")

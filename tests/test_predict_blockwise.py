@@ -15,15 +15,17 @@ import torch
 import zarr
 
 from affcons.cli import main as cli_main
+from affcons.config import validate
 from affcons.errors import CheckpointError, ConfigError, OutputExistsError, VolumeError
 from affcons.io import create_volume, open_volume
 from affcons.nets import load_model
 from affcons.predict import PatchGrid, Predictor, predict_volume
+from affcons.train.config import CRACConfig
 from blockwise.config import PredictOptions
 from blockwise.faults import FAULT_ENV
 from blockwise.gpus import claim_gpu
 from blockwise.predict import resolve
-from tests.test_predict import MARGIN, PATCH, make_checkpoint, make_raw
+from tests.test_predict import MARGIN, PATCH, make_checkpoint, make_raw, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 #: 10 x 64 x 80 voxels: not a whole number of 4 x 32 x 32 tiles, so the last blocks are shrunk and their tiles overhang
@@ -80,7 +82,7 @@ def workdir(tmp_path_factory) -> Path:
     make_raw(str(workdir / "in.zarr/raw"), shape=RAW_SHAPE)
     networks, _ = load_model(workdir / "model.pt")
     torch.set_num_threads(1)
-    predictor = Predictor(networks, PatchGrid(PATCH, MARGIN), "implicit", channels=3, batch_size=2)
+    predictor = Predictor(networks, PatchGrid(PATCH, MARGIN), "mean", channels=3, batch_size=2)  # the default map
     np.save(workdir / "whole.npy", predict_volume(predictor, open_volume(str(workdir / "in.zarr/raw")))["affs"])
     cwd = os.getcwd()
     os.chdir(workdir)
@@ -107,7 +109,7 @@ def test_blockwise_equals_whole_volume_for_two_block_sizes(workdir):
         attrs = zarr.open_array(str(workdir / out)).attrs
         assert attrs["complete"] is True and attrs["voxel_size"] == [50, 4, 4] and attrs["offset"] == [100, 40, 24]
         provenance = attrs["affcons_predict"]
-        assert provenance["config"]["map"] == "implicit" and len(provenance["fingerprint"]) == 16
+        assert provenance["config"]["map"] == "mean" and len(provenance["fingerprint"]) == 16
         report = summary(workdir, out)["task"]
         assert (report["blocks"], report["failed"], report["orphaned"]) == (blocks, 0, 0)
     assert len(np.unique(whole)) > 20
@@ -184,7 +186,7 @@ def test_existing_output_of_another_config_is_refused_and_untouched(workdir, cap
     before = chunk_bytes(workdir / "ref.zarr/affs")
     assert cli_main(predict_args(workdir, "ref.zarr/affs", (4, 32, 32), "--map", "explicit")) == 2
     error = capsys.readouterr().err
-    assert "different config" in error and "map: 'implicit' -> 'explicit'" in error
+    assert "different config" in error and "map: 'mean' -> 'explicit'" in error
     assert chunk_bytes(workdir / "ref.zarr/affs") == before
     foreign = workdir / "foreign.zarr/affs"
     create_volume(str(foreign), open_volume(str(workdir / "in.zarr/raw")).roi, (50, 4, 4), np.uint8, num_channels=3)
@@ -209,6 +211,32 @@ def _options(workdir: Path, **changes) -> PredictOptions:
     }
     options.update(changes)
     return PredictOptions.model_validate(options)
+
+
+def test_default_map_of_a_supervised_checkpoint_is_its_explicit_map(workdir, capsys):
+    """``--map auto`` (the default) resolves against the checkpoint: a sparse-supervision baseline trained only the
+    explicit net, so its run writes (and records) the explicit map; asking it for the implicit map is refused."""
+    data = tiny_config().model_dump(mode="json")
+    data["variant"], data["validation"]["output"] = "supervised", "explicit"
+    checkpoint = make_checkpoint(workdir / "supervised.pt", config=validate(CRACConfig, data, "test"))
+    networks, _ = load_model(checkpoint)
+    assert networks.available == ("explicit",)
+    predictor = Predictor(networks, PatchGrid(PATCH, MARGIN), "explicit", channels=3, batch_size=2)
+    whole = predict_volume(predictor, open_volume(str(workdir / "in.zarr/raw")))["affs"]
+    args = predict_args(workdir, "supervised.zarr/affs")
+    args[args.index("--checkpoint") + 1] = str(checkpoint)
+    assert cli_main(args) == 0
+    written = open_volume(str(workdir / "supervised.zarr/affs"))
+    assert np.abs(written[written.roi].astype(int) - whole.astype(int)).max() <= 1
+    assert (
+        zarr.open_array(str(workdir / "supervised.zarr/affs")).attrs["affcons_predict"]["config"]["map"] == "explicit"
+    )
+    capsys.readouterr()
+    args[args.index("--out") + 1] = str(workdir / "supervised-implicit.zarr/affs")
+    assert cli_main([*args, "--map", "implicit"]) == 2
+    error = capsys.readouterr().err
+    assert "needs the implicit output, which is not trained in this model" in error
+    assert not (workdir / "supervised-implicit.zarr").exists()
 
 
 def test_checkpoint_that_does_not_match_its_config_is_a_checkpoint_error(workdir, capsys):

@@ -45,8 +45,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("uint8", "float16"), help="output dtype (default uint8)")
     parser.add_argument(
         "--map",
-        choices=("implicit", "explicit", "mean"),
-        help="which representation becomes the affinities (default: the best on validation data)",
+        choices=("auto", "implicit", "explicit", "mean"),
+        help="which representation becomes the affinities (default auto: the mean of both maps for a CRAC model, "
+        "the explicit map for a supervised-only one)",
     )
     parser.add_argument(
         "--channels", choices=("all", "short"), help="all offsets of the model (default) or only the 3 short-range"

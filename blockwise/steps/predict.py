@@ -28,15 +28,32 @@ from funlib.geometry import Coordinate, Roi
 
 from affcons.codecs import Compression
 from affcons.config import StrictModel
+from affcons.errors import CheckpointError
 from blockwise.faults import inject_fault
 from blockwise.gpus import available_cores, claim_gpu
 from blockwise.steps.base import BlockwiseStep
 from blockwise.timers import Timers
 from blockwise.volumes import box_for
 
-#: Which map becomes the affinities when not chosen: the best on the ISBI validation sections with the demo model
-#: (docs/design/predict.md, "Which map").
-DEFAULT_MAP = "implicit"
+#: Which map becomes the affinities when not chosen: ``auto`` = the mean of both maps for a CRAC checkpoint (the best
+#: or equal-best map of every CRAC run of the reduced protocol, docs/design/predict.md "Which map"), the explicit map
+#: for a checkpoint that trained only that one (the sparse-supervision baseline).
+DEFAULT_MAP = "auto"
+
+
+def resolve_map(requested: str, available) -> str:
+    """The map ``requested`` (``auto``, ``implicit``, ``explicit`` or ``mean``) for a model whose trained outputs are
+    ``available`` (:attr:`affcons.nets.CRACNetworks.available`): ``auto`` becomes ``mean`` when both maps are trained,
+    else ``explicit``. Raises :class:`~affcons.errors.CheckpointError` for a map the model did not train."""
+    if requested == "auto":
+        return "mean" if {"implicit", "explicit"} <= set(available) else "explicit"
+    missing = ({"implicit", "explicit"} if requested == "mean" else {requested}) - set(available)
+    if missing:
+        raise CheckpointError(
+            f"map {requested!r} needs the {' and '.join(sorted(missing))} output, which is not trained in this model "
+            f"(it has {', '.join(available)}); choose --map auto or one of {list(available)}"
+        )
+    return requested
 
 Triple = tuple[int, int, int]
 
@@ -48,8 +65,9 @@ class PredictSettings(StrictModel):
 
     #: Use the EMA weights (EMA runs only).
     use_ema: bool = False
-    #: Which representation becomes the affinities.
-    map: Literal["implicit", "explicit", "mean"] = DEFAULT_MAP
+    #: Which representation becomes the affinities (``auto``: see :data:`DEFAULT_MAP`; resolved when the run is
+    #: configured, so a run's recorded config names the map it used).
+    map: Literal["auto", "implicit", "explicit", "mean"] = DEFAULT_MAP
     #: Output dtype: uint8 (0..255) or float16 (0..1).
     dtype: Literal["uint8", "float16"] = "uint8"
     #: ``all`` offsets of the model (12 for CRAC) or only the ``short``-range (nearest-neighbour) three.
