@@ -12,13 +12,15 @@ same crop stream; data loading in one worker process, as before):
                in two threads (``run.parallel_branches``; one intra-op thread each);
   intra-op  -- (``--intra-op``) channels-last with two intra-op threads instead of the branch threads.
 
-The arms run interleaved in blocks of ``--block`` iterations, so that load from other processes on a shared machine
-hits all of them alike; the first block of each arm is warm-up and not timed. Two scenarios: S1 only, and S1+S2 (a
-randomly initialised confidence net filtering all 12 channels of both maps from the first iteration, as after the
-gate). The script prints iterations/s per arm, the ratio to ``old``, where an iteration goes (waiting for data,
-forward + pseudo-labels + loss, backward, optimiser), and the loss curves' agreement (the arms compute the same
-function; only floating-point rounding differs). It also times the S1 percentile (3b88176: boolean compaction and two
-``kthvalue`` calls; now: one ``topk`` over the masked tensor) on the same entropy maps.
+Each arm lives in its own process (its own heap and thread pools: in one process the arms' allocations and threads
+would interact), and the arms run interleaved, one at a time, in blocks of ``--block`` iterations, so that load from
+other processes on a shared machine hits all of them alike; the first block of each arm is warm-up and not timed.
+Two scenarios: S1 only, and S1+S2 (a randomly initialised confidence net filtering all 12 channels of both maps from
+the first iteration, as after the gate). The script prints iterations/s per arm, the ratio to ``old``, where an
+iteration goes (waiting for data, forward + pseudo-labels + loss, backward, optimiser), and the loss curves'
+agreement (the arms compute the same function; only floating-point rounding differs). It also times the S1
+percentile (3b88176: boolean compaction and two ``kthvalue`` calls; now: one ``topk`` over the masked tensor) on the
+same entropy maps.
 
     nice python benchmarks/crac_speed.py                # ~10-20 min on the shared 2-core machine
 """
@@ -26,6 +28,7 @@ function; only floating-point rounding differs). It also times the S1 percentile
 import argparse
 import contextlib
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -140,43 +143,71 @@ def config(arm: dict, iterations: int, s2: bool) -> CRACConfig:
     )
 
 
-def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) -> dict:
-    """Interleaved blocks of every arm; returns per-arm timings and loss histories."""
-    trainers = {}
+def _arm_process(name: str, scenario: str, iterations: int, out: str, connection) -> None:
+    """One arm in its own process (own heap, own thread pools): build its trainer, then run a block of iterations each
+    time the parent sends a block length, answering (wall seconds, CPU seconds); ``None`` ends it with the history."""
+    torch.set_num_threads(ARMS[name]["threads"])
     s2 = scenario == "S1+S2"
+    cfg = config(ARMS[name], iterations, s2)
+    seed_everything(cfg.run.seed, True)
+    confidence = None
+    if s2:
+        confidence = build_confidence_net(ConfidenceModelConfig(filters=CONFIDENCE_FILTERS, bn_momentum=0.1))
+        confidence.eval().requires_grad_(False)
+    strategy = CRACStrategy(cfg, torch.device("cpu"), confidence)
+    dataset = CropDataset(cfg.data, cfg.model.offsets, cfg.run.seed, cfg.run.batch_size)
+    trainer = Trainer(strategy, cfg, dataset, Path(out), "crac", cfg.run.iterations, torch.device("cpu"))
+    connection.send("ready")
+    with code_at_3b88176() if name == "old" else contextlib.nullcontext():
+        while (block := connection.recv()) is not None:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            trainer.run(stop_at=trainer.iteration + block)
+            connection.send((time.perf_counter() - start, time.process_time() - cpu_start))
+    connection.send(trainer.history)
+
+
+def measure(scenario: str, arms: list[str], blocks: int, block: int, out: Path) -> dict:
+    """Interleaved blocks of every arm, each arm in its own process, one arm running at a time; returns per-arm
+    timings and loss histories."""
+    # fork, Linux's default: a spawned arm would also spawn its DataLoader worker, pickling the volume to it on every
+    # ``Trainer.run`` (~2.5 s per block, measured)
+    context = multiprocessing.get_context("fork")
+    connections, processes = {}, []
     for name in arms:
-        cfg = config(ARMS[name], blocks * block, s2)
-        seed_everything(cfg.run.seed, True)
-        confidence = None
-        if s2:
-            confidence = build_confidence_net(ConfidenceModelConfig(filters=CONFIDENCE_FILTERS, bn_momentum=0.1))
-            confidence.eval().requires_grad_(False)
-        strategy = CRACStrategy(cfg, torch.device("cpu"), confidence)
-        dataset = CropDataset(cfg.data, cfg.model.offsets, cfg.run.seed, cfg.run.batch_size)
-        trainers[name] = Trainer(
-            strategy, cfg, dataset, out / scenario / name, "crac", cfg.run.iterations, torch.device("cpu")
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_arm_process, args=(name, scenario, blocks * block, str(out / scenario / name), child)
         )
+        process.start()
+        connections[name] = parent
+        processes.append(process)
+    for name in arms:
+        if connections[name].recv() != "ready":
+            raise RuntimeError(f"arm {name} did not start")
     seconds = {name: 0.0 for name in arms}
     cpu_seconds = {name: 0.0 for name in arms}
     for index in range(blocks):
         for name in arms:
-            torch.set_num_threads(ARMS[name]["threads"])
-            trainer = trainers[name]
-            start, cpu_start = time.perf_counter(), time.process_time()
-            with code_at_3b88176() if name == "old" else contextlib.nullcontext():
-                trainer.run(stop_at=trainer.iteration + block)
+            connections[name].send(block)
+            wall, cpu = connections[name].recv()
             if index > 0:
-                seconds[name] += time.perf_counter() - start
-                cpu_seconds[name] += time.process_time() - cpu_start
+                seconds[name] += wall
+                cpu_seconds[name] += cpu
+    histories = {}
+    for name in arms:
+        connections[name].send(None)
+        histories[name] = connections[name].recv()
+    for process in processes:
+        process.join()
     timed = (blocks - 1) * block
     result = {}
     for name in arms:
-        history = trainers[name].history[block:]
+        history = histories[name][block:]
         result[name] = {
             "iterations_per_second": timed / seconds[name],
             "cpu_seconds_per_iteration": cpu_seconds[name] / timed,
             "phases": {key: float(np.mean([h[key] for h in history])) for key in history[0] if key.startswith("time/")},
-            "losses": [h["loss/total"] for h in trainers[name].history],
+            "losses": [h["loss/total"] for h in histories[name]],
         }
     return result
 
