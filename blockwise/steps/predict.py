@@ -35,9 +35,9 @@ from blockwise.steps.base import BlockwiseStep
 from blockwise.timers import Timers
 from blockwise.volumes import box_for
 
-#: Which map becomes the affinities when not chosen: ``auto`` = the mean of both maps for a CRAC checkpoint (the best
-#: or equal-best map of every CRAC run of the reduced protocol, docs/design/predict.md "Which map"), the explicit map
-#: for a checkpoint that trained only that one (the sparse-supervision baseline).
+#: Which map becomes the affinities when not chosen: ``auto`` = the mean of both maps for a CRAC checkpoint (best on
+#: every gala run of the reduced protocol, never the worst map on ISBI; docs/design/predict.md "Which map"), the
+#: explicit map for a checkpoint that trained only that one (the sparse-supervision baseline).
 DEFAULT_MAP = "auto"
 
 
