@@ -55,6 +55,7 @@ def resolve_map(requested: str, available) -> str:
         )
     return requested
 
+
 Triple = tuple[int, int, int]
 
 
