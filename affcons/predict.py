@@ -29,7 +29,7 @@ import torch
 from funlib.geometry import Coordinate, Roi
 
 from affcons.devices import resolve_precision
-from affcons.errors import ConfigError, VolumeError
+from affcons.errors import CheckpointError, ConfigError, VolumeError
 
 #: Affinity maps a CRAC model can produce (``CRACNetworks.affinities``).
 MAPS = ("implicit", "explicit", "mean")
@@ -186,6 +186,13 @@ class Predictor:
         if prediction_map in ("explicit", "mean") or disagreement:
             needs.add("explicit")
         self.outputs = tuple(name for name in ("implicit", "explicit") if name in needs)
+        untrained = needs - set(networks.available)
+        if untrained:
+            wanted = f"map {prediction_map!r}" + (" with the disagreement map" if disagreement else "")
+            raise CheckpointError(
+                f"{wanted} needs the {' and '.join(sorted(untrained))} output, which is not trained in this model (it "
+                f"has {', '.join(networks.available)})"
+            )
 
     @classmethod
     def from_checkpoint(

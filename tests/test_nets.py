@@ -125,32 +125,20 @@ def test_implicit_matches_brute_force_on_random_embedding():
 
 def test_implicit_affinities_gradient_matches_autograd_through_the_slices():
     """The hand-written backward (one accumulation buffer) equals finite differences (float64) and autograd through
-    per-offset slice products (float32), on positive, negative, mixed and crop-length offsets."""
-    from affcons.affinities import shifted_pair_slices
+    per-offset slice products (float32: 3b88176's implementation, which the speed benchmark's ``old`` arm runs), on
+    positive, negative, mixed and crop-length offsets."""
     from affcons.nets.embedding import _ShiftedCosine
+    from benchmarks.crac_speed import implicit_affinities_at_3b88176
 
     offsets = ((-1, 0, 0), (0, -3, 0), (-2, 1, -1), (0, 2, 3), (0, 0, 6))
     torch.manual_seed(2)
     unit = torch.nn.functional.normalize(torch.randn(2, 3, 3, 5, 6, dtype=torch.float64), dim=1).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda n: _ShiftedCosine.apply(n, offsets), (unit,))
 
-    def through_slices(embedding):
-        normalised = torch.nn.functional.normalize(embedding, dim=1, eps=1e-12)
-        spatial = tuple(normalised.shape[2:])
-        channels = []
-        for offset in offsets:
-            at_p, at_partner = shifted_pair_slices(spatial, offset)
-            channel = torch.zeros(normalised.shape[0], *spatial)
-            if all(s.stop > s.start for s in at_p):
-                at_p, at_partner = (slice(None), slice(None), *at_p), (slice(None), slice(None), *at_partner)
-                channel[at_p[1:]] = (normalised[at_p] * normalised[at_partner]).sum(1)
-            channels.append(channel)
-        return torch.stack(channels, 1)
-
     embedding = torch.randn(2, 4, 3, 5, 6)
     upstream = torch.randn(2, len(offsets), 3, 5, 6)
     grads = []
-    for function in (through_slices, lambda e: implicit_affinities(e, offsets)):
+    for function in (lambda e: implicit_affinities_at_3b88176(e, offsets), lambda e: implicit_affinities(e, offsets)):
         leaf = embedding.clone().requires_grad_(True)
         out = function(leaf)
         out.backward(upstream)

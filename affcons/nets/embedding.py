@@ -68,5 +68,7 @@ def implicit_affinities(embedding: torch.Tensor, offsets: Sequence[Sequence[int]
     """
     if embedding.ndim != 5:
         raise VolumeError(f"embedding must be (B, E, D, H, W), got shape {tuple(embedding.shape)}")
+    # contiguous: the layout every earlier training run computed its similarities in (channels-last measured within
+    # the noise of it here, 45 vs 48 ms per step)
     normalised = F.normalize(embedding.float(), p=2.0, dim=1, eps=eps).contiguous()
     return _ShiftedCosine.apply(normalised, tuple(tuple(int(v) for v in offset) for offset in offsets))

@@ -28,7 +28,6 @@ from funlib.geometry import Coordinate, Roi
 
 from affcons.codecs import Compression
 from affcons.config import StrictModel
-from affcons.errors import CheckpointError
 from blockwise.faults import inject_fault
 from blockwise.gpus import available_cores, claim_gpu
 from blockwise.steps.base import BlockwiseStep
@@ -44,16 +43,11 @@ DEFAULT_MAP = "auto"
 def resolve_map(requested: str, available) -> str:
     """The map ``requested`` (``auto``, ``implicit``, ``explicit`` or ``mean``) for a model whose trained outputs are
     ``available`` (:attr:`affcons.nets.CRACNetworks.available`): ``auto`` becomes ``mean`` when both maps are trained,
-    else ``explicit``. Raises :class:`~affcons.errors.CheckpointError` for a map the model did not train."""
-    if requested == "auto":
-        return "mean" if {"implicit", "explicit"} <= set(available) else "explicit"
-    missing = ({"implicit", "explicit"} if requested == "mean" else {requested}) - set(available)
-    if missing:
-        raise CheckpointError(
-            f"map {requested!r} needs the {' and '.join(sorted(missing))} output, which is not trained in this model "
-            f"(it has {', '.join(available)}); choose --map auto or one of {list(available)}"
-        )
-    return requested
+    else ``explicit``; any other choice is returned as it is (:class:`affcons.predict.Predictor` refuses a map the
+    model did not train)."""
+    if requested != "auto":
+        return requested
+    return "mean" if {"implicit", "explicit"} <= set(available) else "explicit"
 
 
 Triple = tuple[int, int, int]
