@@ -124,7 +124,8 @@ def resolve(options: PredictOptions, voxels: dict | None = None) -> tuple[Predic
             f"{error}. The {data['map']} map's channels 0-{channels - 1} need a margin of at least {list(needed)} "
             "voxels (implicit long-range offsets); use a larger --patch, --channels short, or --map explicit"
         ) from None
-    Predictor(networks, grid, data["map"], channels, dtype=data["dtype"])  # checks the margin
+    # checks the margin and that the model trained what the map and the disagreement map need
+    Predictor(networks, grid, data["map"], channels, disagreement=bool(data["disagreement"]), dtype=data["dtype"])
     data["patch"], data["margin"] = grid.patch, grid.margin
     roi_voxels = tuple(s // v for s, v in zip(roi.shape, voxel_size))
     data["chunk_shape"], data["block_size"] = _blocks(data, grid, roi_voxels, voxel_size)

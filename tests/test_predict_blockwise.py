@@ -237,6 +237,10 @@ def test_default_map_of_a_supervised_checkpoint_is_its_explicit_map(workdir, cap
     error = capsys.readouterr().err
     assert "needs the implicit output, which is not trained in this model" in error
     assert not (workdir / "supervised-implicit.zarr").exists()
+    disagreement = str(workdir / "supervised-implicit.zarr/disagreement")  # needs the implicit map too
+    assert cli_main([*args, "--disagreement", disagreement]) == 2
+    assert "with the disagreement map needs the implicit output" in capsys.readouterr().err
+    assert not (workdir / "supervised-implicit.zarr").exists()
 
 
 def test_checkpoint_that_does_not_match_its_config_is_a_checkpoint_error(workdir, capsys):
