@@ -271,3 +271,55 @@ def test_supervised_baseline_and_missing_confidence_checkpoint(tmp_path, capsys)
         assert networks.affinities(torch.rand(4, 32, 32), outputs=("explicit",))["explicit"].shape[1] == 12
         with pytest.raises(CheckpointError, match="not trained"):
             networks.affinities(torch.rand(4, 32, 32))
+
+
+def _cpsn_quality(*options: str, cwd: Path) -> tuple[dict, str]:
+    """Run ``benchmarks/cpsn_quality.py``; its JSON results and its printed table."""
+    output = cwd / "quality.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "cpsn_quality.py"), *options, "--json", str(output)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(output.read_text())["results"], result.stdout
+
+
+@pytest.mark.parametrize("source", ["run", "pretrain"])
+def test_cpsn_quality_measures_each_confidence_net_on_the_same_maps(pretrained, ema_straight, tmp_path, source):
+    """``benchmarks/cpsn_quality.py`` on a real EMA run (both maps) and on the stage-1 predictors: the exported
+    confidence net and the stage-2 checkpoint it was exported from give the same numbers (same crops, same maps,
+    same filter), and every figure is a fraction."""
+    exported, last = pretrained / "confidence.pt", pretrained / "stage2" / "checkpoints" / "last.pt"
+    run = ema_straight if source == "run" else pretrained
+    data, printed = _cpsn_quality(
+        f"--{source}", str(run), "--confidence", str(exported), str(last), "--crops", "3", cwd=tmp_path
+    )
+    assert data[str(exported)] == data[str(last)]
+    rows = data[str(exported)]
+    teachers = {"explicit", "implicit"} if source == "run" else {"predictor-000002", "predictor-000003"}
+    assert set(rows) == teachers
+    for groups in rows.values():
+        assert list(groups) == ["1-1-1", "2-3-3", "3-9-9", "4-27-27"]
+        for row in groups.values():
+            assert row["pairs"] > 0 and 0 <= row["unfiltered_precision"] <= 1 and 0 <= row["s2_kept"] <= 1
+            assert all(row[key] is None or 0 <= row[key] <= 1 for key in ("auc", "auc_labelled"))
+    assert "run " in printed and "run:last " in printed  # one labelled block of rows per net
+
+
+def test_auc_from_histograms_is_the_pairwise_probability():
+    from benchmarks.cpsn_quality import BINS, auc_from_histograms
+
+    generator = torch.Generator().manual_seed(0)
+    wrong = torch.randint(200, BINS, (300,), generator=generator)  # bin indices; ties across the two sets exist
+    right = torch.randint(0, 800, (500,), generator=generator)
+    exact = ((wrong[:, None] > right[None]).double() + 0.5 * (wrong[:, None] == right[None]).double()).mean()
+
+    def histogram(bins: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(bins, minlength=BINS).double()
+
+    assert auc_from_histograms(histogram(wrong), histogram(right)) == pytest.approx(float(exact), abs=1e-12)
+    assert auc_from_histograms(histogram(wrong), torch.zeros(BINS)) is None

@@ -1,0 +1,224 @@
+"""How well confidence nets (CPSN, S2) detect wrong pseudo-labels, on the training sections of a run.
+
+The reduced protocol (``crac_protocol.py``) measures the filters during training, for the one confidence net a run
+used. This script compares several confidence nets (e.g. the checkpoints of one longer stage-2 run) on the same
+maps, on fixed crops of the run's training data (its config and sparse labels, no augmentation), with the dense labels
+that training never saw as the truth. The maps ("teachers") come from either
+
+* ``--run``: the final nets of a CRAC run (EMA teachers for an EMA run), in eval mode: both maps, S1 at its end-of-run
+  alpha, as S2 filters them at the end of training; or
+* ``--pretrain``: the frozen stage-1 predictors of a pre-training run, perturbed as stage 2 sees them (seeded): the
+  implicit map of each, without S1 -- the confidence net's own training distribution.
+
+Per confidence net, teacher and channel group it prints:
+
+* ``unfiltered``: precision of all candidate pseudo-labels (valid, unlabelled pairs touching a neurite; right = on
+  the same side of 0.5 as the truth),
+* ``S2 kept`` / ``S2 prec``: the fraction of them the filter keeps and their precision (a filter does its job when
+  this rises above ``unfiltered``),
+* ``AUC``: the area under the ROC curve of the predicted error probability as a detector of wrong pseudo-labels on
+  those pairs (0.5 = chance; from 1000-bin histograms), and ``AUC lab`` the same on the labelled pairs against the
+  sparse labels -- the task stage 2 trains the confidence net on.
+
+Usage (repository root)::
+
+    python benchmarks/cpsn_quality.py --run runs/crac_protocol/n600/isbi/crac-ws-seed555 \\
+        --confidence runs/crac_protocol/n600/isbi/pretrain-seed555/confidence.pt
+    python benchmarks/cpsn_quality.py --pretrain runs/crac_protocol/n600/isbi/pretrain-seed555 \\
+        --confidence runs/crac_protocol/n600/isbi/pretrain-seed555/confidence.pt
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from affcons.nets import build_embedding_net, load_model  # noqa: E402
+from affcons.nets.embedding import implicit_affinities, offset_validity  # noqa: E402
+from affcons.pseudo import PseudoLabeler, channel_groups, filter_counts  # noqa: E402
+from affcons.train.checkpoint import read_checkpoint  # noqa: E402
+from affcons.train.dataset import CropDataset  # noqa: E402
+from affcons.train.strategies import load_confidence_net  # noqa: E402
+
+BINS = 1000
+#: teacher name -> (its map of a raw batch (B, 1, D, H, W) as (B, C, D, H, W), whether it is an implicit map)
+Teachers = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]]
+
+
+def fixed_batches(config, crops: int, seed: int) -> list[dict]:
+    """``crops`` training crops of the run's data (its sparse labels, no augmentation) with their dense truth, in
+    batches of the run's batch size; the same crops for every confidence net."""
+    data = config.data.model_copy(update={"augment": config.data.augment.model_copy(update={"probability": 0.0})})
+    dataset = CropDataset(data, config.model.offsets, seed, config.run.batch_size, with_truth=True)
+    samples = [dataset[index] for index in range(crops)]
+    batches = []
+    for start in range(0, crops, config.run.batch_size):
+        group = samples[start : start + config.run.batch_size]
+        batches.append({key: torch.as_tensor(np.stack([sample[key] for sample in group])) for key in group[0]})
+    return batches
+
+
+def crac_teachers(run_dir: Path) -> tuple[Teachers, object]:
+    """Both maps of a CRAC run's final nets (its EMA teachers for an EMA run) and the run's config."""
+    checkpoint = run_dir / "crac" / "checkpoints" / "last.pt"
+    _, recorded = read_checkpoint(checkpoint)
+    networks, config = load_model(checkpoint, use_ema=recorded.variant == "ema")
+    networks.to(memory_format=torch.channels_last_3d)
+    return {
+        "explicit": (lambda raw: networks.affinity_net(raw).float(), False),
+        "implicit": (lambda raw: implicit_affinities(networks.embedding_net(raw), config.model.offsets).float(), True),
+    }, config
+
+
+def predictor_teachers(run_dir: Path, seed: int) -> tuple[Teachers, object]:
+    """The implicit maps of a pre-training run's stage-1 predictors, with the dropout perturbation stage 2 uses
+    (reseeded per call, so every confidence net sees the same maps), and the run's config."""
+    teachers, config = {}, None
+    for path in sorted((run_dir / "stage1" / "predictors").glob("embedding-*.pt")):
+        state, config = read_checkpoint(path)
+        net = build_embedding_net(config.model, dropout=config.stage1.dropout)
+        net.load_state_dict(state["models"]["embedding"])
+        net.eval().requires_grad_(False).set_perturbation(True)
+
+        def implicit(raw: torch.Tensor, net=net, offsets=config.model.offsets) -> torch.Tensor:
+            torch.manual_seed(seed)
+            return implicit_affinities(net(raw), offsets).float()
+
+        teachers[f"predictor-{path.stem.split('-')[-1]}"] = (implicit, True)
+    if not teachers:
+        raise SystemExit(f"{run_dir / 'stage1' / 'predictors'} holds no stage-1 predictors")
+    return teachers, config
+
+
+def auc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | None:
+    """P(score of a wrong label > score of a right one) + half the ties, from two histograms over the same bins."""
+    n_wrong, n_right = float(wrong.sum()), float(right.sum())
+    if n_wrong == 0 or n_right == 0:
+        return None
+    right_below = torch.cumsum(right, 0) - right  # right labels in lower bins
+    return float((wrong * (right_below + 0.5 * right)).sum()) / (n_wrong * n_right)
+
+
+def add_histograms(store: dict, prefix: str, scores: torch.Tensor, pairs: torch.Tensor, wrong: torch.Tensor) -> None:
+    """Accumulate the histograms of ``scores`` on ``pairs`` split into wrong and right labels."""
+    for kind, select in (("wrong", wrong), ("right", ~wrong)):
+        hist = torch.histc(scores[pairs & select], bins=BINS, min=0.0, max=1.0)
+        store[f"{prefix}/{kind}"] = store.get(f"{prefix}/{kind}", 0) + hist
+
+
+@torch.no_grad()
+def measure(confidence_net, teachers: Teachers, config, batches: list[dict], s1: bool) -> dict:
+    """Filter counts and error-score histograms of one confidence net, summed over the batches, per teacher and
+    channel group."""
+    offsets = config.model.offsets
+    groups = channel_groups(offsets)
+    pseudo = getattr(config, "pseudo", None)
+    labeler = PseudoLabeler(
+        alpha0=pseudo.alpha0 if s1 else 0.0,  # alpha 0: S1 keeps everything
+        total_iterations=(pseudo.total_iterations or config.run.iterations) if s1 else 1,
+        power=pseudo.power if s1 else 1.0,
+        confidence_net=confidence_net,
+        gate=0,
+        s2_threshold=pseudo.s2.threshold if pseudo else 0.5,
+        chunk=pseudo.s2.chunk if pseudo else 8,
+    )
+    iteration = config.run.iterations  # S2 active, S1 at its end-of-run alpha
+    totals: dict[str, dict] = {}
+    for batch in batches:
+        raw = batch["raw"].contiguous(memory_format=torch.channels_last_3d)
+        valid = offset_validity(tuple(raw.shape[2:]), offsets)
+        labelled = valid.unsqueeze(0) & (batch["label_mask"] > 0)
+        for name, (predict, implicit) in teachers.items():
+            result = labeler.filter(predict(raw), valid, batch["label_mask"], iteration, implicit=implicit, raw=raw)
+            entry = totals.setdefault(name, {"counts": {}, "hist": {}})
+            for key, value in filter_counts(result, batch["truth"], batch["truth_defined"], groups).items():
+                entry["counts"][key] = entry["counts"].get(key, 0.0) + value
+            wrong = (result.prob > 0.5) != (batch["truth"] > 0.5)
+            wrong_labelled = (result.prob > 0.5) != (batch["target"] > 0.5)
+            pairs = result.candidates & batch["truth_defined"]
+            for group, channels in groups.items():
+                scores = result.errors[:, channels]
+                add_histograms(entry["hist"], group, scores, pairs[:, channels], wrong[:, channels])
+                add_histograms(
+                    entry["hist"], f"{group}/labelled", scores, labelled[:, channels], wrong_labelled[:, channels]
+                )
+    summary = {}
+    for name, entry in totals.items():
+        counts, hist, rows = entry["counts"], entry["hist"], {}
+        for group in groups:
+            pairs, kept = counts[f"{group}/pairs"], counts[f"{group}/s2_kept"]
+            rows[group] = {
+                "pairs": pairs,
+                "unfiltered_precision": counts[f"{group}/right"] / max(pairs, 1),
+                "s2_kept": kept / max(pairs, 1),
+                "s2_precision": counts[f"{group}/s2_right"] / kept if kept else None,
+                "auc": auc_from_histograms(hist[f"{group}/wrong"], hist[f"{group}/right"]),
+                "auc_labelled": auc_from_histograms(hist[f"{group}/labelled/wrong"], hist[f"{group}/labelled/right"]),
+            }
+        summary[name] = rows
+    return summary
+
+
+def print_rows(label: str, summary: dict) -> None:
+    def fixed(value, scale: float = 1.0, digits: int = 1) -> str:
+        return "--" if value is None else f"{scale * value:.{digits}f}"
+
+    for teacher, rows in summary.items():
+        for group, row in rows.items():
+            cells = [
+                f"{int(row['pairs']):>9}",
+                f"{fixed(row['unfiltered_precision'], 100):>10}",
+                f"{fixed(row['s2_kept'], 100):>7}",
+                f"{fixed(row['s2_precision'], 100):>7}",
+                f"{fixed(row['auc'], digits=3):>6}",
+                f"{fixed(row['auc_labelled'], digits=3):>7}",
+            ]
+            print(f"{label:<32} {teacher:<16} {group:<8} " + " ".join(cells))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a CRAC run directory (its crac/checkpoints/last.pt)")
+    source.add_argument("--pretrain", type=Path, help="a pre-training run directory (its stage-1 predictors)")
+    parser.add_argument("--confidence", type=Path, nargs="+", required=True, help="confidence-net checkpoints")
+    parser.add_argument("--crops", type=int, default=32, help="training crops to measure on")
+    parser.add_argument(
+        "--seed", type=int, default=1000, help="crop stream and perturbation seed (not a training seed)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.run is not None:
+        teachers, config = crac_teachers(args.run)
+    else:
+        teachers, config = predictor_teachers(args.pretrain, args.seed)
+    batches = fixed_batches(config, args.crops, args.seed)
+    print(f"{args.crops} crops of the training data of {args.run or args.pretrain} (seed {args.seed}); % except AUC")
+    print(
+        f"{'confidence net':<32} {'teacher':<16} {'group':<8} {'pairs':>9} {'unfiltered':>10} {'S2 kept':>7} "
+        f"{'S2 prec':>7} {'AUC':>6} {'AUC lab':>7}"
+    )
+    results = {}
+    for path in args.confidence:
+        net = load_confidence_net(path, torch.device("cpu")).to(memory_format=torch.channels_last_3d)
+        label = f"{path.parents[2].name}:{path.stem}" if path.parent.name == "checkpoints" else path.parent.name
+        results[str(path)] = measure(net, teachers, config, batches, s1=args.run is not None)
+        print_rows(label, results[str(path)])
+    if args.json:
+        source = str(args.run or args.pretrain)
+        args.json.write_text(
+            json.dumps({"source": source, "crops": args.crops, "seed": args.seed, "results": results}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

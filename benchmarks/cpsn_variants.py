@@ -1,0 +1,91 @@
+"""Stage-2 variants of the reduced protocol's confidence net (CPSN), for ``cpsn_quality.py`` to compare.
+
+Each variant re-trains stage 2 of one protocol pre-training (``crac_protocol.py``; its stage-1 predictors are reused,
+not re-trained) with one change to the protocol's pre-training config, from the same seed, keeping a checkpoint every
+100 iterations:
+
+* ``long``: stage 2 five times longer (5 N/2 iterations instead of N/2; its first N/2 are the protocol's stage 2),
+* ``lr1e-4``: the reference's learning rate 1e-4 instead of the protocol's 1e-3 (N iterations),
+* ``wide``: the CPSN as wide as the main nets (8-12-16-24-32 instead of 4-6-8-12-16; N iterations).
+
+Runs go to ``runs/crac_protocol/n<N>/<volume>/cpsn-<variant>-seed<k>/`` and resume when re-run. Usage::
+
+    python benchmarks/cpsn_variants.py --volume isbi --seed 555 --variants long,lr1e-4,wide
+"""
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from affcons.config import validate  # noqa: E402
+from affcons.train.config import PretrainConfig  # noqa: E402
+from benchmarks.crac_protocol import SETTINGS, VOLUMES, pretrain_config, runs_dir  # noqa: E402
+
+VARIANTS = {
+    "long": lambda stage: {"stage2": {"iterations": 5 * stage}},
+    "lr1e-4": lambda stage: {"optim": {"lr": 1e-4}, "stage2": {"iterations": 2 * stage}},
+    "wide": lambda stage: {"confidence_model": {"filters": SETTINGS["filters"]}, "stage2": {"iterations": 2 * stage}},
+}
+
+
+def merge(base: dict, change: dict) -> dict:
+    """``base`` with the nested keys of ``change`` replaced."""
+    out = dict(base)
+    for key, value in change.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def variant_config(volume: str, seed: int, variant: str, num_workers: int) -> PretrainConfig:
+    """The protocol's pre-training config for (volume, seed) with the variant's change; every checkpoint kept."""
+    protocol = pretrain_config(volume, seed, SETTINGS, num_workers)
+    stage = protocol.stage2.iterations
+    data = merge(protocol.model_dump(mode="json"), VARIANTS[variant](stage))
+    data["run"]["keep_checkpoints"] = data["stage2"]["iterations"] // data["run"]["checkpoint_every"] + 1
+    return validate(PretrainConfig, data, f"CPSN variant {variant} ({volume}, seed {seed})")
+
+
+def run_variant(volume: str, seed: int, variant: str, num_workers: int) -> Path:
+    """Stage 2 of the variant on the protocol pre-training's stage-1 predictors; returns its run directory."""
+    from affcons.commands.train import pretrain
+
+    source = runs_dir(SETTINGS) / volume / f"pretrain-seed{seed}" / "stage1"
+    if not (source / "predictors").is_dir():
+        raise SystemExit(f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} first")
+    run_dir = runs_dir(SETTINGS) / volume / f"cpsn-{variant}-seed{seed}"
+    if not (run_dir / "stage1").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, run_dir / "stage1")
+    config = variant_config(volume, seed, variant, num_workers)
+    resume = (run_dir / "stage2" / "checkpoints" / "last.pt").exists()
+    pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage="2"))
+    return run_dir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volume", choices=sorted(VOLUMES), required=True)
+    parser.add_argument("--seed", type=int, default=555, help="the protocol pre-training's seed")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(max(1, args.threads))
+    for variant in variants:
+        print(run_variant(args.volume, args.seed, variant, args.num_workers), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The confidence-net variants of ``benchmarks/cpsn_variants.py`` change exactly what they name in the reduced
+protocol's pre-training config, so a variant's difference from the protocol's CPSN is that change alone."""
+
+import pytest
+
+from benchmarks.cpsn_variants import VARIANTS, merge, variant_config
+from benchmarks.crac_protocol import SETTINGS, pretrain_config
+
+
+def _differences(a, b, path: str = "") -> dict[str, tuple]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = {}
+        for key in sorted(set(a) | set(b)):
+            out.update(_differences(a.get(key), b.get(key), f"{path}.{key}" if path else key))
+        return out
+    return {} if a == b else {path: (a, b)}
+
+
+@pytest.mark.parametrize("volume", ["isbi", "gala"])
+def test_each_variant_changes_only_what_it_names(volume):
+    protocol = pretrain_config(volume, 556, SETTINGS, 1).model_dump(mode="json")
+    stage = protocol["stage2"]["iterations"]
+    assert stage == SETTINGS["iterations"] // 2
+    expected = {
+        "long": {"stage2.iterations": (stage, 5 * stage), "run.keep_checkpoints": (1, 16)},
+        "lr1e-4": {
+            "optim.lr": (SETTINGS["lr"], 1e-4),
+            "stage2.iterations": (stage, 2 * stage),
+            "run.keep_checkpoints": (1, 7),
+        },
+        "wide": {
+            "confidence_model.filters": (SETTINGS["confidence_filters"], SETTINGS["filters"]),
+            "stage2.iterations": (stage, 2 * stage),
+            "run.keep_checkpoints": (1, 7),
+        },
+    }
+    assert set(expected) == set(VARIANTS)
+    for variant, changes in expected.items():
+        config = variant_config(volume, 556, variant, 1).model_dump(mode="json")
+        assert _differences(protocol, config) == changes
+
+
+def test_merge_replaces_nested_keys_only():
+    base = {"a": {"b": 1, "c": 2}, "d": [1, 2]}
+    assert merge(base, {"a": {"b": 3}, "d": [4]}) == {"a": {"b": 3, "c": 2}, "d": [4]}
+    assert base == {"a": {"b": 1, "c": 2}, "d": [1, 2]}
