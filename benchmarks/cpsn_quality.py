@@ -17,8 +17,8 @@ Per confidence net, teacher and channel group it prints:
 * ``S2 kept`` / ``S2 prec``: the fraction of them the filter keeps and their precision (a filter does its job when
   this rises above ``unfiltered``),
 * ``AUC``: the area under the ROC curve of the predicted error probability as a detector of wrong pseudo-labels on
-  those pairs (0.5 = chance; from 1000-bin histograms), and ``AUC lab`` the same on the labelled pairs against the
-  sparse labels -- the task stage 2 trains the confidence net on.
+  those pairs (0.5 = chance; from 1000-bin histograms), also per offset, and ``AUC lab`` the same on the labelled
+  pairs against the sparse labels -- the task stage 2 trains the confidence net on.
 
 Usage (repository root)::
 
@@ -142,6 +142,10 @@ def measure(confidence_net, teachers: Teachers, config, batches: list[dict], s1:
             wrong = (result.prob > 0.5) != (batch["truth"] > 0.5)
             wrong_labelled = (result.prob > 0.5) != (batch["target"] > 0.5)
             pairs = result.candidates & batch["truth_defined"]
+            for channel in range(len(offsets)):
+                add_histograms(
+                    entry["hist"], f"channel{channel}", result.errors[:, channel], pairs[:, channel], wrong[:, channel]
+                )
             for group, channels in groups.items():
                 scores = result.errors[:, channels]
                 add_histograms(entry["hist"], group, scores, pairs[:, channels], wrong[:, channels])
@@ -151,7 +155,7 @@ def measure(confidence_net, teachers: Teachers, config, batches: list[dict], s1:
     summary = {}
     for name, entry in totals.items():
         counts, hist, rows = entry["counts"], entry["hist"], {}
-        for group in groups:
+        for group, channels in groups.items():
             pairs, kept = counts[f"{group}/pairs"], counts[f"{group}/s2_kept"]
             rows[group] = {
                 "pairs": pairs,
@@ -160,6 +164,12 @@ def measure(confidence_net, teachers: Teachers, config, batches: list[dict], s1:
                 "s2_precision": counts[f"{group}/s2_right"] / kept if kept else None,
                 "auc": auc_from_histograms(hist[f"{group}/wrong"], hist[f"{group}/right"]),
                 "auc_labelled": auc_from_histograms(hist[f"{group}/labelled/wrong"], hist[f"{group}/labelled/right"]),
+                "auc_per_offset": {
+                    ",".join(map(str, offsets[c])): auc_from_histograms(
+                        hist[f"channel{c}/wrong"], hist[f"channel{c}/right"]
+                    )
+                    for c in channels
+                },
             }
         summary[name] = rows
     return summary
@@ -180,6 +190,11 @@ def print_rows(label: str, summary: dict) -> None:
                 f"{fixed(row['auc_labelled'], digits=3):>7}",
             ]
             print(f"{label:<32} {teacher:<16} {group:<8} " + " ".join(cells))
+        per_offset = {k: v for row in rows.values() for k, v in row["auc_per_offset"].items()}
+        print(
+            f"{'':<32} {teacher:<16} AUC per offset (z,y,x): "
+            + ", ".join(f"({k}) {fixed(v, digits=2)}" for k, v in per_offset.items())
+        )
 
 
 def main(argv=None) -> int:
@@ -213,10 +228,10 @@ def main(argv=None) -> int:
         results[str(path)] = measure(net, teachers, config, batches, s1=args.run is not None)
         print_rows(label, results[str(path)])
     if args.json:
+        command = "python benchmarks/cpsn_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         source = str(args.run or args.pretrain)
-        args.json.write_text(
-            json.dumps({"source": source, "crops": args.crops, "seed": args.seed, "results": results}, indent=1)
-        )
+        summary = {"command": command, "source": source, "crops": args.crops, "seed": args.seed, "results": results}
+        args.json.write_text(json.dumps(summary, indent=1))
     return 0
 
 

@@ -17,7 +17,7 @@ Arms (the reduced CPU settings below, identical for all):
                       pair (dense training labels): the upper bound of what better pseudo-labels can give;
   (e) no-consistency  (b) with pseudo_weight 0 (both nets on the sparse labels alone).
 
-Seeds 555, 556, 557 for (a)-(c) and 555 for (d)-(e); a seed changes the network initialisation and the crop stream
+Seeds 555, 556, 557 for (a)-(c) and (e), 555 for (d); a seed changes the network initialisation and the crop stream
 (and the pre-training), never the labelled instances. The agglomeration threshold of each map is chosen on the
 training sections (lowest VOI against their dense labels) and applied to the evaluation sections; the best threshold
 on the evaluation sections is recorded too, as a diagnostic only. Nothing is tuned on the evaluation sections.
@@ -84,7 +84,8 @@ VOLUMES = {
     },
 }
 ARMS = ("supervised", "crac-ws", "crac-ema", "oracle", "no-consistency")
-SEEDS = {"supervised": (555, 556, 557), "crac-ws": (555, 556, 557), "crac-ema": (555, 556, 557)}
+# (e) has three seeds too: it separates what the consistency terms add from what the two nets give without them
+SEEDS = {arm: (555, 556, 557) for arm in ("supervised", "crac-ws", "crac-ema", "no-consistency")}
 CONTROL_SEEDS = (555,)
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
 TIE = 1e-6  # score differences below this are rounding (e.g. two maps that both merge everything), not wins
@@ -417,6 +418,35 @@ def print_verdict(results: dict) -> None:
                         f"{'yes' if margin > max(base_std, TIE) else 'no'}"
                     )
                 print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + "; ".join(verdicts))
+    print_consistency_effect(results)
+
+
+def print_consistency_effect(results: dict) -> None:
+    """Each CRAC map against the same map of (e) (both nets, no consistency terms): what the consistency terms add.
+
+    The spread is (e)'s standard deviation, or the baseline's while (e) has a single seed."""
+    print("\nConsistency terms: CRAC map mean better than the same map of (e) no-consistency by more than the spread")
+    print("((e)'s standard deviation; the baseline's while (e) has one seed)")
+    for volume in VOLUMES:
+        control = results.get((volume, "no-consistency"), [])
+        if not control:
+            continue
+        baseline = results.get((volume, "supervised"), [])
+        for arm in ("crac-ws", "crac-ema"):
+            runs = results.get((volume, arm), [])
+            if not runs:
+                continue
+            for name in ("implicit", "mean", "explicit"):
+                verdicts = []
+                for key in ("voi", "arand"):
+                    control_mean, spread = mean_std([r["scores"][name]["evaluation"][key] for r in control])
+                    if math.isnan(spread) and len(baseline) > 1:
+                        spread = mean_std([r["scores"]["explicit"]["evaluation"][key] for r in baseline])[1]
+                    arm_mean, _ = mean_std([r["scores"][name]["evaluation"][key] for r in runs])
+                    better = not math.isnan(spread) and control_mean - arm_mean > max(spread, TIE)
+                    verdict = "yes" if better else "no"
+                    verdicts.append(f"{key.upper()} {arm_mean:.3f} vs {control_mean:.3f} +- {spread:.3f}: {verdict}")
+                print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)} vs {len(control)}) " + "; ".join(verdicts))
 
 
 def percent(counts: dict, numerator: str, denominator: str) -> str:

@@ -304,9 +304,12 @@ def test_cpsn_quality_measures_each_confidence_net_on_the_same_maps(pretrained, 
     assert set(rows) == teachers
     for groups in rows.values():
         assert list(groups) == ["1-1-1", "2-3-3", "3-9-9", "4-27-27"]
+        assert list(groups["1-1-1"]["auc_per_offset"]) == ["-1,0,0", "0,-1,0", "0,0,-1"]
+        assert list(groups["4-27-27"]["auc_per_offset"]) == ["-4,0,0", "0,-27,0", "0,0,-27"]
         for row in groups.values():
             assert row["pairs"] > 0 and 0 <= row["unfiltered_precision"] <= 1 and 0 <= row["s2_kept"] <= 1
-            assert all(row[key] is None or 0 <= row[key] <= 1 for key in ("auc", "auc_labelled"))
+            aucs = [row["auc"], row["auc_labelled"], *row["auc_per_offset"].values()]
+            assert len(row["auc_per_offset"]) == 3 and all(auc is None or 0 <= auc <= 1 for auc in aucs)
     assert "run " in printed and "run:last " in printed  # one labelled block of rows per net
 
 
