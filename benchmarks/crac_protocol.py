@@ -396,6 +396,25 @@ def print_table(settings: dict) -> None:
     print_filters(results)
 
 
+def evaluation_scores(runs: list[dict], name: str, key: str) -> list[float]:
+    """Map ``name``'s ``key`` score on the evaluation sections, one value per run."""
+    return [run["scores"][name]["evaluation"][key] for run in runs]
+
+
+def compare(runs: list[dict], name: str, reference: dict[str, tuple[float, float]]) -> str:
+    """``runs``' map ``name`` (mean over seeds) against ``reference[key] = (mean, spread)`` on VOI and ARAND: "yes" when
+    better by more than the spread (NaN spread: never)."""
+    cells = []
+    for key in ("voi", "arand"):
+        reference_mean, spread = reference[key]
+        arm_mean, _ = mean_std(evaluation_scores(runs, name, key))
+        better = not math.isnan(spread) and reference_mean - arm_mean > max(spread, TIE)
+        cells.append(
+            f"{key.upper()} {arm_mean:.3f} vs {reference_mean:.3f} +- {spread:.3f}: {'yes' if better else 'no'}"
+        )
+    return "; ".join(cells)
+
+
 def print_verdict(results: dict) -> None:
     """Does each CRAC map beat the baseline by more than one standard deviation of the baseline?"""
     print("\nAcceptance: CRAC map mean better than the baseline mean by more than the baseline's standard deviation")
@@ -403,21 +422,11 @@ def print_verdict(results: dict) -> None:
         baseline = results.get((volume, "supervised"), [])
         if len(baseline) < 2:
             continue
+        reference = {key: mean_std(evaluation_scores(baseline, "explicit", key)) for key in ("voi", "arand")}
         for arm in ("crac-ws", "crac-ema", "oracle", "no-consistency"):
             runs = results.get((volume, arm), [])
-            if not runs:
-                continue
-            for name in ("implicit", "mean", "explicit"):
-                verdicts = []
-                for key in ("voi", "arand"):
-                    base_mean, base_std = mean_std([r["scores"]["explicit"]["evaluation"][key] for r in baseline])
-                    arm_mean, _ = mean_std([r["scores"][name]["evaluation"][key] for r in runs])
-                    margin = base_mean - arm_mean
-                    verdicts.append(
-                        f"{key.upper()} {arm_mean:.3f} vs {base_mean:.3f} +- {base_std:.3f}: "
-                        f"{'yes' if margin > max(base_std, TIE) else 'no'}"
-                    )
-                print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + "; ".join(verdicts))
+            for name in ("implicit", "mean", "explicit") if runs else ():
+                print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + compare(runs, name, reference))
     print_consistency_effect(results)
 
 
@@ -429,24 +438,20 @@ def print_consistency_effect(results: dict) -> None:
     print("((e)'s standard deviation; the baseline's while (e) has one seed)")
     for volume in VOLUMES:
         control = results.get((volume, "no-consistency"), [])
-        if not control:
-            continue
         baseline = results.get((volume, "supervised"), [])
-        for arm in ("crac-ws", "crac-ema"):
+        for arm in ("crac-ws", "crac-ema") if control else ():
             runs = results.get((volume, arm), [])
-            if not runs:
-                continue
-            for name in ("implicit", "mean", "explicit"):
-                verdicts = []
+            for name in ("implicit", "mean", "explicit") if runs else ():
+                reference = {}
                 for key in ("voi", "arand"):
-                    control_mean, spread = mean_std([r["scores"][name]["evaluation"][key] for r in control])
+                    control_mean, spread = mean_std(evaluation_scores(control, name, key))
                     if math.isnan(spread) and len(baseline) > 1:
-                        spread = mean_std([r["scores"]["explicit"]["evaluation"][key] for r in baseline])[1]
-                    arm_mean, _ = mean_std([r["scores"][name]["evaluation"][key] for r in runs])
-                    better = not math.isnan(spread) and control_mean - arm_mean > max(spread, TIE)
-                    verdict = "yes" if better else "no"
-                    verdicts.append(f"{key.upper()} {arm_mean:.3f} vs {control_mean:.3f} +- {spread:.3f}: {verdict}")
-                print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)} vs {len(control)}) " + "; ".join(verdicts))
+                        spread = mean_std(evaluation_scores(baseline, "explicit", key))[1]
+                    reference[key] = (control_mean, spread)
+                print(
+                    f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)} vs {len(control)}) "
+                    + compare(runs, name, reference)
+                )
 
 
 def percent(counts: dict, numerator: str, denominator: str) -> str:
