@@ -49,6 +49,8 @@ from affcons.train.strategies import load_confidence_net  # noqa: E402
 BINS = 1000
 #: teacher name -> (its map of a raw batch (B, 1, D, H, W) as (B, C, D, H, W), whether it is an implicit map)
 Teachers = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]]
+#: per batch, teacher name -> (its map, whether it is an implicit map)
+Maps = list[dict[str, tuple[torch.Tensor, bool]]]
 
 
 def fixed_batches(config, crops: int, seed: int) -> list[dict]:
@@ -60,8 +62,18 @@ def fixed_batches(config, crops: int, seed: int) -> list[dict]:
     batches = []
     for start in range(0, crops, config.run.batch_size):
         group = samples[start : start + config.run.batch_size]
-        batches.append({key: torch.as_tensor(np.stack([sample[key] for sample in group])) for key in group[0]})
+        batch = {key: torch.as_tensor(np.stack([sample[key] for sample in group])) for key in group[0]}
+        batch["raw"] = batch["raw"].contiguous(memory_format=torch.channels_last_3d)
+        batches.append(batch)
     return batches
+
+
+@torch.no_grad()
+def teacher_maps(teachers: Teachers, batches: list[dict]) -> Maps:
+    """Every teacher's map of every batch, computed once for all the confidence nets."""
+    return [
+        {name: (predict(batch["raw"]), implicit) for name, (predict, implicit) in teachers.items()} for batch in batches
+    ]
 
 
 def crac_teachers(run_dir: Path) -> tuple[Teachers, object]:
@@ -78,7 +90,7 @@ def crac_teachers(run_dir: Path) -> tuple[Teachers, object]:
 
 def predictor_teachers(run_dir: Path, seed: int) -> tuple[Teachers, object]:
     """The implicit maps of a pre-training run's stage-1 predictors, with the dropout perturbation stage 2 uses
-    (reseeded per call, so every confidence net sees the same maps), and the run's config."""
+    (reseeded per call: the same maps on every run), and the run's config."""
     teachers, config = {}, None
     for path in sorted((run_dir / "stage1" / "predictors").glob("embedding-*.pt")):
         state, config = read_checkpoint(path)
@@ -113,29 +125,33 @@ def add_histograms(store: dict, prefix: str, scores: torch.Tensor, pairs: torch.
 
 
 @torch.no_grad()
-def measure(confidence_net, teachers: Teachers, config, batches: list[dict], s1: bool) -> dict:
-    """Filter counts and error-score histograms of one confidence net, summed over the batches, per teacher and
-    channel group."""
+def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
+    """Filter counts and error-score histograms of one confidence net on the teachers' ``maps`` of ``batches``, summed
+    over the batches, per teacher and channel group. S1 acts as at the end of a CRAC run; a pre-training config (no
+    ``pseudo`` section) has no S1 (alpha 0 keeps everything)."""
     offsets = config.model.offsets
     groups = channel_groups(offsets)
     pseudo = getattr(config, "pseudo", None)
-    labeler = PseudoLabeler(
-        alpha0=pseudo.alpha0 if s1 else 0.0,  # alpha 0: S1 keeps everything
-        total_iterations=(pseudo.total_iterations or config.run.iterations) if s1 else 1,
-        power=pseudo.power if s1 else 1.0,
-        confidence_net=confidence_net,
-        gate=0,
-        s2_threshold=pseudo.s2.threshold if pseudo else 0.5,
-        chunk=pseudo.s2.chunk if pseudo else 8,
-    )
     iteration = config.run.iterations  # S2 active, S1 at its end-of-run alpha
+    if pseudo is None:
+        labeler = PseudoLabeler(alpha0=0.0, total_iterations=1, confidence_net=confidence_net, gate=0)
+    else:
+        labeler = PseudoLabeler(
+            alpha0=pseudo.alpha0,
+            total_iterations=pseudo.total_iterations or config.run.iterations,
+            power=pseudo.power,
+            confidence_net=confidence_net,
+            gate=0,
+            s2_threshold=pseudo.s2.threshold,
+            chunk=pseudo.s2.chunk,
+        )
     totals: dict[str, dict] = {}
-    for batch in batches:
-        raw = batch["raw"].contiguous(memory_format=torch.channels_last_3d)
+    for batch, batch_maps in zip(batches, maps, strict=True):
+        raw = batch["raw"]
         valid = offset_validity(tuple(raw.shape[2:]), offsets)
         labelled = valid.unsqueeze(0) & (batch["label_mask"] > 0)
-        for name, (predict, implicit) in teachers.items():
-            result = labeler.filter(predict(raw), valid, batch["label_mask"], iteration, implicit=implicit, raw=raw)
+        for name, (teacher, implicit) in batch_maps.items():
+            result = labeler.filter(teacher, valid, batch["label_mask"], iteration, implicit=implicit, raw=raw)
             entry = totals.setdefault(name, {"counts": {}, "hist": {}})
             for key, value in filter_counts(result, batch["truth"], batch["truth_defined"], groups).items():
                 entry["counts"][key] = entry["counts"].get(key, 0.0) + value
@@ -216,6 +232,7 @@ def main(argv=None) -> int:
     else:
         teachers, config = predictor_teachers(args.pretrain, args.seed)
     batches = fixed_batches(config, args.crops, args.seed)
+    maps = teacher_maps(teachers, batches)
     print(f"{args.crops} crops of the training data of {args.run or args.pretrain} (seed {args.seed}); % except AUC")
     print(
         f"{'confidence net':<32} {'teacher':<16} {'group':<8} {'pairs':>9} {'unfiltered':>10} {'S2 kept':>7} "
@@ -225,7 +242,7 @@ def main(argv=None) -> int:
     for path in args.confidence:
         net = load_confidence_net(path, torch.device("cpu")).to(memory_format=torch.channels_last_3d)
         label = f"{path.parents[2].name}:{path.stem}" if path.parent.name == "checkpoints" else path.parent.name
-        results[str(path)] = measure(net, teachers, config, batches, s1=args.run is not None)
+        results[str(path)] = measure(net, config, batches, maps)
         print_rows(label, results[str(path)])
     if args.json:
         command = "python benchmarks/cpsn_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)

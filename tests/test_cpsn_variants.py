@@ -3,17 +3,20 @@ protocol's pre-training config, so a variant's difference from the protocol's CP
 
 import pytest
 
+from affcons.train.trainer import _differences
 from benchmarks.cpsn_variants import VARIANTS, merge, variant_config
 from benchmarks.crac_protocol import SETTINGS, pretrain_config
 
 
-def _differences(a, b, path: str = "") -> dict[str, tuple]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = {}
-        for key in sorted(set(a) | set(b)):
-            out.update(_differences(a.get(key), b.get(key), f"{path}.{key}" if path else key))
-        return out
-    return {} if a == b else {path: (a, b)}
+def _changes(before: dict, after: dict) -> dict[str, tuple]:
+    """``{dotted key: (before, after)}`` of the values that differ (the names from the trainer's resume check)."""
+
+    def at(config: dict, dotted: str):
+        for key in dotted.split("."):
+            config = config[key]
+        return config
+
+    return {name: (at(before, name), at(after, name)) for name in _differences(before, after)}
 
 
 @pytest.mark.parametrize("volume", ["isbi", "gala"])
@@ -37,7 +40,7 @@ def test_each_variant_changes_only_what_it_names(volume):
     assert set(expected) == set(VARIANTS)
     for variant, changes in expected.items():
         config = variant_config(volume, 556, variant, 1).model_dump(mode="json")
-        assert _differences(protocol, config) == changes
+        assert _changes(protocol, config) == changes
 
 
 def test_merge_replaces_nested_keys_only():
