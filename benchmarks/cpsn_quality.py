@@ -18,7 +18,12 @@ Per confidence net, teacher and channel group it prints:
   this rises above ``unfiltered``),
 * ``AUC``: the area under the ROC curve of the predicted error probability as a detector of wrong pseudo-labels on
   those pairs (0.5 = chance; from 1000-bin histograms), also per offset, and ``AUC lab`` the same on the labelled
-  pairs against the sparse labels -- the task stage 2 trains the confidence net on.
+  pairs against the sparse labels -- the task stage 2 trains the confidence net on,
+* ``inside`` / ``prec in`` / ``AUC in``: the share of the candidates with both voxels inside neurites (the split and
+  merge decisions; the rest pair a neurite voxel with a boundary voxel), the unfiltered precision and the AUC on them,
+* ``high`` / ``high lab``: the share of the wrong pseudo-labels that say "same object" (affinity above 0.5, truth 0:
+  a missed boundary) among the candidates and among the labelled pairs; the rest are false boundaries. A confidence
+  net learns the kind of error its training predictors make.
 
 Usage (repository root)::
 
@@ -158,6 +163,8 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
             wrong = (result.prob > 0.5) != (batch["truth"] > 0.5)
             wrong_labelled = (result.prob > 0.5) != (batch["target"] > 0.5)
             pairs = result.candidates & batch["truth_defined"]
+            inside = result.candidates & batch["truth_inside"]
+            high = result.prob > 0.5
             for channel in range(len(offsets)):
                 add_histograms(
                     entry["hist"], f"channel{channel}", result.errors[:, channel], pairs[:, channel], wrong[:, channel]
@@ -165,14 +172,21 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
             for group, channels in groups.items():
                 scores = result.errors[:, channels]
                 add_histograms(entry["hist"], group, scores, pairs[:, channels], wrong[:, channels])
+                add_histograms(entry["hist"], f"{group}/inside", scores, inside[:, channels], wrong[:, channels])
                 add_histograms(
                     entry["hist"], f"{group}/labelled", scores, labelled[:, channels], wrong_labelled[:, channels]
                 )
+                for prefix, where, errors in (("", pairs, wrong), ("labelled_", labelled, wrong_labelled)):
+                    mistakes = where[:, channels] & errors[:, channels]
+                    for key, value in (("wrong", mistakes), ("wrong_high", mistakes & high[:, channels])):
+                        counts, key = entry["counts"], f"{group}/{prefix}{key}"
+                        counts[key] = counts.get(key, 0.0) + float(value.sum())
     summary = {}
     for name, entry in totals.items():
         counts, hist, rows = entry["counts"], entry["hist"], {}
         for group, channels in groups.items():
             pairs, kept = counts[f"{group}/pairs"], counts[f"{group}/s2_kept"]
+            inside = float(hist[f"{group}/inside/wrong"].sum() + hist[f"{group}/inside/right"].sum())
             rows[group] = {
                 "pairs": pairs,
                 "unfiltered_precision": counts[f"{group}/right"] / max(pairs, 1),
@@ -180,6 +194,12 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
                 "s2_precision": counts[f"{group}/s2_right"] / kept if kept else None,
                 "auc": auc_from_histograms(hist[f"{group}/wrong"], hist[f"{group}/right"]),
                 "auc_labelled": auc_from_histograms(hist[f"{group}/labelled/wrong"], hist[f"{group}/labelled/right"]),
+                "inside_fraction": inside / max(pairs, 1),
+                "inside_precision": float(hist[f"{group}/inside/right"].sum()) / max(inside, 1),
+                "auc_inside": auc_from_histograms(hist[f"{group}/inside/wrong"], hist[f"{group}/inside/right"]),
+                "wrong_high": counts[f"{group}/wrong_high"] / max(counts[f"{group}/wrong"], 1),
+                "labelled_wrong_high": counts[f"{group}/labelled_wrong_high"]
+                / max(counts[f"{group}/labelled_wrong"], 1),
                 "auc_per_offset": {
                     ",".join(map(str, offsets[c])): auc_from_histograms(
                         hist[f"channel{c}/wrong"], hist[f"channel{c}/right"]
@@ -204,6 +224,11 @@ def print_rows(label: str, summary: dict) -> None:
                 f"{fixed(row['s2_precision'], 100):>7}",
                 f"{fixed(row['auc'], digits=3):>6}",
                 f"{fixed(row['auc_labelled'], digits=3):>7}",
+                f"{fixed(row['inside_fraction'], 100):>6}",
+                f"{fixed(row['inside_precision'], 100):>7}",
+                f"{fixed(row['auc_inside'], digits=3):>6}",
+                f"{fixed(row['wrong_high'], 100):>5}",
+                f"{fixed(row['labelled_wrong_high'], 100):>8}",
             ]
             print(f"{label:<32} {teacher:<16} {group:<8} " + " ".join(cells))
         per_offset = {k: v for row in rows.values() for k, v in row["auc_per_offset"].items()}
@@ -236,7 +261,8 @@ def main(argv=None) -> int:
     print(f"{args.crops} crops of the training data of {args.run or args.pretrain} (seed {args.seed}); % except AUC")
     print(
         f"{'confidence net':<32} {'teacher':<16} {'group':<8} {'pairs':>9} {'unfiltered':>10} {'S2 kept':>7} "
-        f"{'S2 prec':>7} {'AUC':>6} {'AUC lab':>7}"
+        f"{'S2 prec':>7} {'AUC':>6} {'AUC lab':>7} {'inside':>6} {'prec in':>7} {'AUC in':>6} {'high':>5} "
+        f"{'high lab':>8}"
     )
     results = {}
     for path in args.confidence:

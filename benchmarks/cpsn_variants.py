@@ -1,12 +1,17 @@
 """Stage-2 variants of the reduced protocol's confidence net (CPSN), for ``cpsn_quality.py`` to compare.
 
 Each variant re-trains stage 2 of one protocol pre-training (``crac_protocol.py``; its stage-1 predictors are reused,
-not re-trained) with one change to the protocol's pre-training config, from the same seed, keeping a checkpoint every
+not re-trained, except by ``stage1-long``) with one change to the protocol's pre-training config, from the same seed, keeping a checkpoint every
 100 iterations:
 
 * ``long``: stage 2 five times longer (5 N/2 iterations instead of N/2; its first N/2 are the protocol's stage 2),
 * ``lr1e-4``: the reference's learning rate 1e-4 instead of the protocol's 1e-3 (N iterations),
-* ``wide``: the CPSN as wide as the main nets (8-12-16-24-32 instead of 4-6-8-12-16; N iterations).
+* ``wide``: the CPSN as wide as the main nets (8-12-16-24-32 instead of 4-6-8-12-16; N iterations),
+* ``late``: only the stage-1 predictors of the second half of stage 1 (e.g. iterations 150, 225, 300 of 300 instead
+  of 15, 75, 150, 225, 300), closer to the trained nets the CPSN filters during CRAC (N iterations),
+* ``stage1-long``: a new stage 1 as long as the CRAC run (N iterations, predictors at the same fractions of it; the
+  reference's stage 1 spans its first 20k iterations), then stage 2 (N iterations). The only variant that trains its
+  own stage 1 (from the protocol's seed) instead of reusing the protocol's predictors.
 
 Runs go to ``runs/crac_protocol/n<N>/<volume>/cpsn-<variant>-seed<k>/`` and resume when re-run. Usage::
 
@@ -25,12 +30,20 @@ import torch  # noqa: E402
 
 from affcons.config import validate  # noqa: E402
 from affcons.train.config import PretrainConfig  # noqa: E402
-from benchmarks.crac_protocol import SETTINGS, VOLUMES, pretrain_config, runs_dir  # noqa: E402
+from benchmarks.crac_protocol import SETTINGS, VOLUMES, pretrain_config, runs_dir, stage1_save_at  # noqa: E402
 
 VARIANTS = {
     "long": lambda stage: {"stage2": {"iterations": 5 * stage}},
     "lr1e-4": lambda stage: {"optim": {"lr": 1e-4}, "stage2": {"iterations": 2 * stage}},
     "wide": lambda stage: {"confidence_model": {"filters": SETTINGS["filters"]}, "stage2": {"iterations": 2 * stage}},
+    "late": lambda stage: {
+        "stage1": {"save_at": [i for i in stage1_save_at(stage, SETTINGS) if i >= stage // 2]},
+        "stage2": {"iterations": 2 * stage},
+    },
+    "stage1-long": lambda stage: {
+        "stage1": {"iterations": 2 * stage, "save_at": stage1_save_at(2 * stage, SETTINGS)},
+        "stage2": {"iterations": 2 * stage},
+    },
 }
 
 
@@ -52,19 +65,22 @@ def variant_config(volume: str, seed: int, variant: str, num_workers: int) -> Pr
 
 
 def run_variant(volume: str, seed: int, variant: str, num_workers: int) -> Path:
-    """Stage 2 of the variant on the protocol pre-training's stage-1 predictors; returns its run directory."""
+    """Stage 2 of the variant on the protocol pre-training's stage-1 predictors (``stage1-long``: both stages);
+    returns its run directory."""
     from affcons.commands.train import pretrain
 
-    source = runs_dir(SETTINGS) / volume / f"pretrain-seed{seed}" / "stage1"
-    if not (source / "predictors").is_dir():
-        raise SystemExit(f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} first")
     run_dir = runs_dir(SETTINGS) / volume / f"cpsn-{variant}-seed{seed}"
-    if not (run_dir / "stage1").exists():
+    config = variant_config(volume, seed, variant, num_workers)
+    own_stage1 = variant == "stage1-long"
+    if not own_stage1 and not (run_dir / "stage1").exists():
+        source = runs_dir(SETTINGS) / volume / f"pretrain-seed{seed}" / "stage1"
+        if not (source / "predictors").is_dir():
+            raise SystemExit(f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} first")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source, run_dir / "stage1")
-    config = variant_config(volume, seed, variant, num_workers)
-    resume = (run_dir / "stage2" / "checkpoints" / "last.pt").exists()
-    pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage="2"))
+    resume = any((run_dir / stage / "checkpoints" / "last.pt").exists() for stage in ("stage1", "stage2"))
+    stages = "all" if own_stage1 else "2"
+    pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage=stages))
     return run_dir
 
 

@@ -155,6 +155,11 @@ def common_config(volume: str, seed: int, settings: dict, num_workers: int) -> d
     }
 
 
+def stage1_save_at(stage: int, settings: dict) -> list[int]:
+    """The iterations of the stage-1 predictors for a stage 1 of ``stage`` iterations."""
+    return sorted({max(1, round(f * stage)) for f in settings["save_at"]})
+
+
 def pretrain_config(volume: str, seed: int, settings: dict, num_workers: int) -> PretrainConfig:
     data = common_config(volume, seed, settings, num_workers)
     stage = max(1, round(settings["pretrain_fraction"] * settings["iterations"]))
@@ -162,7 +167,7 @@ def pretrain_config(volume: str, seed: int, settings: dict, num_workers: int) ->
         {
             "kind": "pretrain",
             "confidence_model": {"filters": settings["confidence_filters"], "bn_momentum": settings["bn_momentum"]},
-            "stage1": {"iterations": stage, "save_at": sorted({max(1, round(f * stage)) for f in settings["save_at"]})},
+            "stage1": {"iterations": stage, "save_at": stage1_save_at(stage, settings)},
             "stage2": {"iterations": stage},
         }
     )

@@ -36,6 +36,17 @@ def test_each_variant_changes_only_what_it_names(volume):
             "stage2.iterations": (stage, 2 * stage),
             "run.keep_checkpoints": (1, 7),
         },
+        "stage1-long": {
+            "stage1.iterations": (stage, 2 * stage),
+            "stage1.save_at": (protocol["stage1"]["save_at"], [2 * i for i in protocol["stage1"]["save_at"]]),
+            "stage2.iterations": (stage, 2 * stage),
+            "run.keep_checkpoints": (1, 7),
+        },
+        "late": {
+            "stage1.save_at": (protocol["stage1"]["save_at"], [stage // 2, 3 * stage // 4, stage]),
+            "stage2.iterations": (stage, 2 * stage),
+            "run.keep_checkpoints": (1, 7),
+        },
     }
     assert set(expected) == set(VARIANTS)
     for variant, changes in expected.items():

@@ -131,3 +131,6 @@ def test_truth_rides_along_without_changing_the_sample():
         assert np.array_equal(truth[known], extended["target"][known])
         assert not defined[11, :, :, :27].any()  # invalid pairs have no truth
         assert 0 < defined.mean() < 1 and 0 < truth[defined].mean() < 1
+        inside = extended["truth_inside"]  # both voxels in neurites: a subset of the defined pairs, where truth lives
+        assert inside.dtype == bool and not (inside & ~defined).any() and not (truth.astype(bool) & ~inside).any()
+        assert 0 < inside.sum() < defined.sum()

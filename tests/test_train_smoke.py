@@ -308,7 +308,9 @@ def test_cpsn_quality_measures_each_confidence_net_on_the_same_maps(pretrained, 
         assert list(groups["4-27-27"]["auc_per_offset"]) == ["-4,0,0", "0,-27,0", "0,0,-27"]
         for row in groups.values():
             assert row["pairs"] > 0 and 0 <= row["unfiltered_precision"] <= 1 and 0 <= row["s2_kept"] <= 1
-            aucs = [row["auc"], row["auc_labelled"], *row["auc_per_offset"].values()]
+            assert 0 < row["inside_fraction"] <= 1 and 0 <= row["inside_precision"] <= 1
+            assert 0 <= row["wrong_high"] <= 1 and 0 <= row["labelled_wrong_high"] <= 1
+            aucs = [row["auc"], row["auc_labelled"], row["auc_inside"], *row["auc_per_offset"].values()]
             assert len(row["auc_per_offset"]) == 3 and all(auc is None or 0 <= auc <= 1 for auc in aucs)
     assert "run " in printed and "run:last " in printed  # one labelled block of rows per net
 

@@ -9,10 +9,11 @@ Loader contract (what the trainer receives per batch, all float32 unless noted, 
 * ``weight`` (N, C, D, H, W) class-balance weights computed inside M_lab (per channel, ``data.balance``; 1 outside it);
 * ``labelled`` (N,) bool: False for crops from the extra unlabelled source (their M_lab is 0 everywhere);
 * only with ``with_truth``: ``truth`` (N, C, D, H, W), the true affinities of the dense labels (1 where both voxels
-  carry the same non-zero id), and ``truth_defined`` (N, C, D, H, W) bool, valid pairs with at least one voxel
-  inside a neurite (a pair of two boundary voxels has no meaningful truth). Unlabelled-source crops have none (0).
-  The dense labels follow the sparse ones through the same augmentation (one combined id per voxel), so every other
-  field of a sample is identical with and without them.
+  carry the same non-zero id); ``truth_defined`` (N, C, D, H, W) bool, valid pairs with at least one voxel inside a
+  neurite (a pair of two boundary voxels has no meaningful truth); ``truth_inside`` (bool, same shape), valid pairs
+  with both voxels inside neurites (the split / merge decisions, without the boundary voxels). Unlabelled-source
+  crops have none (0). The dense labels follow the sparse ones through the same augmentation (one combined id per
+  voxel), so every other field of a sample is identical with and without them.
 
 ``N = batch_size + batch_size_unlabelled``; the first ``batch_size`` rows are labelled crops.
 
@@ -197,16 +198,18 @@ class CropDataset(Dataset):
         return sample
 
     def _truth(self, dense: np.ndarray | None, valid: np.ndarray) -> dict[str, np.ndarray]:
-        """``truth`` and ``truth_defined`` of a crop's dense ids (None: an unlabelled-source crop, all 0)."""
+        """``truth``, ``truth_defined`` and ``truth_inside`` of a crop's dense ids (None: an unlabelled-source crop,
+        all 0)."""
         if dense is None:
-            return {"truth": np.zeros_like(valid), "truth_defined": np.zeros(valid.shape, dtype=bool)}
-        truth, _ = affinities_from_labels(dense, self.offsets, unlabelled=0)
+            none = np.zeros(valid.shape, dtype=bool)
+            return {"truth": np.zeros_like(valid), "truth_defined": none, "truth_inside": none.copy()}
+        truth, both_inside = affinities_from_labels(dense, self.offsets, unlabelled=0)
         inside = dense > 0
         defined = np.zeros(valid.shape, dtype=bool)
         for channel, offset in enumerate(self.offsets):
             at_p, at_partner = shifted_pair_slices(dense.shape, offset)
             defined[channel][at_p] = inside[at_p] | inside[at_partner]
-        return {"truth": truth, "truth_defined": defined & (valid > 0)}
+        return {"truth": truth, "truth_defined": defined & (valid > 0), "truth_inside": (both_inside > 0) & (valid > 0)}
 
 
 class StreamSampler(Sampler[int]):
