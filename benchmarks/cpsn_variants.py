@@ -1,8 +1,8 @@
 """Stage-2 variants of the reduced protocol's confidence net (CPSN), for ``cpsn_quality.py`` to compare.
 
 Each variant re-trains stage 2 of one protocol pre-training (``crac_protocol.py``; its stage-1 predictors are reused,
-not re-trained, except by ``stage1-long``) with one change to the protocol's pre-training config, from the same seed, keeping a checkpoint every
-100 iterations:
+not re-trained, except by ``stage1-long``) with one change to the protocol's pre-training config, from the same seed,
+keeping a checkpoint every 100 iterations:
 
 * ``long``: stage 2 five times longer (5 N/2 iterations instead of N/2; its first N/2 are the protocol's stage 2),
 * ``lr1e-4``: the reference's learning rate 1e-4 instead of the protocol's 1e-3 (N iterations),

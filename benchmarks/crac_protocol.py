@@ -32,9 +32,15 @@ Each finished unit writes ``benchmarks/results/crac_protocol/n<N>/<volume>/<arm>
 ``pretrain-seed<k>.json``); a re-run skips finished units and resumes an interrupted one from its last checkpoint
 (every 100 iterations, under ``runs/crac_protocol``). ``--table`` only prints the table of what has finished.
 
+``--cpsn-variant NAME[@ITERATION]`` runs (b)/(c) with the confidence net of ``benchmarks/cpsn_variants.py``'s variant
+NAME (trained for the same volume and seed; its exported net, or its stage-2 checkpoint at ITERATION, chosen on the
+training sections with ``cpsn_quality.py``) instead of the protocol's pre-training: the unit is named
+``<arm>+<NAME>[@ITERATION]`` (``crac-ws+stage1-long@400-seed555.json``) and listed after its arm.
+
     nohup nice -n 15 python benchmarks/crac_protocol.py > crac-protocol-run.log 2>&1 &   # everything, resumable
     python benchmarks/crac_protocol.py --table                                           # the table so far
     python benchmarks/crac_protocol.py --volumes isbi --arms supervised --seeds 555      # one unit
+    python benchmarks/crac_protocol.py --volumes isbi --arms crac-ws --seeds 555 --cpsn-variant stage1-long@400
 """
 
 import argparse
@@ -123,6 +129,15 @@ def runs_dir(settings: dict) -> Path:
 
 def unit_seeds(arm: str) -> tuple[int, ...]:
     return SEEDS.get(arm, CONTROL_SEEDS)
+
+
+def unit_arms(results: dict, volume: str, arms=ARMS) -> list[str]:
+    """``arms`` in protocol order, each followed by its confidence-net variants (``<arm>+<variant>``) in ``results``."""
+    labels = []
+    for arm in arms:
+        labels.append(arm)
+        labels += sorted(label for v, label in results if v == volume and label.startswith(f"{arm}+"))
+    return labels
 
 
 def common_config(volume: str, seed: int, settings: dict, num_workers: int) -> dict:
@@ -288,20 +303,38 @@ def filter_summary(history: list[dict], gate: int) -> dict:
     return summary
 
 
+def variant_confidence(volume_runs: Path, variant: str, seed: int) -> Path:
+    """The confidence net of ``NAME[@ITERATION]``: the variant's exported net or its stage-2 checkpoint."""
+    name, _, iteration = variant.partition("@")
+    run_dir = volume_runs / f"cpsn-{name}-seed{seed}"
+    if not iteration:
+        return run_dir / "confidence.pt"
+    return run_dir / "stage2" / "checkpoints" / f"checkpoint-{int(iteration):06d}.pt"
+
+
 def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, args) -> None:
     from affcons.commands.train import train
 
-    result = results_dir(settings) / volume / f"{arm}-seed{seed}.json"
+    variant = args.cpsn_variant if arm in ("crac-ws", "crac-ema") else None
+    label = f"{arm}+{variant}" if variant else arm
+    result = results_dir(settings) / volume / f"{label}-seed{seed}.json"
     if result.exists():
         return
     confidence = None
-    if arm in ("crac-ws", "crac-ema"):
+    if variant:
+        confidence = variant_confidence(runs_dir(settings) / volume, variant, seed)
+        if not confidence.is_file():
+            raise SystemExit(
+                f"{confidence} is missing: run benchmarks/cpsn_variants.py --volume {volume} --seed {seed} "
+                f"--variants {variant.split('@')[0]} first"
+            )
+    elif arm in ("crac-ws", "crac-ema"):
         confidence = run_pretraining(volume, seed, settings, args)
     config = arm_config(volume, arm, seed, settings, args.num_workers, confidence)
-    run_dir = runs_dir(settings) / volume / f"{arm}-seed{seed}"
+    run_dir = runs_dir(settings) / volume / f"{label}-seed{seed}"
     checkpoint = run_dir / "crac" / "checkpoints" / "last.pt"
     resume = checkpoint.exists()
-    print(f"[{time.strftime('%H:%M:%S')}] {volume} {arm} seed {seed} ({'resumed' if resume else 'new'})", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {volume} {label} seed {seed} ({'resumed' if resume else 'new'})", flush=True)
     start = time.perf_counter()
     summary = train(config, run_dir, argparse.Namespace(resume=resume, stop_at=None))
     trained = time.perf_counter() - start
@@ -313,7 +346,8 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
         result,
         {
             "volume": volume,
-            "arm": arm,
+            "arm": label,
+            "cpsn_variant": variant,
             "seed": seed,
             "settings": settings,
             "config": config.model_dump(mode="json"),
@@ -330,7 +364,7 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
         },
     )
     print(
-        f"[{time.strftime('%H:%M:%S')}] {volume} {arm} seed {seed}: "
+        f"[{time.strftime('%H:%M:%S')}] {volume} {label} seed {seed}: "
         + ", ".join(
             f"{name} VOI {s['evaluation']['voi']:.3f} ARAND {s['evaluation']['arand']:.3f} (t {s['threshold']})"
             for name, s in scores.items()
@@ -378,7 +412,7 @@ def print_table(settings: dict) -> None:
     print(header)
     print("-" * len(header))
     for volume in VOLUMES:
-        for arm in ARMS:
+        for arm in unit_arms(results, volume):
             runs = results.get((volume, arm), [])
             if not runs:
                 continue
@@ -428,7 +462,7 @@ def print_verdict(results: dict) -> None:
         if len(baseline) < 2:
             continue
         reference = {key: mean_std(evaluation_scores(baseline, "explicit", key)) for key in ("voi", "arand")}
-        for arm in ("crac-ws", "crac-ema", "oracle", "no-consistency"):
+        for arm in unit_arms(results, volume, ("crac-ws", "crac-ema", "oracle", "no-consistency")):
             runs = results.get((volume, arm), [])
             for name in ("implicit", "mean", "explicit") if runs else ():
                 print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + compare(runs, name, reference))
@@ -444,7 +478,7 @@ def print_consistency_effect(results: dict) -> None:
     for volume in VOLUMES:
         control = results.get((volume, "no-consistency"), [])
         baseline = results.get((volume, "supervised"), [])
-        for arm in ("crac-ws", "crac-ema") if control else ():
+        for arm in unit_arms(results, volume, ("crac-ws", "crac-ema")) if control else ():
             runs = results.get((volume, arm), [])
             for name in ("implicit", "mean", "explicit") if runs else ():
                 reference = {}
@@ -478,7 +512,7 @@ def print_filters(results: dict) -> None:
     print(header)
     print("-" * len(header))
     for volume in VOLUMES:
-        for arm in ARMS:
+        for arm in unit_arms(results, volume):
             totals = {}
             for run in results.get((volume, arm), []):
                 for name, groups in run.get("filters_after_gate", {}).items():
@@ -504,6 +538,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished units")
+    parser.add_argument(
+        "--cpsn-variant",
+        help="NAME[@ITERATION]: run (b)/(c) with this cpsn_variants.py variant's confidence net (unit <arm>+<variant>)",
+    )
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)
     if args.iterations:

@@ -1,0 +1,42 @@
+"""The reduced protocol's bookkeeping: units with a confidence-net variant are named, found and refused."""
+
+import argparse
+
+import pytest
+
+from benchmarks import crac_protocol
+from benchmarks.crac_protocol import SETTINGS, unit_arms, variant_confidence
+
+
+def test_variant_units_follow_their_arm_in_protocol_order():
+    results = {
+        ("isbi", "crac-ema+stage1-long@400"): [],
+        ("isbi", "crac-ema"): [],
+        ("isbi", "crac-ws+late"): [],
+        ("gala", "crac-ws+wide"): [],
+    }
+    assert unit_arms(results, "isbi") == [
+        "supervised",
+        "crac-ws",
+        "crac-ws+late",
+        "crac-ema",
+        "crac-ema+stage1-long@400",
+        "oracle",
+        "no-consistency",
+    ]
+    assert unit_arms(results, "isbi", ("crac-ema",)) == ["crac-ema", "crac-ema+stage1-long@400"]
+
+
+def test_a_variant_unit_without_its_confidence_net_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(crac_protocol, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(crac_protocol, "RESULTS", tmp_path / "results")
+    args = argparse.Namespace(cpsn_variant="stage1-long@400", num_workers=1)
+    with pytest.raises(SystemExit, match="cpsn_variants.py --volume isbi --seed 556 --variants stage1-long"):
+        crac_protocol.run_unit("isbi", "crac-ema", 556, dict(SETTINGS), {}, args)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs" / "n600" / "isbi").exists()
+
+
+def test_a_variant_names_its_exported_net_or_a_stage2_checkpoint(tmp_path):
+    assert variant_confidence(tmp_path, "late", 555) == tmp_path / "cpsn-late-seed555" / "confidence.pt"
+    checkpoint = tmp_path / "cpsn-stage1-long-seed556" / "stage2" / "checkpoints" / "checkpoint-000400.pt"
+    assert variant_confidence(tmp_path, "stage1-long@400", 556) == checkpoint
