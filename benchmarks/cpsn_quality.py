@@ -25,6 +25,10 @@ Per confidence net, teacher and channel group it prints:
   a missed boundary) among the candidates and among the labelled pairs; the rest are false boundaries. A confidence
   net learns the kind of error its training predictors make.
 
+``--pick`` names the confidence net to use, by a rule fixed before any protocol run uses it (sixth session): the
+highest mean AUC over the two nearest channel groups (1-1-1, 2-3-3) of every teacher map, measured with ``--run`` on
+the trained nets of control (e) of the same volume and seed (``crac_protocol.py``'s ``no-consistency`` unit).
+
 Usage (repository root)::
 
     python benchmarks/cpsn_quality.py --run runs/crac_protocol/n600/isbi/crac-ws-seed555 \\
@@ -211,6 +215,21 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
     return summary
 
 
+PICK_GROUPS = ("1-1-1", "2-3-3")
+
+
+def pick(results: dict[str, dict]) -> tuple[str, float]:
+    """The confidence net of ``results`` (net -> teacher -> group -> row) with the highest mean AUC over
+    :data:`PICK_GROUPS` of every teacher, and that mean (a missing AUC counts 0.5, chance)."""
+
+    def score(rows: dict) -> float:
+        aucs = [rows[teacher][group]["auc"] for teacher in rows for group in PICK_GROUPS]
+        return float(np.mean([0.5 if auc is None else auc for auc in aucs]))
+
+    best = max(results, key=lambda net: score(results[net]))
+    return best, score(results[best])
+
+
 def print_rows(label: str, summary: dict) -> None:
     def fixed(value, scale: float = 1.0, digits: int = 1) -> str:
         return "--" if value is None else f"{scale * value:.{digits}f}"
@@ -250,6 +269,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--pick", action="store_true", help="name the net the fixed rule picks (see above)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.run is not None:
@@ -270,10 +290,17 @@ def main(argv=None) -> int:
         label = f"{path.parents[2].name}:{path.stem}" if path.parent.name == "checkpoints" else path.parent.name
         results[str(path)] = measure(net, config, batches, maps)
         print_rows(label, results[str(path)])
+    picked = None
+    if args.pick:
+        path, mean_auc = pick(results)
+        picked = {"confidence": path, "mean_auc": mean_auc, "groups": list(PICK_GROUPS)}
+        print(f"picked {path}: mean AUC {mean_auc:.3f} over groups {', '.join(PICK_GROUPS)} of every map")
     if args.json:
         command = "python benchmarks/cpsn_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         source = str(args.run or args.pretrain)
         summary = {"command": command, "source": source, "crops": args.crops, "seed": args.seed, "results": results}
+        if picked:
+            summary["picked"] = picked
         args.json.write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -328,3 +328,21 @@ def test_auc_from_histograms_is_the_pairwise_probability():
 
     assert auc_from_histograms(histogram(wrong), histogram(right)) == pytest.approx(float(exact), abs=1e-12)
     assert auc_from_histograms(histogram(wrong), torch.zeros(BINS)) is None
+
+
+def test_pick_takes_the_best_mean_auc_of_the_nearest_groups_of_every_map():
+    from benchmarks.cpsn_quality import pick
+
+    def net(explicit: tuple, implicit: tuple, far: float) -> dict:
+        rows = {}
+        for teacher, (near, second) in (("explicit", explicit), ("implicit", implicit)):
+            rows[teacher] = {"1-1-1": {"auc": near}, "2-3-3": {"auc": second}, "3-9-9": {"auc": far}}
+        return rows
+
+    results = {
+        "a.pt": net((0.6, 0.6), (0.6, 0.6), 0.1),  # the far group does not count
+        "b.pt": net((0.9, 0.4), (0.7, 0.5), 0.9),  # mean 0.625
+        "c.pt": net((None, 0.8), (0.8, 0.7), 0.1),  # a missing AUC counts as chance: mean 0.7
+    }
+    assert pick(results) == ("c.pt", pytest.approx(0.7))
+    assert pick({"a.pt": results["a.pt"], "b.pt": results["b.pt"]}) == ("b.pt", pytest.approx(0.625))
