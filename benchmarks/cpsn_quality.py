@@ -164,11 +164,11 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
             entry = totals.setdefault(name, {"counts": {}, "hist": {}})
             for key, value in filter_counts(result, batch["truth"], batch["truth_defined"], groups).items():
                 entry["counts"][key] = entry["counts"].get(key, 0.0) + value
-            wrong = (result.prob > 0.5) != (batch["truth"] > 0.5)
-            wrong_labelled = (result.prob > 0.5) != (batch["target"] > 0.5)
+            high = result.prob > 0.5  # the pseudo-label says "same object"
+            wrong = high != (batch["truth"] > 0.5)
+            wrong_labelled = high != (batch["target"] > 0.5)
             pairs = result.candidates & batch["truth_defined"]
             inside = result.candidates & batch["truth_inside"]
-            high = result.prob > 0.5
             for channel in range(len(offsets)):
                 add_histograms(
                     entry["hist"], f"channel{channel}", result.errors[:, channel], pairs[:, channel], wrong[:, channel]
@@ -180,17 +180,21 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
                 add_histograms(
                     entry["hist"], f"{group}/labelled", scores, labelled[:, channels], wrong_labelled[:, channels]
                 )
-                for prefix, where, errors in (("", pairs, wrong), ("labelled_", labelled, wrong_labelled)):
-                    mistakes = where[:, channels] & errors[:, channels]
-                    for key, value in (("wrong", mistakes), ("wrong_high", mistakes & high[:, channels])):
-                        counts, key = entry["counts"], f"{group}/{prefix}{key}"
-                        counts[key] = counts.get(key, 0.0) + float(value.sum())
+                for key, where, errors in (
+                    ("wrong_high", pairs, wrong),
+                    ("labelled/wrong_high", labelled, wrong_labelled),
+                ):
+                    missed = where[:, channels] & errors[:, channels] & high[:, channels]
+                    counts, key = entry["counts"], f"{group}/{key}"
+                    counts[key] = counts.get(key, 0.0) + float(missed.sum())
     summary = {}
     for name, entry in totals.items():
         counts, hist, rows = entry["counts"], entry["hist"], {}
         for group, channels in groups.items():
             pairs, kept = counts[f"{group}/pairs"], counts[f"{group}/s2_kept"]
             inside = float(hist[f"{group}/inside/wrong"].sum() + hist[f"{group}/inside/right"].sum())
+            wrong = float(hist[f"{group}/wrong"].sum())  # the histograms count every scored pair
+            wrong_labelled = float(hist[f"{group}/labelled/wrong"].sum())
             rows[group] = {
                 "pairs": pairs,
                 "unfiltered_precision": counts[f"{group}/right"] / max(pairs, 1),
@@ -201,9 +205,8 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
                 "inside_fraction": inside / max(pairs, 1),
                 "inside_precision": float(hist[f"{group}/inside/right"].sum()) / max(inside, 1),
                 "auc_inside": auc_from_histograms(hist[f"{group}/inside/wrong"], hist[f"{group}/inside/right"]),
-                "wrong_high": counts[f"{group}/wrong_high"] / max(counts[f"{group}/wrong"], 1),
-                "labelled_wrong_high": counts[f"{group}/labelled_wrong_high"]
-                / max(counts[f"{group}/labelled_wrong"], 1),
+                "wrong_high": counts[f"{group}/wrong_high"] / max(wrong, 1),
+                "labelled_wrong_high": counts[f"{group}/labelled/wrong_high"] / max(wrong_labelled, 1),
                 "auc_per_offset": {
                     ",".join(map(str, offsets[c])): auc_from_histograms(
                         hist[f"channel{c}/wrong"], hist[f"channel{c}/right"]

@@ -10,8 +10,8 @@ keeping a checkpoint every 100 iterations:
 * ``late``: only the stage-1 predictors of the second half of stage 1 (e.g. iterations 150, 225, 300 of 300 instead
   of 15, 75, 150, 225, 300), closer to the trained nets the CPSN filters during CRAC (N iterations),
 * ``stage1-long``: a new stage 1 as long as the CRAC run (N iterations, predictors at the same fractions of it; the
-  reference's stage 1 spans its first 20k iterations), then stage 2 (N iterations). The only variant that trains its
-  own stage 1 (from the protocol's seed) instead of reusing the protocol's predictors.
+  reference's stage 1 spans its first 20k iterations), then stage 2 (N iterations). It trains its own stage 1 (from
+  the protocol's seed): a stage 1 of another length cannot reuse the protocol's predictors.
 
 Runs go to ``runs/crac_protocol/n<N>/<volume>/cpsn-<variant>-seed<k>/`` and resume when re-run. Usage::
 
@@ -65,13 +65,13 @@ def variant_config(volume: str, seed: int, variant: str, num_workers: int) -> Pr
 
 
 def run_variant(volume: str, seed: int, variant: str, num_workers: int) -> Path:
-    """Stage 2 of the variant on the protocol pre-training's stage-1 predictors (``stage1-long``: both stages);
-    returns its run directory."""
+    """Stage 2 of the variant on the protocol pre-training's stage-1 predictors, or both stages when the variant's
+    stage 1 has another length (its predictors cannot be copied); returns its run directory."""
     from affcons.commands.train import pretrain
 
     run_dir = runs_dir(SETTINGS) / volume / f"cpsn-{variant}-seed{seed}"
     config = variant_config(volume, seed, variant, num_workers)
-    own_stage1 = variant == "stage1-long"
+    own_stage1 = config.stage1.iterations != pretrain_config(volume, seed, SETTINGS, num_workers).stage1.iterations
     if not own_stage1 and not (run_dir / "stage1").exists():
         source = runs_dir(SETTINGS) / volume / f"pretrain-seed{seed}" / "stage1"
         if not (source / "predictors").is_dir():
