@@ -32,15 +32,17 @@ Each finished unit writes ``benchmarks/results/crac_protocol/n<N>/<volume>/<arm>
 ``pretrain-seed<k>.json``); a re-run skips finished units and resumes an interrupted one from its last checkpoint
 (every 100 iterations, under ``runs/crac_protocol``). ``--table`` only prints the table of what has finished.
 
-``--cpsn-variant NAME[@ITERATION]`` runs (b)/(c) with the confidence net of ``benchmarks/cpsn_variants.py``'s variant
-NAME (trained for the same volume and seed; its exported net, or its stage-2 checkpoint at ITERATION, chosen on the
-training sections with ``cpsn_quality.py``) instead of the protocol's pre-training: the unit is named
-``<arm>+<NAME>[@ITERATION]`` (``crac-ws+stage1-long@400-seed555.json``) and listed after its arm.
+``--cpsn-variant NAME[@ITERATION|@pick]`` runs (b)/(c) with the confidence net of ``benchmarks/cpsn_variants.py``'s
+variant NAME (trained for the same volume and seed; its exported net, its stage-2 checkpoint at ITERATION, or the one
+``cpsn_quality.py --pick`` picked on the training sections for this volume and seed, recorded in
+``benchmarks/results/cpsn_quality/<volume>-no-consistency-seed<k>-<NAME>.json``) instead of the protocol's
+pre-training: the unit is named ``<arm>+<NAME>[@...]`` (``crac-ws+stage1-long@pick-seed556.json``; seeds of one name
+form one row of the table) and listed after its arm.
 
     nohup nice -n 15 python benchmarks/crac_protocol.py > crac-protocol-run.log 2>&1 &   # everything, resumable
     python benchmarks/crac_protocol.py --table                                           # the table so far
     python benchmarks/crac_protocol.py --volumes isbi --arms supervised --seeds 555      # one unit
-    python benchmarks/crac_protocol.py --volumes isbi --arms crac-ws --seeds 555 --cpsn-variant stage1-long@400
+    python benchmarks/crac_protocol.py --volumes isbi --arms crac-ws --seeds 556 --cpsn-variant stage1-long@pick
 """
 
 import argparse
@@ -116,6 +118,7 @@ SETTINGS = {
 }
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "crac_protocol"
 RUNS = REPO_ROOT / "runs" / "crac_protocol"
+PICKS = REPO_ROOT / "benchmarks" / "results" / "cpsn_quality"
 
 
 def results_dir(settings: dict) -> Path:
@@ -303,13 +306,31 @@ def filter_summary(history: list[dict], gate: int) -> dict:
     return summary
 
 
+def pick_record(volume: str, variant_name: str, seed: int) -> Path:
+    """Where ``cpsn_quality.py --pick`` records the checkpoint it picks of a variant for (volume, seed)."""
+    return PICKS / f"{volume}-no-consistency-seed{seed}-{variant_name}.json"
+
+
 def variant_confidence(volume_runs: Path, variant: str, seed: int) -> Path:
-    """The confidence net of ``NAME[@ITERATION]``: the variant's exported net or its stage-2 checkpoint."""
+    """The confidence net of ``NAME[@ITERATION|@pick]``: the variant's exported net, its stage-2 checkpoint at
+    ITERATION, or the stage-2 checkpoint that ``cpsn_quality.py --pick`` picked for this volume and seed."""
     name, _, iteration = variant.partition("@")
     run_dir = volume_runs / f"cpsn-{name}-seed{seed}"
+    checkpoints = run_dir / "stage2" / "checkpoints"
     if not iteration:
         return run_dir / "confidence.pt"
-    return run_dir / "stage2" / "checkpoints" / f"checkpoint-{int(iteration):06d}.pt"
+    if iteration != "pick":
+        return checkpoints / f"checkpoint-{int(iteration):06d}.pt"
+    record = pick_record(volume_runs.name, name, seed)
+    if not record.is_file():
+        raise SystemExit(
+            f"{record} is missing: run benchmarks/cpsn_quality.py --run {volume_runs}/no-consistency-seed{seed} "
+            f"--confidence {checkpoints}/checkpoint-*.pt --crops 16 --pick --json {record}"
+        )
+    picked = Path(json.loads(record.read_text())["picked"]["confidence"])
+    if picked.parent.parent.parent.name != run_dir.name:
+        raise SystemExit(f"{record} picked {picked}, which is not a stage-2 checkpoint of {run_dir.name}")
+    return checkpoints / picked.name
 
 
 def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, args) -> None:
@@ -540,7 +561,7 @@ def main(argv=None) -> int:
     parser.add_argument("--table", action="store_true", help="only print the table of the finished units")
     parser.add_argument(
         "--cpsn-variant",
-        help="NAME[@ITERATION]: run (b)/(c) with this cpsn_variants.py variant's confidence net (unit <arm>+<variant>)",
+        help="NAME[@ITERATION|@pick]: (b)/(c) with a cpsn_variants.py variant's confidence net (unit <arm>+<variant>)",
     )
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)

@@ -1,6 +1,7 @@
 """The reduced protocol's bookkeeping: units with a confidence-net variant are named, found and refused."""
 
 import argparse
+import json
 
 import pytest
 
@@ -40,3 +41,19 @@ def test_a_variant_names_its_exported_net_or_a_stage2_checkpoint(tmp_path):
     assert variant_confidence(tmp_path, "late", 555) == tmp_path / "cpsn-late-seed555" / "confidence.pt"
     checkpoint = tmp_path / "cpsn-stage1-long-seed556" / "stage2" / "checkpoints" / "checkpoint-000400.pt"
     assert variant_confidence(tmp_path, "stage1-long@400", 556) == checkpoint
+
+
+def test_a_picked_variant_reads_the_checkpoint_that_cpsn_quality_picked(tmp_path, monkeypatch):
+    monkeypatch.setattr(crac_protocol, "PICKS", tmp_path / "picks")
+    volume_runs = tmp_path / "runs" / "isbi"
+    with pytest.raises(SystemExit, match="cpsn_quality.py --run .*no-consistency-seed556 .* --pick --json"):
+        variant_confidence(volume_runs, "stage1-long@pick", 556)
+    record = crac_protocol.pick_record("isbi", "stage1-long", 556)
+    record.parent.mkdir(parents=True)
+    picked = "runs/crac_protocol/n600/isbi/cpsn-stage1-long-seed556/stage2/checkpoints/checkpoint-000300.pt"
+    record.write_text(json.dumps({"picked": {"confidence": picked, "mean_auc": 0.6}}))
+    checkpoint = volume_runs / "cpsn-stage1-long-seed556" / "stage2" / "checkpoints" / "checkpoint-000300.pt"
+    assert variant_confidence(volume_runs, "stage1-long@pick", 556) == checkpoint
+    record.write_text(json.dumps({"picked": {"confidence": "runs/n600/isbi/pretrain-seed556/confidence.pt"}}))
+    with pytest.raises(SystemExit, match="not a stage-2 checkpoint of cpsn-stage1-long-seed556"):
+        variant_confidence(volume_runs, "stage1-long@pick", 556)
