@@ -75,22 +75,42 @@ def pseudo_loss(
 
 
 def confidence_loss(
-    error_prob: torch.Tensor, affinity: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5
+    error_prob: torch.Tensor,
+    affinity: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    threshold: float = 0.5,
+    balance: str = "all",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """CPSN loss: weighted BCE between the predicted error probability and ``|bin(affinity) - target|`` inside ``mask``.
 
-    Wrong voxels get weight ``#correct / #wrong + 1``, correct ones 1 (no division by zero: without wrong voxels every
-    weight is 1). The BCE is averaged over the masked voxels. All tensors have the same shape; ``mask`` is 0/1
-    (M_lab and offset validity of the sampled channels).
+    ``balance="all"`` (the reference): wrong voxels get weight ``#correct / #wrong + 1``, correct ones 1 (no division
+    by zero: without wrong voxels every weight is 1). ``balance="per_side"``: the pairs predicted above and below
+    ``threshold`` are balanced separately, each of the four (side, wrong/correct) cells present getting an equal share
+    of the total weight, so which side an affinity lies on is no evidence of an error: the net must find errors from
+    the image and the entropy, not learn the error kind (missed or false boundaries) of its training predictors.
+    The BCE is averaged over the masked voxels. All tensors have the same shape; ``mask`` is 0/1 (M_lab and offset
+    validity of the sampled channels).
 
-    Returns the loss and diagnostics (``error_fraction`` inside the mask, ``wrong_weight``).
+    Returns the loss and diagnostics (``error_fraction`` inside the mask, ``wrong_weight``: the mean weight of a
+    wrong voxel).
     """
-    wrong = ((affinity > threshold).float() - target).abs() * mask
+    high = (affinity > threshold).float()
+    wrong = (high - target).abs() * mask
     n_mask = mask.sum()
     n_wrong = wrong.sum()
-    n_correct = n_mask - n_wrong
-    wrong_weight = n_correct / n_wrong + 1.0 if float(n_wrong) > 0 else torch.ones((), device=mask.device)
-    weight = mask * torch.where(wrong > 0, wrong_weight, torch.ones_like(wrong))
+    if balance == "all":
+        n_correct = n_mask - n_wrong
+        wrong_weight = n_correct / n_wrong + 1.0 if float(n_wrong) > 0 else torch.ones((), device=mask.device)
+        weight = mask * torch.where(wrong > 0, wrong_weight, torch.ones_like(wrong))
+    elif balance == "per_side":
+        cells = [mask * side * kind for side in (high, 1.0 - high) for kind in (wrong, 1.0 - wrong)]
+        counts = [cell.sum() for cell in cells]
+        present = max(1, sum(int(float(count) > 0) for count in counts))  # an empty mask has no weight at all
+        weight = sum(cell * (n_mask / (present * count.clamp(min=1))) for cell, count in zip(cells, counts))
+        wrong_weight = (weight * wrong).sum() / n_wrong if float(n_wrong) > 0 else torch.ones((), device=mask.device)
+    else:
+        raise ValueError(f"balance must be 'all' or 'per_side', not {balance!r}")
     # written out instead of F.binary_cross_entropy, which refuses to run inside a CUDA autocast region
     prob = error_prob.float().clamp(1e-7, 1 - 1e-7)
     bce = -(weight * (wrong * torch.log(prob) + (1.0 - wrong) * torch.log1p(-prob))).sum()

@@ -12,6 +12,10 @@ keeping a checkpoint every 100 iterations:
 * ``stage1-long``: a new stage 1 as long as the CRAC run (N iterations, predictors at the same fractions of it; the
   reference's stage 1 spans its first 20k iterations), then stage 2 (N iterations). It trains its own stage 1 (from
   the protocol's seed): a stage 1 of another length cannot reuse the protocol's predictors.
+* ``stage1-long-balanced``: ``stage1-long`` with the CPSN loss balanced per side (``stage2.error_balance:
+  per_side``: wrong vs correct separately among the affinities above and below 0.5, both sides equal), so it cannot
+  learn the error kind of its predictors (mostly missed boundaries on ISBI) as a prior on the affinity; it copies
+  ``stage1-long``'s stage 1 when that has finished (same config and seed).
 
 Runs go to ``runs/crac_protocol/n<N>/<volume>/cpsn-<variant>-seed<k>/`` and resume when re-run. Usage::
 
@@ -44,7 +48,13 @@ VARIANTS = {
         "stage1": {"iterations": 2 * stage, "save_at": stage1_save_at(2 * stage, SETTINGS)},
         "stage2": {"iterations": 2 * stage},
     },
+    "stage1-long-balanced": lambda stage: {
+        "stage1": {"iterations": 2 * stage, "save_at": stage1_save_at(2 * stage, SETTINGS)},
+        "stage2": {"iterations": 2 * stage, "error_balance": "per_side"},
+    },
 }
+#: variant -> the variant whose stage 1 (same config, same seed) it copies when that one has finished
+SHARES_STAGE1 = {"stage1-long-balanced": "stage1-long"}
 
 
 def merge(base: dict, change: dict) -> dict:
@@ -64,22 +74,38 @@ def variant_config(volume: str, seed: int, variant: str, num_workers: int) -> Pr
     return validate(PretrainConfig, data, f"CPSN variant {variant} ({volume}, seed {seed})")
 
 
+def stage1_source(volume: str, seed: int, variant: str, config: PretrainConfig, num_workers: int) -> Path | None:
+    """A finished stage 1 the variant can copy (the same stage-1 config: the protocol pre-training's or that of the
+    variant named in :data:`SHARES_STAGE1`), or None when it must train its own."""
+    volume_runs = runs_dir(SETTINGS) / volume
+    if config.stage1 == pretrain_config(volume, seed, SETTINGS, num_workers).stage1:
+        source = volume_runs / f"pretrain-seed{seed}" / "stage1"
+        if not (source / "predictors").is_dir():
+            raise SystemExit(f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} first")
+        return source
+    if variant in SHARES_STAGE1:
+        source = volume_runs / f"cpsn-{SHARES_STAGE1[variant]}-seed{seed}" / "stage1"
+        if (source / "predictors").is_dir() and (source / "checkpoints" / "last.pt").is_file():
+            return source
+    return None  # the same seed gives the same predictors, so training them again is only slower
+
+
 def run_variant(volume: str, seed: int, variant: str, num_workers: int) -> Path:
-    """Stage 2 of the variant on the protocol pre-training's stage-1 predictors, or both stages when the variant's
-    stage 1 has another length (its predictors cannot be copied); returns its run directory."""
+    """Stage 2 of the variant on copied stage-1 predictors (:func:`stage1_source`), or both stages; returns its run
+    directory."""
     from affcons.commands.train import pretrain
 
     run_dir = runs_dir(SETTINGS) / volume / f"cpsn-{variant}-seed{seed}"
     config = variant_config(volume, seed, variant, num_workers)
-    own_stage1 = config.stage1.iterations != pretrain_config(volume, seed, SETTINGS, num_workers).stage1.iterations
-    if not own_stage1 and not (run_dir / "stage1").exists():
-        source = runs_dir(SETTINGS) / volume / f"pretrain-seed{seed}" / "stage1"
-        if not (source / "predictors").is_dir():
-            raise SystemExit(f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} first")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, run_dir / "stage1")
+    own_stage1 = False
+    if not (run_dir / "stage1").exists():
+        source = stage1_source(volume, seed, variant, config, num_workers)
+        own_stage1 = source is None
+        if source is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, run_dir / "stage1")
     resume = any((run_dir / stage / "checkpoints" / "last.pt").exists() for stage in ("stage1", "stage2"))
-    stages = "all" if own_stage1 else "2"
+    stages = "all" if own_stage1 or not (run_dir / "stage1" / "predictors").is_dir() else "2"
     pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage=stages))
     return run_dir
 

@@ -4,7 +4,8 @@ protocol's pre-training config, so a variant's difference from the protocol's CP
 import pytest
 
 from affcons.train.trainer import _differences
-from benchmarks.cpsn_variants import VARIANTS, merge, variant_config
+from benchmarks import crac_protocol
+from benchmarks.cpsn_variants import VARIANTS, merge, stage1_source, variant_config
 from benchmarks.crac_protocol import SETTINGS, pretrain_config
 
 
@@ -42,6 +43,13 @@ def test_each_variant_changes_only_what_it_names(volume):
             "stage2.iterations": (stage, 2 * stage),
             "run.keep_checkpoints": (1, 7),
         },
+        "stage1-long-balanced": {
+            "stage1.iterations": (stage, 2 * stage),
+            "stage1.save_at": (protocol["stage1"]["save_at"], [2 * i for i in protocol["stage1"]["save_at"]]),
+            "stage2.iterations": (stage, 2 * stage),
+            "stage2.error_balance": ("all", "per_side"),
+            "run.keep_checkpoints": (1, 7),
+        },
         "late": {
             "stage1.save_at": (protocol["stage1"]["save_at"], [stage // 2, 3 * stage // 4, stage]),
             "stage2.iterations": (stage, 2 * stage),
@@ -58,3 +66,18 @@ def test_merge_replaces_nested_keys_only():
     base = {"a": {"b": 1, "c": 2}, "d": [1, 2]}
     assert merge(base, {"a": {"b": 3}, "d": [4]}) == {"a": {"b": 3, "c": 2}, "d": [4]}
     assert base == {"a": {"b": 1, "c": 2}, "d": [1, 2]}
+
+
+def test_a_variant_copies_a_finished_stage1_of_the_same_config_or_trains_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(crac_protocol, "RUNS", tmp_path)
+    balanced = variant_config("isbi", 556, "stage1-long-balanced", 1)
+    assert stage1_source("isbi", 556, "stage1-long-balanced", balanced, 1) is None  # nothing to copy yet
+    shared = tmp_path / "n600" / "isbi" / "cpsn-stage1-long-seed556" / "stage1"
+    (shared / "predictors").mkdir(parents=True)
+    assert stage1_source("isbi", 556, "stage1-long-balanced", balanced, 1) is None  # stage 1 unfinished
+    (shared / "checkpoints").mkdir()
+    (shared / "checkpoints" / "last.pt").write_bytes(b"")
+    assert stage1_source("isbi", 556, "stage1-long-balanced", balanced, 1) == shared
+    assert stage1_source("isbi", 557, "stage1-long-balanced", balanced, 1) is None  # another seed's
+    with pytest.raises(SystemExit, match="pretrain-seed556/stage1 has no stage-1 predictors"):
+        stage1_source("isbi", 556, "wide", variant_config("isbi", 556, "wide", 1), 1)

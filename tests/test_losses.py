@@ -88,6 +88,39 @@ def test_confidence_loss_masks_and_survives_no_wrong_voxels():
     assert stats["wrong_weight"] == 1.0 and stats["error_fraction"] == 0.0
 
 
+def test_per_side_balance_leaves_no_evidence_in_the_side_of_the_affinity():
+    """With ``per_side`` a constant error probability of 0.5 on each side is stationary: a net cannot lower the loss
+    by predicting the error rate of a side (the error kind of its training predictors), only from other evidence."""
+    generator = torch.Generator().manual_seed(0)
+    affinity = torch.rand(4000, generator=generator)
+    high = affinity > 0.5
+    # missed boundaries are frequent (60 % of the high side wrong), false boundaries rare (10 % of the low side)
+    wrong = torch.where(high, torch.rand(4000, generator=generator) < 0.6, torch.rand(4000, generator=generator) < 0.1)
+    target = torch.where(wrong, ~high, high).float()
+    mask = (torch.rand(4000, generator=generator) < 0.9).float()
+    for balance, stationary in (("per_side", True), ("all", False)):
+        side_logit = torch.zeros(2, requires_grad=True)
+        error_prob = torch.sigmoid(side_logit[high.long()])
+        loss, stats = confidence_loss(error_prob, affinity, target, mask, balance=balance)
+        loss.backward()
+        assert torch.allclose(side_logit.grad, torch.zeros(2), atol=1e-6) == stationary, balance
+        assert stats["error_fraction"] == pytest.approx(float((wrong.float() * mask).sum() / mask.sum()))
+    with pytest.raises(ValueError, match="per_side"):
+        confidence_loss(error_prob, affinity, target, mask, balance="sides")
+
+
+def test_per_side_balance_without_wrong_voxels_on_a_side_shares_the_weight_among_the_cells_present():
+    affinity = torch.tensor([0.9, 0.8, 0.2, 0.1])
+    target = torch.tensor([1.0, 0.0, 0.0, 0.0])  # high side: 1 correct, 1 wrong; low side: 2 correct
+    error_prob = torch.full((4,), 0.5)
+    loss, stats = confidence_loss(error_prob, affinity, target, torch.ones(4), balance="per_side")
+    # three cells share the weight 4: 4/3 each -> per voxel 4/3, 4/3, 2/3, 2/3; every BCE is log 2
+    assert math.isclose(float(loss), math.log(2) * (4 / 3 + 4 / 3 + 2 / 3 + 2 / 3) / 4, rel_tol=1e-5)
+    assert math.isclose(stats["wrong_weight"], 4 / 3, rel_tol=1e-5)
+    empty, _ = confidence_loss(error_prob, affinity, target, torch.zeros(4), balance="per_side")
+    assert float(empty) == 0.0  # a crop without labelled pairs
+
+
 def test_branch_losses_split_the_total_by_network():
     terms = {"sup_imp": torch.tensor(1.0), "sup_exp": torch.tensor(2.0), "pse_imp": torch.tensor(0.5)}
     branches = branch_losses(terms, emb_weight=10.0, pseudo_weight=2.0)

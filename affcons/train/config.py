@@ -253,6 +253,9 @@ class PretrainStage2Config(StrictModel):
     iterations: int = 200000  # CPSN training length
     sampled_channels: int = 3  # affinity channels per iteration
     binarize_threshold: float = 0.5  # an affinity counts as 1 above this
+    # class balance of the CPSN loss: "all" (reference: wrong vs correct over all pairs) or "per_side" (separately
+    # above and below binarize_threshold, both sides equal: the error kind of the stage-1 predictors is not learnt)
+    error_balance: Literal["all", "per_side"] = "all"
 
 
 class CommonConfig(StrictModel):

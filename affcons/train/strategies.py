@@ -387,8 +387,9 @@ class ConfidenceStrategy(_Base):
         inputs = torch.stack([raw.expand(batch_size, k, *spatial), entropy, affs], dim=2)
         errors = self.net(inputs.reshape(batch_size * k, 3, *spatial)).float().reshape(batch_size, k, *spatial)
         mask = batch["label_mask"][:, channels] * valid[channels].unsqueeze(0)
+        stage2 = self.config.stage2
         loss, stats = confidence_loss(
-            errors, affs, batch["target"][:, channels], mask, self.config.stage2.binarize_threshold
+            errors, affs, batch["target"][:, channels], mask, stage2.binarize_threshold, stage2.error_balance
         )
         scalars = {
             "loss/confidence": float(loss.detach()),
