@@ -221,16 +221,21 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
 PICK_GROUPS = ("1-1-1", "2-3-3")
 
 
-def pick(results: dict[str, dict]) -> tuple[str, float]:
-    """The confidence net of ``results`` (net -> teacher -> group -> row) with the highest mean AUC over
-    :data:`PICK_GROUPS` of every teacher, and that mean (a missing AUC counts 0.5, chance)."""
-
-    def score(rows: dict) -> float:
+def pick_scores(results: dict[str, dict]) -> dict[str, float]:
+    """Per confidence net of ``results`` (net -> teacher -> group -> row): the mean AUC over :data:`PICK_GROUPS` of
+    every teacher (a missing AUC counts 0.5, chance)."""
+    scores = {}
+    for net, rows in results.items():
         aucs = [rows[teacher][group]["auc"] for teacher in rows for group in PICK_GROUPS]
-        return float(np.mean([0.5 if auc is None else auc for auc in aucs]))
+        scores[net] = float(np.mean([0.5 if auc is None else auc for auc in aucs]))
+    return scores
 
-    best = max(results, key=lambda net: score(results[net]))
-    return best, score(results[best])
+
+def pick(results: dict[str, dict]) -> tuple[str, float]:
+    """The confidence net with the highest :func:`pick_scores` score, and that score."""
+    scores = pick_scores(results)
+    best = max(scores, key=scores.get)
+    return best, scores[best]
 
 
 def print_rows(label: str, summary: dict) -> None:
@@ -296,7 +301,9 @@ def main(argv=None) -> int:
     picked = None
     if args.pick:
         path, mean_auc = pick(results)
-        picked = {"confidence": path, "mean_auc": mean_auc, "groups": list(PICK_GROUPS)}
+        scores = pick_scores(results)
+        picked = {"confidence": path, "mean_auc": mean_auc, "groups": list(PICK_GROUPS), "scores": scores}
+        print("mean AUC: " + ", ".join(f"{Path(net).name} {score:.3f}" for net, score in scores.items()))
         print(f"picked {path}: mean AUC {mean_auc:.3f} over groups {', '.join(PICK_GROUPS)} of every map")
     if args.json:
         command = "python benchmarks/cpsn_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -331,7 +331,7 @@ def test_auc_from_histograms_is_the_pairwise_probability():
 
 
 def test_pick_takes_the_best_mean_auc_of_the_nearest_groups_of_every_map():
-    from benchmarks.cpsn_quality import pick
+    from benchmarks.cpsn_quality import pick, pick_scores
 
     def net(explicit: tuple, implicit: tuple, far: float) -> dict:
         rows = {}
@@ -346,3 +346,4 @@ def test_pick_takes_the_best_mean_auc_of_the_nearest_groups_of_every_map():
     }
     assert pick(results) == ("c.pt", pytest.approx(0.7))
     assert pick({"a.pt": results["a.pt"], "b.pt": results["b.pt"]}) == ("b.pt", pytest.approx(0.625))
+    assert pick_scores(results) == pytest.approx({"a.pt": 0.6, "b.pt": 0.625, "c.pt": 0.7})
