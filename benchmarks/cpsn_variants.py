@@ -90,22 +90,30 @@ def stage1_source(volume: str, seed: int, variant: str, config: PretrainConfig, 
     return None  # the same seed gives the same predictors, so training them again is only slower
 
 
+def prepare_stage1(
+    run_dir: Path, volume: str, seed: int, variant: str, config: PretrainConfig, num_workers: int
+) -> str:
+    """Copies a finished stage 1 (:func:`stage1_source`) into a new run, recording it in ``stage1/copied-from.txt``;
+    returns the stages to train: ``"2"`` after a copy, else ``"all"`` (an own stage 1 resumes until it has finished)."""
+    copied = run_dir / "stage1" / "copied-from.txt"
+    if not (run_dir / "stage1").exists():
+        source = stage1_source(volume, seed, variant, config, num_workers)
+        if source is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, run_dir / "stage1")
+            copied.write_text(f"{source}\n")
+    return "2" if copied.is_file() else "all"
+
+
 def run_variant(volume: str, seed: int, variant: str, num_workers: int) -> Path:
-    """Stage 2 of the variant on copied stage-1 predictors (:func:`stage1_source`), or both stages; returns its run
+    """Stage 2 of the variant on copied stage-1 predictors (:func:`prepare_stage1`), or both stages; returns its run
     directory."""
     from affcons.commands.train import pretrain
 
     run_dir = runs_dir(SETTINGS) / volume / f"cpsn-{variant}-seed{seed}"
     config = variant_config(volume, seed, variant, num_workers)
-    own_stage1 = False
-    if not (run_dir / "stage1").exists():
-        source = stage1_source(volume, seed, variant, config, num_workers)
-        own_stage1 = source is None
-        if source is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(source, run_dir / "stage1")
+    stages = prepare_stage1(run_dir, volume, seed, variant, config, num_workers)
     resume = any((run_dir / stage / "checkpoints" / "last.pt").exists() for stage in ("stage1", "stage2"))
-    stages = "all" if own_stage1 or not (run_dir / "stage1" / "predictors").is_dir() else "2"
     pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage=stages))
     return run_dir
 

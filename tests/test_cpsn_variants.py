@@ -5,7 +5,7 @@ import pytest
 
 from affcons.train.trainer import _differences
 from benchmarks import crac_protocol
-from benchmarks.cpsn_variants import VARIANTS, merge, stage1_source, variant_config
+from benchmarks.cpsn_variants import VARIANTS, merge, prepare_stage1, stage1_source, variant_config
 from benchmarks.crac_protocol import SETTINGS, pretrain_config
 
 
@@ -81,3 +81,22 @@ def test_a_variant_copies_a_finished_stage1_of_the_same_config_or_trains_its_own
     assert stage1_source("isbi", 557, "stage1-long-balanced", balanced, 1) is None  # another seed's
     with pytest.raises(SystemExit, match="pretrain-seed556/stage1 has no stage-1 predictors"):
         stage1_source("isbi", 556, "wide", variant_config("isbi", 556, "wide", 1), 1)
+
+
+def test_only_a_copied_stage1_is_skipped_on_every_run(tmp_path, monkeypatch):
+    """An own stage 1 interrupted after its first predictor still trains on (stages "all"); a copied one never does."""
+    monkeypatch.setattr(crac_protocol, "RUNS", tmp_path)
+    volume_runs = tmp_path / "n600" / "isbi"
+    balanced = variant_config("isbi", 556, "stage1-long-balanced", 1)
+    own = volume_runs / "cpsn-stage1-long-balanced-seed556"
+    assert prepare_stage1(own, "isbi", 556, "stage1-long-balanced", balanced, 1) == "all"
+    (own / "stage1" / "predictors").mkdir(parents=True)  # interrupted after its first predictor
+    assert prepare_stage1(own, "isbi", 556, "stage1-long-balanced", balanced, 1) == "all"
+    shared = volume_runs / "cpsn-stage1-long-seed557" / "stage1"
+    (shared / "predictors").mkdir(parents=True)
+    (shared / "checkpoints").mkdir()
+    (shared / "checkpoints" / "last.pt").write_bytes(b"")
+    copy = volume_runs / "cpsn-stage1-long-balanced-seed557"
+    for _ in range(2):
+        assert prepare_stage1(copy, "isbi", 557, "stage1-long-balanced", balanced, 1) == "2"
+    assert (copy / "stage1" / "checkpoints" / "last.pt").is_file()
