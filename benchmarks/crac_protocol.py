@@ -17,7 +17,8 @@ Arms (the reduced CPU settings below, identical for all):
                       pair (dense training labels): the upper bound of what better pseudo-labels can give;
   (e) no-consistency  (b) with pseudo_weight 0 (both nets on the sparse labels alone).
 
-Seeds 555, 556, 557 for (a)-(c) and (e), 555 for (d); a seed changes the network initialisation and the crop stream
+Seeds 555, 556, 557 for (a)-(c) and (e), 555 for (d) (``--seeds`` runs the seeds it names for every arm given, e.g. the
+oracle's 556-557); a seed changes the network initialisation and the crop stream
 (and the pre-training), never the labelled instances. The agglomeration threshold of each map is chosen on the
 training sections (lowest VOI against their dense labels) and applied to the evaluation sections; the best threshold
 on the evaluation sections is recorded too, as a diagnostic only. Nothing is tuned on the evaluation sections.
@@ -132,6 +133,19 @@ def runs_dir(settings: dict) -> Path:
 
 def unit_seeds(arm: str) -> tuple[int, ...]:
     return SEEDS.get(arm, CONTROL_SEEDS)
+
+
+def unit_order(volumes: list[str], arms: list[str], seeds: set[int] | None) -> list[tuple[str, str, int]]:
+    """The (volume, arm, seed) units to run: every arm's protocol seeds (:func:`unit_seeds`), or exactly ``seeds``
+    for every arm (controls included) when given; the first seed of every arm on every volume first, then the next."""
+    per_arm = {arm: unit_seeds(arm) if seeds is None else tuple(sorted(seeds)) for arm in arms}
+    order = []
+    for rank in range(max((len(s) for s in per_arm.values()), default=0)):
+        for volume in volumes:
+            for arm in arms:
+                if rank < len(per_arm[arm]):
+                    order.append((volume, arm, per_arm[arm][rank]))
+    return order
 
 
 def unit_arms(results: dict, volume: str, arms=ARMS) -> list[str]:
@@ -554,7 +568,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", default=",".join(VOLUMES), help=f"subset of {','.join(VOLUMES)}")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"subset of {','.join(ARMS)}")
-    parser.add_argument("--seeds", help="comma-separated subset of the seeds (default: 3 for (a)-(c), 1 for (d)-(e))")
+    parser.add_argument(
+        "--seeds",
+        help="comma-separated seeds for every arm given, controls included (default: 555-557, and 555 for (d))",
+    )
     parser.add_argument("--iterations", type=int, help=f"CRAC iterations N (default {SETTINGS['iterations']})")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 on a shared machine)")
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
@@ -581,16 +598,8 @@ def main(argv=None) -> int:
     print(
         f"CRAC reduced protocol on CPU; settings {json.dumps(settings)}; results in {results_dir(settings)}", flush=True
     )
-    # one seed of every arm on both volumes first, then the remaining seeds
-    order = []
-    for rank in range(3):
-        for volume in volumes:
-            for arm in arms:
-                seeds = unit_seeds(arm)
-                if rank < len(seeds) and (wanted_seeds is None or seeds[rank] in wanted_seeds):
-                    order.append((volume, arm, seeds[rank]))
     loaded = {}
-    for volume, arm, seed in order:
+    for volume, arm, seed in unit_order(volumes, arms, wanted_seeds):
         if volume not in loaded:
             spec = VOLUMES[volume]
             loaded[volume] = {

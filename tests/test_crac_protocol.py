@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks import crac_protocol
-from benchmarks.crac_protocol import SETTINGS, unit_arms, variant_confidence
+from benchmarks.crac_protocol import SETTINGS, unit_arms, unit_order, variant_confidence
 
 
 def test_variant_units_follow_their_arm_in_protocol_order():
@@ -26,6 +26,26 @@ def test_variant_units_follow_their_arm_in_protocol_order():
         "no-consistency",
     ]
     assert unit_arms(results, "isbi", ("crac-ema",)) == ["crac-ema", "crac-ema+stage1-long@400"]
+
+
+def test_units_run_the_protocol_seeds_or_exactly_the_seeds_asked_for_controls_included():
+    assert unit_order(["isbi", "gala"], ["supervised", "oracle"], None) == [
+        ("isbi", "supervised", 555),
+        ("isbi", "oracle", 555),
+        ("gala", "supervised", 555),
+        ("gala", "oracle", 555),
+        ("isbi", "supervised", 556),
+        ("gala", "supervised", 556),
+        ("isbi", "supervised", 557),
+        ("gala", "supervised", 557),
+    ]
+    assert unit_order(["isbi"], ["oracle", "crac-ema"], {557, 556}) == [
+        ("isbi", "oracle", 556),
+        ("isbi", "crac-ema", 556),
+        ("isbi", "oracle", 557),
+        ("isbi", "crac-ema", 557),
+    ]
+    assert unit_order(["isbi"], [], None) == []
 
 
 def test_a_variant_unit_without_its_confidence_net_says_how_to_make_it(tmp_path, monkeypatch):
