@@ -21,13 +21,19 @@ Per confidence net, teacher and channel group it prints:
   pairs against the sparse labels -- the task stage 2 trains the confidence net on,
 * ``inside`` / ``prec in`` / ``AUC in``: the share of the candidates with both voxels inside neurites (the split and
   merge decisions; the rest pair a neurite voxel with a boundary voxel), the unfiltered precision and the AUC on them,
+* ``S2 kept / prec at threshold`` (groups 1-1-1 and 2-3-3): the operating curve of S2 alone on the scored pairs at
+  thresholds 0.1-0.7 (the protocol's is 0.5), to choose a threshold on the training sections,
 * ``high`` / ``high lab``: the share of the wrong pseudo-labels that say "same object" (affinity above 0.5, truth 0:
   a missed boundary) among the candidates and among the labelled pairs; the rest are false boundaries. A confidence
   net learns the kind of error its training predictors make.
 
 ``--pick`` names the confidence net to use, by a rule fixed before any protocol run uses it (sixth session): the
 highest mean AUC over the two nearest channel groups (1-1-1, 2-3-3) of every teacher map, measured with ``--run`` on
-the trained nets of control (e) of the same volume and seed (``crac_protocol.py``'s ``no-consistency`` unit).
+the trained nets of control (e) of the same volume and seed (``crac_protocol.py``'s ``no-consistency`` unit). It
+also names an S2 threshold for that net (eighth session, from the operating curve): the largest threshold at which
+S2's precision on the nearest pairs (group 1-1-1, the ones the segmentation uses) of every map is at least
+:data:`TARGET_PRECISION` -- about what S1+S2 reach on gala, where CRAC works -- or, where none reaches it, the one with
+the highest such precision among those keeping at least 1 % of the pairs.
 
 Usage (repository root)::
 
@@ -56,6 +62,8 @@ from affcons.train.dataset import CropDataset  # noqa: E402
 from affcons.train.strategies import load_confidence_net  # noqa: E402
 
 BINS = 1000
+#: S2 thresholds of the operating curve (:func:`operating_curve`); the protocol uses 0.5
+CURVE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: teacher name -> (its map of a raw batch (B, 1, D, H, W) as (B, C, D, H, W), whether it is an implicit map)
 Teachers = dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]]
 #: per batch, teacher name -> (its map, whether it is an implicit map)
@@ -124,6 +132,23 @@ def auc_from_histograms(wrong: torch.Tensor, right: torch.Tensor) -> float | Non
         return None
     right_below = torch.cumsum(right, 0) - right  # right labels in lower bins
     return float((wrong * (right_below + 0.5 * right)).sum()) / (n_wrong * n_right)
+
+
+def operating_curve(wrong: torch.Tensor, right: torch.Tensor, thresholds=CURVE_THRESHOLDS) -> dict[str, dict]:
+    """S2 at other thresholds, from the error-score histograms of wrong and right labels (:data:`BINS` bins over
+    [0, 1]): per threshold t, the fraction of the scored pairs with a predicted error below t (``kept``) and the
+    fraction of those that are right (``precision``, None when nothing is kept)."""
+    total = float(wrong.sum() + right.sum())
+    curve = {}
+    for threshold in thresholds:
+        below = int(round(threshold * BINS))
+        kept_right, kept_wrong = float(right[:below].sum()), float(wrong[:below].sum())
+        kept = kept_right + kept_wrong
+        curve[f"{threshold:g}"] = {
+            "kept": kept / total if total else 0.0,
+            "precision": kept_right / kept if kept else None,
+        }
+    return curve
 
 
 def add_histograms(store: dict, prefix: str, scores: torch.Tensor, pairs: torch.Tensor, wrong: torch.Tensor) -> None:
@@ -207,6 +232,7 @@ def measure(confidence_net, config, batches: list[dict], maps: Maps) -> dict:
                 "auc_inside": auc_from_histograms(hist[f"{group}/inside/wrong"], hist[f"{group}/inside/right"]),
                 "wrong_high": counts[f"{group}/wrong_high"] / max(wrong, 1),
                 "labelled_wrong_high": counts[f"{group}/labelled/wrong_high"] / max(wrong_labelled, 1),
+                "s2_curve": operating_curve(hist[f"{group}/wrong"], hist[f"{group}/right"]),
                 "auc_per_offset": {
                     ",".join(map(str, offsets[c])): auc_from_histograms(
                         hist[f"channel{c}/wrong"], hist[f"channel{c}/right"]
@@ -238,6 +264,25 @@ def pick(results: dict[str, dict]) -> tuple[str, float]:
     return best, scores[best]
 
 
+TARGET_PRECISION = 0.95
+THRESHOLD_GROUP = "1-1-1"
+
+
+def pick_threshold(rows: dict[str, dict]) -> float:
+    """The S2 threshold for one confidence net (``rows``: teacher -> group -> row with ``s2_curve``): the largest
+    curve threshold at which the precision on :data:`THRESHOLD_GROUP` of every teacher is at least
+    :data:`TARGET_PRECISION`; where none is, the one with the highest such precision among those keeping >= 1 %."""
+    worst = {}
+    for threshold in rows[next(iter(rows))][THRESHOLD_GROUP]["s2_curve"]:
+        points = [rows[teacher][THRESHOLD_GROUP]["s2_curve"][threshold] for teacher in rows]
+        if all(point["kept"] >= 0.01 and point["precision"] is not None for point in points):
+            worst[float(threshold)] = min(point["precision"] for point in points)
+    if not worst:
+        raise SystemExit(f"no S2 threshold keeps 1 % of the {THRESHOLD_GROUP} pairs of every map")
+    reaching = [threshold for threshold, precision in worst.items() if precision >= TARGET_PRECISION]
+    return max(reaching) if reaching else max(worst, key=worst.get)
+
+
 def print_rows(label: str, summary: dict) -> None:
     def fixed(value, scale: float = 1.0, digits: int = 1) -> str:
         return "--" if value is None else f"{scale * value:.{digits}f}"
@@ -258,6 +303,14 @@ def print_rows(label: str, summary: dict) -> None:
                 f"{fixed(row['labelled_wrong_high'], 100):>8}",
             ]
             print(f"{label:<32} {teacher:<16} {group:<8} " + " ".join(cells))
+        for group in PICK_GROUPS:
+            curve = rows[group]["s2_curve"]
+            print(
+                f"{'':<32} {teacher:<16} {group:<8} S2 kept / prec at threshold: "
+                + ", ".join(
+                    f"{t} {fixed(point['kept'], 100)}/{fixed(point['precision'], 100)}" for t, point in curve.items()
+                )
+            )
         per_offset = {k: v for row in rows.values() for k, v in row["auc_per_offset"].items()}
         print(
             f"{'':<32} {teacher:<16} AUC per offset (z,y,x): "
@@ -302,9 +355,17 @@ def main(argv=None) -> int:
     if args.pick:
         path, mean_auc = pick(results)
         scores = pick_scores(results)
-        picked = {"confidence": path, "mean_auc": mean_auc, "groups": list(PICK_GROUPS), "scores": scores}
+        threshold = pick_threshold(results[path])
+        picked = {
+            "confidence": path,
+            "mean_auc": mean_auc,
+            "groups": list(PICK_GROUPS),
+            "scores": scores,
+            "s2_threshold": threshold,
+        }
         print("mean AUC: " + ", ".join(f"{Path(net).name} {score:.3f}" for net, score in scores.items()))
         print(f"picked {path}: mean AUC {mean_auc:.3f} over groups {', '.join(PICK_GROUPS)} of every map")
+        print(f"S2 threshold: {threshold:g} (target precision {TARGET_PRECISION:.0%} on {THRESHOLD_GROUP} of each map)")
     if args.json:
         command = "python benchmarks/cpsn_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         source = str(args.run or args.pretrain)

@@ -38,7 +38,10 @@ variant NAME (trained for the same volume and seed; its exported net, its stage-
 ``cpsn_quality.py --pick`` picked on the training sections for this volume and seed, recorded in
 ``benchmarks/results/cpsn_quality/<volume>-no-consistency-seed<k>-<NAME>.json``) instead of the protocol's
 pre-training: the unit is named ``<arm>+<NAME>[@...]`` (``crac-ws+stage1-long@pick-seed556.json``; seeds of one name
-form one row of the table) and listed after its arm.
+form one row of the table) and listed after its arm. ``--s2-threshold T`` runs (b)/(c) with S2 keeping the affinities
+whose predicted error is below T instead of 0.5 (unit ``<arm>[+<NAME>...]+s2t<T>``); ``--s2-threshold pick`` takes the
+threshold that ``cpsn_quality.py --pick`` chose for the picked net from its operating curve on the training sections
+(unit ``...+s2t@pick``).
 
     nohup nice -n 15 python benchmarks/crac_protocol.py > crac-protocol-run.log 2>&1 &   # everything, resumable
     python benchmarks/crac_protocol.py --table                                           # the table so far
@@ -206,7 +209,23 @@ def pretrain_config(volume: str, seed: int, settings: dict, num_workers: int) ->
     return validate(PretrainConfig, data, f"protocol pre-training config ({volume}, seed {seed})")
 
 
-def arm_config(volume: str, arm: str, seed: int, settings: dict, num_workers: int, confidence: Path | None):
+def unit_label(arm: str, variant: str | None, s2_threshold: str | None) -> str:
+    """``<arm>[+<variant>][+s2t<T>|+s2t@pick]``: the unit's name in result files and the table."""
+    label = f"{arm}+{variant}" if variant else arm
+    if s2_threshold is None:
+        return label
+    return f"{label}+s2t@pick" if s2_threshold == "pick" else f"{label}+s2t{float(s2_threshold):g}"
+
+
+def arm_config(
+    volume: str,
+    arm: str,
+    seed: int,
+    settings: dict,
+    num_workers: int,
+    confidence: Path | None,
+    s2_threshold: float | None = None,
+):
     data = common_config(volume, seed, settings, num_workers)
     data["kind"] = "crac"
     data["variant"] = {"supervised": "supervised", "crac-ema": "ema"}.get(arm, "ws")
@@ -222,6 +241,7 @@ def arm_config(volume: str, arm: str, seed: int, settings: dict, num_workers: in
             "enabled": confidence is not None,
             "gate_fraction": settings["gate_fraction"],
             "checkpoint": str(confidence) if confidence is not None else None,
+            **({} if s2_threshold is None else {"threshold": s2_threshold}),
         },
     }
     if arm == "crac-ema":
@@ -325,6 +345,25 @@ def pick_record(volume: str, variant_name: str, seed: int) -> Path:
     return PICKS / f"{volume}-no-consistency-seed{seed}-{variant_name}.json"
 
 
+def unit_s2_threshold(volume: str, variant: str | None, seed: int, requested: str | None) -> float | None:
+    """The S2 threshold of a (b)/(c) unit: None (the config's 0.5), a number, or ``pick``: the one that
+    ``cpsn_quality.py --pick`` named for the picked net of ``variant`` (which must be ``NAME@pick``)."""
+    if requested is None:
+        return None
+    if requested != "pick":
+        return float(requested)
+    name, _, iteration = (variant or "").partition("@")
+    if iteration != "pick":
+        raise SystemExit("--s2-threshold pick needs --cpsn-variant NAME@pick (the threshold belongs to the picked net)")
+    record = pick_record(volume, name, seed)
+    threshold = json.loads(record.read_text())["picked"].get("s2_threshold") if record.is_file() else None
+    if threshold is None:
+        raise SystemExit(
+            f"{record} names no S2 threshold: run benchmarks/cpsn_quality.py --pick again (see its --help)"
+        )
+    return float(threshold)
+
+
 def variant_confidence(volume_runs: Path, variant: str, seed: int) -> Path:
     """The confidence net of ``NAME[@ITERATION|@pick]``: the variant's exported net, its stage-2 checkpoint at
     ITERATION, or the stage-2 checkpoint that ``cpsn_quality.py --pick`` picked for this volume and seed."""
@@ -351,7 +390,8 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
     from affcons.commands.train import train
 
     variant = args.cpsn_variant if arm in ("crac-ws", "crac-ema") else None
-    label = f"{arm}+{variant}" if variant else arm
+    requested = getattr(args, "s2_threshold", None) if arm in ("crac-ws", "crac-ema") else None
+    label = unit_label(arm, variant, requested)
     result = results_dir(settings) / volume / f"{label}-seed{seed}.json"
     if result.exists():
         return
@@ -365,7 +405,8 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
             )
     elif arm in ("crac-ws", "crac-ema"):
         confidence = run_pretraining(volume, seed, settings, args)
-    config = arm_config(volume, arm, seed, settings, args.num_workers, confidence)
+    threshold = unit_s2_threshold(volume, variant, seed, requested)
+    config = arm_config(volume, arm, seed, settings, args.num_workers, confidence, threshold)
     run_dir = runs_dir(settings) / volume / f"{label}-seed{seed}"
     checkpoint = run_dir / "crac" / "checkpoints" / "last.pt"
     resume = checkpoint.exists()
@@ -564,6 +605,19 @@ def print_filters(results: dict) -> None:
                 )
 
 
+def s2_threshold_argument(text: str) -> str:
+    """``--s2-threshold``'s value: ``pick`` or a number in (0, 1), kept as text (it names the unit)."""
+    if text == "pick":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'pick' nor a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} does not lie in (0, 1)")
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", default=",".join(VOLUMES), help=f"subset of {','.join(VOLUMES)}")
@@ -579,6 +633,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cpsn-variant",
         help="NAME[@ITERATION|@pick]: (b)/(c) with a cpsn_variants.py variant's confidence net (unit <arm>+<variant>)",
+    )
+    parser.add_argument(
+        "--s2-threshold",
+        type=s2_threshold_argument,
+        help="T in (0, 1) or 'pick': S2 keeps the affinities whose predicted error is below T in (b)/(c) instead of 0.5"
+        " ('pick': the threshold cpsn_quality.py --pick named for the picked net; unit <arm>...+s2t<T>|+s2t@pick)",
     )
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)

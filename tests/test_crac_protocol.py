@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks import crac_protocol
-from benchmarks.crac_protocol import SETTINGS, unit_arms, unit_order, variant_confidence
+from benchmarks.crac_protocol import SETTINGS, arm_config, unit_arms, unit_label, unit_order, variant_confidence
 
 
 def test_variant_units_follow_their_arm_in_protocol_order():
@@ -77,3 +77,33 @@ def test_a_picked_variant_reads_the_checkpoint_that_cpsn_quality_picked(tmp_path
     record.write_text(json.dumps({"picked": {"confidence": "runs/n600/isbi/pretrain-seed556/confidence.pt"}}))
     with pytest.raises(SystemExit, match="not a stage-2 checkpoint of cpsn-stage1-long-seed556"):
         variant_confidence(volume_runs, "stage1-long@pick", 556)
+
+
+def test_an_s2_threshold_names_the_unit_and_reaches_the_config(tmp_path):
+    assert unit_label("crac-ws", None, None) == "crac-ws"
+    assert unit_label("crac-ws", "stage1-long-balanced@pick", "0.30") == "crac-ws+stage1-long-balanced@pick+s2t0.3"
+    assert unit_label("crac-ema", "x@pick", "pick") == "crac-ema+x@pick+s2t@pick"
+    confidence = tmp_path / "confidence.pt"
+    default = arm_config("isbi", "crac-ws", 555, dict(SETTINGS), 1, confidence)
+    lowered = arm_config("isbi", "crac-ws", 555, dict(SETTINGS), 1, confidence, 0.3)
+    assert default.pseudo.s2.threshold == 0.5 and lowered.pseudo.s2.threshold == 0.3
+    assert lowered.model_dump(exclude={"pseudo"}) == default.model_dump(exclude={"pseudo"})
+    for bad in ("1.5", "0", "high"):
+        with pytest.raises(SystemExit):
+            crac_protocol.main(["--s2-threshold", bad, "--table"])
+
+
+def test_a_picked_s2_threshold_comes_from_the_pick_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(crac_protocol, "PICKS", tmp_path)
+    record = tmp_path / "isbi-no-consistency-seed556-stage1-long-balanced.json"
+    assert crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@pick", 556, None) is None
+    assert crac_protocol.unit_s2_threshold("isbi", None, 556, "0.25") == 0.25
+    with pytest.raises(SystemExit, match="names no S2 threshold"):
+        crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@pick", 556, "pick")
+    record.write_text(json.dumps({"picked": {"confidence": "x.pt"}}))
+    with pytest.raises(SystemExit, match="names no S2 threshold"):
+        crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@pick", 556, "pick")
+    record.write_text(json.dumps({"picked": {"confidence": "x.pt", "s2_threshold": 0.2}}))
+    assert crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@pick", 556, "pick") == 0.2
+    with pytest.raises(SystemExit, match="needs --cpsn-variant NAME@pick"):
+        crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@400", 556, "pick")

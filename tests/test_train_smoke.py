@@ -347,3 +347,39 @@ def test_pick_takes_the_best_mean_auc_of_the_nearest_groups_of_every_map():
     assert pick(results) == ("c.pt", pytest.approx(0.7))
     assert pick({"a.pt": results["a.pt"], "b.pt": results["b.pt"]}) == ("b.pt", pytest.approx(0.625))
     assert pick_scores(results) == pytest.approx({"a.pt": 0.6, "b.pt": 0.625, "c.pt": 0.7})
+
+
+def test_the_s2_operating_curve_counts_the_pairs_below_each_threshold():
+    from benchmarks.cpsn_quality import BINS, operating_curve
+
+    scores_wrong = torch.tensor([0.05, 0.25, 0.65, 0.95])  # 4 wrong labels
+    scores_right = torch.tensor([0.01, 0.02, 0.15, 0.15, 0.35, 0.45])  # 6 right labels
+
+    def histogram(scores: torch.Tensor) -> torch.Tensor:
+        return torch.histc(scores, bins=BINS, min=0.0, max=1.0)
+
+    curve = operating_curve(histogram(scores_wrong), histogram(scores_right), (0.01, 0.1, 0.3, 0.5, 1.0))
+    assert curve["0.01"] == {"kept": 0.0, "precision": None}  # 0.01 lies in the bin [0.01, 0.011): not below
+    assert curve["0.1"] == pytest.approx({"kept": 0.3, "precision": 2 / 3})
+    assert curve["0.3"] == pytest.approx({"kept": 0.6, "precision": 4 / 6})
+    assert curve["0.5"] == pytest.approx({"kept": 0.8, "precision": 6 / 8})
+    assert curve["1"] == pytest.approx({"kept": 1.0, "precision": 0.6})
+
+
+def test_the_s2_threshold_is_the_largest_reaching_the_target_precision_on_every_map():
+    from benchmarks.cpsn_quality import pick_threshold
+
+    def rows(*curves: dict) -> dict:
+        return {
+            f"map{i}": {"1-1-1": {"s2_curve": {t: {"kept": k, "precision": p} for t, (k, p) in curve.items()}}}
+            for i, curve in enumerate(curves)
+        }
+
+    good = {"0.1": (0.05, 0.99), "0.2": (0.10, 0.97), "0.3": (0.20, 0.96), "0.4": (0.4, 0.90)}
+    weaker = {"0.1": (0.02, 0.98), "0.2": (0.08, 0.95), "0.3": (0.15, 0.94), "0.4": (0.3, 0.85)}
+    assert pick_threshold(rows(good)) == 0.3
+    assert pick_threshold(rows(good, weaker)) == 0.2  # every map must reach the target
+    never = {"0.1": (0.001, 0.90), "0.2": (0.02, 0.87), "0.3": (0.1, 0.85), "0.4": (0.3, 0.82)}
+    assert pick_threshold(rows(never, good)) == 0.2  # none reaches it: the best precision keeping >= 1 %
+    with pytest.raises(SystemExit, match="keeps 1 %"):
+        pick_threshold(rows({"0.1": (0.0, None)}))
