@@ -1,4 +1,4 @@
-"""The reduced CRAC protocol: five arms, three seeds, two volumes; resumable per (volume, arm, seed).
+"""The reduced CRAC protocol: five arms and a sixth control, three seeds, two volumes; resumable per unit.
 
 Does CRAC's own output beat sparse supervision? Every arm trains on the same sparsely labelled training sections (10 %
 of the instances, whole masks, the same ids for every arm and seed: sparse seed 555) and is scored on separate
@@ -15,11 +15,14 @@ Arms (the reduced CPU settings below, identical for all):
   (c) crac-ema        CRAC, EMA teachers (decay 0.99, warmed up), otherwise as (b);
   (d) oracle          (b)'s training with the pseudo-labels replaced by the true affinities on every valid unlabelled
                       pair (dense training labels): the upper bound of what better pseudo-labels can give;
-  (e) no-consistency  (b) with pseudo_weight 0 (both nets on the sparse labels alone).
+  (e) no-consistency  (b) with pseudo_weight 0 (both nets on the sparse labels alone);
+  (f) oracle-filter   (b)'s training with S1 and S2 replaced by a perfect filter: each teacher's pseudo-labels kept
+                      exactly where they lie on the true side of 0.5 (dense training labels): the upper bound of
+                      what better filters can give with these teachers.
 
-Seeds 555, 556, 557 for (a)-(c) and (e), 555 for (d) (``--seeds`` runs the seeds it names for every arm given, e.g. the
-oracle's 556-557); a seed changes the network initialisation and the crop stream
-(and the pre-training), never the labelled instances. The agglomeration threshold of each map is chosen on the
+Seeds 555, 556, 557 for (a)-(c) and (e), 555 for (d) and (f) (``--seeds`` runs the seeds it names for every arm
+given, e.g. the oracle's 556-557); a seed changes the network initialisation and the crop stream (and the
+pre-training), never the labelled instances. The agglomeration threshold of each map is chosen on the
 training sections (lowest VOI against their dense labels) and applied to the evaluation sections; the best threshold
 on the evaluation sections is recorded too, as a diagnostic only. Nothing is tuned on the evaluation sections.
 
@@ -95,7 +98,8 @@ VOLUMES = {
         "stride": [12, 96, 192],
     },
 }
-ARMS = ("supervised", "crac-ws", "crac-ema", "oracle", "no-consistency")
+ARMS = ("supervised", "crac-ws", "crac-ema", "oracle", "no-consistency", "oracle-filter")
+CONTROLS = ("oracle", "no-consistency", "oracle-filter")  # arms compared with the baseline besides CRAC's
 # (e) has three seeds too: it separates what the consistency terms add from what the two nets give without them
 SEEDS = {arm: (555, 556, 557) for arm in ("supervised", "crac-ws", "crac-ema", "no-consistency")}
 CONTROL_SEEDS = (555,)
@@ -235,7 +239,7 @@ def arm_config(
         "pseudo_rampup": settings["pseudo_rampup"],
     }
     data["pseudo"] = {
-        "source": "oracle" if arm == "oracle" else "teacher",
+        "source": {"oracle": "oracle", "oracle-filter": "oracle_filter"}.get(arm, "teacher"),
         "measure_every": 0 if arm == "supervised" else settings["measure_every"],
         "s2": {
             "enabled": confidence is not None,
@@ -538,7 +542,7 @@ def print_verdict(results: dict) -> None:
         if len(baseline) < 2:
             continue
         reference = {key: mean_std(evaluation_scores(baseline, "explicit", key)) for key in ("voi", "arand")}
-        for arm in unit_arms(results, volume, ("crac-ws", "crac-ema", "oracle", "no-consistency")):
+        for arm in unit_arms(results, volume, ("crac-ws", "crac-ema", *CONTROLS)):
             runs = results.get((volume, arm), [])
             for name in ("implicit", "mean", "explicit") if runs else ():
                 print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + compare(runs, name, reference))

@@ -24,6 +24,7 @@ def test_variant_units_follow_their_arm_in_protocol_order():
         "crac-ema+stage1-long@400",
         "oracle",
         "no-consistency",
+        "oracle-filter",
     ]
     assert unit_arms(results, "isbi", ("crac-ema",)) == ["crac-ema", "crac-ema+stage1-long@400"]
 
@@ -46,6 +47,26 @@ def test_units_run_the_protocol_seeds_or_exactly_the_seeds_asked_for_controls_in
         ("isbi", "crac-ema", 557),
     ]
     assert unit_order(["isbi"], [], None) == []
+
+
+@pytest.mark.parametrize(
+    ("arm", "source", "weight"),
+    [
+        ("crac-ws", "teacher", 1.0),
+        ("oracle", "oracle", 1.0),
+        ("oracle-filter", "oracle_filter", 1.0),
+        ("no-consistency", "teacher", 0.0),
+    ],
+)
+def test_controls_change_only_the_pseudo_labels_or_their_weight(arm, source, weight):
+    config = arm_config("isbi", arm, 555, dict(SETTINGS), 1, None)
+    reference = arm_config("isbi", "crac-ws", 555, dict(SETTINGS), 1, None)
+    assert (config.pseudo.source, config.loss.pseudo_weight) == (source, weight)
+    same_otherwise = (
+        config.model_copy(update={"pseudo": reference.pseudo, "loss": reference.loss}).model_dump()
+        == reference.model_dump()
+    )
+    assert same_otherwise and config.variant == "ws"
 
 
 def test_a_variant_unit_without_its_confidence_net_says_how_to_make_it(tmp_path, monkeypatch):

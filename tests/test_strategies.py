@@ -1,4 +1,4 @@
-"""CRAC's iteration on a real ISBI batch: parallel branches give the serial gradients, the oracle control, schedules."""
+"""CRAC's iteration on a real ISBI batch: parallel branches give the serial gradients, oracle controls, schedules."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -121,6 +121,28 @@ def test_oracle_pseudo_labels_are_the_truth_on_every_unlabelled_pair():
     assert 0 <= output.scalars["filter/implicit/4-27-27/s1_right"] <= output.scalars["filter/implicit/4-27-27/s1_kept"]
 
 
+def test_oracle_filter_keeps_exactly_the_right_pseudo_labels():
+    config = _config(**{"pseudo.source": "oracle_filter"})
+    batch = _batch(config)
+    torch.manual_seed(0)
+    strategy = CRACStrategy(config, torch.device("cpu"))
+    strategy.train()
+    output = strategy.loss(batch, iteration=100)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        fresh = CRACStrategy(config, torch.device("cpu"))
+        fresh.train()
+        a_imp = implicit_affinities(fresh.networks.embedding_net(batch["raw"]), fresh.offsets)
+        a_exp = fresh.networks.affinity_net(batch["raw"])
+        valid = fresh.valid(tuple(batch["raw"].shape[2:]))
+        unlabelled = valid.unsqueeze(0) & (batch["label_mask"] <= 0)
+        right = unlabelled & ((a_exp > 0.5) == (batch["truth"] > 0.5))
+        expected = pseudo_loss(a_imp, a_exp, batch["weight"], right.float(), valid, fresh.channel_weight)
+        # the teacher is wrong somewhere, so the perfect filter drops pairs that S1 keeps
+        assert 0 < right.sum() < unlabelled.sum()
+    assert abs(output.scalars["loss/pse_imp"] - float(expected)) < 1e-5 * float(expected)
+
+
 def test_schedules():
     assert [ema_decay_at(t, 0.99, True) for t in (1, 9, 99, 1000)] == [0.5, 0.9, 0.99, 0.99]
     assert ema_decay_at(1, 0.99, False) == 0.99
@@ -133,5 +155,6 @@ def test_schedules():
         assert strategy.loss(batch, iteration=t).scalars["pseudo/weight"] == rampup_weight(t, 50)
     with pytest.raises(ConfigError, match="gate_fraction"):
         _config(**{"pseudo.s2.gate_fraction": 1.5})
-    with pytest.raises(ConfigError, match="dense labels"):
-        _config(**{"pseudo.source": "oracle", "data.sparse": {"mode": "all"}})
+    for source in ("oracle", "oracle_filter"):
+        with pytest.raises(ConfigError, match="dense labels"):
+            _config(**{"pseudo.source": source, "data.sparse": {"mode": "all"}})

@@ -217,8 +217,10 @@ class PseudoConfig(StrictModel):
     max_quantile_elements: int = 16_000_000  # the percentile subsamples (deterministically) above this many values
     s2: S2Config = S2Config()  # strategy S2
     # teacher = the other network's map (CRAC); oracle = the true affinities of the dense training labels on every
-    # valid unlabelled pair (a control: the upper bound of what better pseudo-labels can give; no filter)
-    source: Literal["teacher", "oracle"] = "teacher"
+    # valid unlabelled pair (a control: the upper bound of what better pseudo-labels can give; no filter);
+    # oracle_filter = the teacher's map, kept exactly where it lies on the true side of 0.5 (a control: a perfect
+    # S1 + S2, the upper bound of what better filters can give with these teachers)
+    source: Literal["teacher", "oracle", "oracle_filter"] = "teacher"
     # every N iterations, log how many pseudo-labels S1 and S1+S2 keep and how many are right, per channel group,
     # against the dense training labels (hidden from training); S2 is evaluated for this even before its gate. 0 = off
     measure_every: int = 0
@@ -307,10 +309,10 @@ class CRACConfig(CommonConfig):
         fraction = self.pseudo.s2.gate_fraction
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError(f"pseudo.s2.gate_fraction must lie in [0, 1], got {fraction}")
-        if (self.pseudo.source == "oracle" or self.pseudo.measure_every) and self.data.sparse.mode == "all":
+        if (self.pseudo.source != "teacher" or self.pseudo.measure_every) and self.data.sparse.mode == "all":
             raise ValueError(
-                "pseudo.source: oracle and pseudo.measure_every need the dense labels behind the sparse ones "
-                "(data.sparse.mode fraction or count)"
+                f"pseudo.source: {self.pseudo.source} and pseudo.measure_every need the dense labels behind the "
+                "sparse ones (data.sparse.mode fraction or count)"
             )
         return self
 
@@ -320,8 +322,8 @@ class CRACConfig(CommonConfig):
         return self.pseudo.s2.gate if fraction is None else round(fraction * self.run.iterations)
 
     def needs_truth(self) -> bool:
-        """Whether training batches must carry the true affinities of the dense labels (oracle or measurements)."""
-        return self.variant != "supervised" and (self.pseudo.source == "oracle" or self.pseudo.measure_every > 0)
+        """Whether training batches must carry the true affinities of the dense labels (oracles or measurements)."""
+        return self.variant != "supervised" and (self.pseudo.source != "teacher" or self.pseudo.measure_every > 0)
 
 
 def config_class(kind: str) -> type[CommonConfig]:

@@ -21,8 +21,10 @@ mask, ``A_imp`` the implicit and ``A_exp`` the explicit map::
 
 where ``(P_exp, F_exp)`` come from the explicit teacher and ``(P_imp, F_imp)`` from the implicit teacher
 (relu of the cosine similarities) via :class:`~affcons.pseudo.PseudoLabeler`. The teacher is the live network in
-the WS variant and an EMA copy of it in the EMA variant; ``pseudo.source: oracle`` replaces ``P`` by the true
-affinities and ``F`` by every valid unlabelled pair (a control). ``pseudo_weight`` ramps up over
+the WS variant and an EMA copy of it in the EMA variant. Two controls use the dense labels behind the sparse ones:
+``pseudo.source: oracle`` replaces ``P`` by the true affinities and ``F`` by every valid unlabelled pair;
+``pseudo.source: oracle_filter`` keeps ``P`` and replaces ``F`` by the pairs where ``P`` lies on the true side of 0.5
+(a perfect filter). ``pseudo_weight`` ramps up over
 ``loss.pseudo_rampup`` of the run; the EMA decay warms up with ``ema_warmup``.
 """
 
@@ -229,18 +231,22 @@ class CRACStrategy(_Base):
                 for name, result in (("explicit", from_exp), ("implicit", from_imp)):
                     counts = filter_counts(result, truth, defined, self.groups)
                     scalars.update({f"filter/{name}/{key}": value for key, value in counts.items()})
-            if self.config.pseudo.source == "oracle":
-                # every valid unlabelled pair of the labelled crops (crops of data.unlabelled have no dense labels)
-                oracle_mask = (from_exp.candidates & batch["labelled"].view(-1, 1, 1, 1, 1)).float()
-                pseudo_exp, filter_exp, pseudo_imp, filter_imp = (
-                    batch["truth"],
-                    oracle_mask,
-                    batch["truth"],
-                    oracle_mask,
-                )
-            else:
+            source = self.config.pseudo.source
+            if source == "teacher":
                 pseudo_exp, filter_exp = from_exp.prob, from_exp.mask().float()
                 pseudo_imp, filter_imp = from_imp.prob, from_imp.mask().float()
+            else:
+                # valid unlabelled pairs of the labelled crops (crops of data.unlabelled have no dense labels)
+                truth, labelled = batch["truth"], batch["labelled"].view(-1, 1, 1, 1, 1)
+                if source == "oracle":
+                    pseudo_exp = pseudo_imp = truth
+                    filter_exp = filter_imp = (from_exp.candidates & labelled).float()
+                else:  # oracle_filter: a perfect filter on the teachers' pseudo-labels
+                    pseudo_exp, pseudo_imp = from_exp.prob, from_imp.prob
+                    filter_exp, filter_imp = (
+                        (result.candidates & labelled & ((result.prob > 0.5) == (truth > 0.5))).float()
+                        for result in (from_exp, from_imp)
+                    )
             if loss_cfg.pseudo_weight > 0:
                 terms["pse_imp"] = pseudo_loss(a_imp, pseudo_exp, weight, filter_exp, valid, s)
                 terms["pse_exp"] = pseudo_loss(a_exp, pseudo_imp, weight, filter_imp, valid, s)
