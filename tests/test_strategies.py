@@ -100,8 +100,10 @@ def test_no_detach_keeps_one_graph():
     assert output.branches == ()  # the pseudo-labels carry gradients into the other net: no split
 
 
-def test_oracle_pseudo_labels_are_the_truth_on_every_unlabelled_pair():
-    config = _config(**{"pseudo.source": "oracle", "pseudo.measure_every": 1})
+def _pseudo_step(source: str, **changes) -> tuple[object, dict, dict]:
+    """One training step with ``pseudo.source: source`` and, from an identically seeded fresh strategy, the maps
+    that step saw: ``(output, batch, {"a_imp", "a_exp", "valid", "unlabelled", "channel_weight"})``."""
+    config = _config(**{"pseudo.source": source, **changes})
     batch = _batch(config)
     torch.manual_seed(0)
     strategy = CRACStrategy(config, torch.device("cpu"))
@@ -111,10 +113,21 @@ def test_oracle_pseudo_labels_are_the_truth_on_every_unlabelled_pair():
         torch.manual_seed(0)
         fresh = CRACStrategy(config, torch.device("cpu"))
         fresh.train()
-        a_imp = implicit_affinities(fresh.networks.embedding_net(batch["raw"]), fresh.offsets)
         valid = fresh.valid(tuple(batch["raw"].shape[2:]))
-        unlabelled = (valid.unsqueeze(0) & (batch["label_mask"] <= 0)).float()
-        expected = pseudo_loss(a_imp, batch["truth"], batch["weight"], unlabelled, valid, fresh.channel_weight)
+        seen = {
+            "a_imp": implicit_affinities(fresh.networks.embedding_net(batch["raw"]), fresh.offsets),
+            "a_exp": fresh.networks.affinity_net(batch["raw"]),
+            "valid": valid,
+            "unlabelled": valid.unsqueeze(0) & (batch["label_mask"] <= 0),
+            "channel_weight": fresh.channel_weight,
+        }
+    return output, batch, seen
+
+
+def test_oracle_pseudo_labels_are_the_truth_on_every_unlabelled_pair():
+    output, batch, seen = _pseudo_step("oracle", **{"pseudo.measure_every": 1})
+    mask = seen["unlabelled"].float()
+    expected = pseudo_loss(seen["a_imp"], batch["truth"], batch["weight"], mask, seen["valid"], seen["channel_weight"])
     assert abs(output.scalars["loss/pse_imp"] - float(expected)) < 1e-6 * float(expected)
     # the measurements against the truth are logged: pairs, right and S1 counts per channel group
     assert output.scalars["filter/explicit/1-1-1/pairs"] > 0
@@ -122,24 +135,13 @@ def test_oracle_pseudo_labels_are_the_truth_on_every_unlabelled_pair():
 
 
 def test_oracle_filter_keeps_exactly_the_right_pseudo_labels():
-    config = _config(**{"pseudo.source": "oracle_filter"})
-    batch = _batch(config)
-    torch.manual_seed(0)
-    strategy = CRACStrategy(config, torch.device("cpu"))
-    strategy.train()
-    output = strategy.loss(batch, iteration=100)
-    with torch.no_grad():
-        torch.manual_seed(0)
-        fresh = CRACStrategy(config, torch.device("cpu"))
-        fresh.train()
-        a_imp = implicit_affinities(fresh.networks.embedding_net(batch["raw"]), fresh.offsets)
-        a_exp = fresh.networks.affinity_net(batch["raw"])
-        valid = fresh.valid(tuple(batch["raw"].shape[2:]))
-        unlabelled = valid.unsqueeze(0) & (batch["label_mask"] <= 0)
-        right = unlabelled & ((a_exp > 0.5) == (batch["truth"] > 0.5))
-        expected = pseudo_loss(a_imp, a_exp, batch["weight"], right.float(), valid, fresh.channel_weight)
-        # the teacher is wrong somewhere, so the perfect filter drops pairs that S1 keeps
-        assert 0 < right.sum() < unlabelled.sum()
+    output, batch, seen = _pseudo_step("oracle_filter")
+    right = seen["unlabelled"] & ((seen["a_exp"] > 0.5) == (batch["truth"] > 0.5))
+    # the teacher is wrong somewhere, so the perfect filter drops pairs that S1 keeps
+    assert 0 < right.sum() < seen["unlabelled"].sum()
+    expected = pseudo_loss(
+        seen["a_imp"], seen["a_exp"], batch["weight"], right.float(), seen["valid"], seen["channel_weight"]
+    )
     assert abs(output.scalars["loss/pse_imp"] - float(expected)) < 1e-5 * float(expected)
 
 
