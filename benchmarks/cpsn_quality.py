@@ -372,6 +372,7 @@ def main(argv=None) -> int:
         summary = {"command": command, "source": source, "crops": args.crops, "seed": args.seed, "results": results}
         if picked:
             summary["picked"] = picked
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -17,9 +17,11 @@ keeping a checkpoint every 100 iterations:
   learn the error kind of its predictors (mostly missed boundaries on ISBI) as a prior on the affinity; it copies
   ``stage1-long``'s stage 1 when that has finished (same config and seed).
 
-Runs go to ``runs/crac_protocol/n<N>/<volume>/cpsn-<variant>-seed<k>/`` and resume when re-run. Usage::
+Runs go to ``runs/crac_protocol/n<N>/<volume>/cpsn-<variant>-seed<k>/`` (``--iterations N`` for a protocol run of
+another length than 600) and resume when re-run. Usage::
 
     python benchmarks/cpsn_variants.py --volume isbi --seed 555 --variants long,lr1e-4,wide
+    python benchmarks/cpsn_variants.py --volume isbi --seed 555 --variants stage1-long-balanced --iterations 1200
 """
 
 import argparse
@@ -65,39 +67,51 @@ def merge(base: dict, change: dict) -> dict:
     return out
 
 
-def variant_config(volume: str, seed: int, variant: str, num_workers: int) -> PretrainConfig:
+def variant_config(volume: str, seed: int, variant: str, num_workers: int, settings: dict = SETTINGS) -> PretrainConfig:
     """The protocol's pre-training config for (volume, seed) with the variant's change; every checkpoint kept."""
-    protocol = pretrain_config(volume, seed, SETTINGS, num_workers)
+    protocol = pretrain_config(volume, seed, settings, num_workers)
     stage = protocol.stage2.iterations
     data = merge(protocol.model_dump(mode="json"), VARIANTS[variant](stage))
     data["run"]["keep_checkpoints"] = data["stage2"]["iterations"] // data["run"]["checkpoint_every"] + 1
     return validate(PretrainConfig, data, f"CPSN variant {variant} ({volume}, seed {seed})")
 
 
-def stage1_source(volume: str, seed: int, variant: str, config: PretrainConfig, num_workers: int) -> Path | None:
+def stage1_source(
+    volume: str, seed: int, variant: str, config: PretrainConfig, num_workers: int, settings: dict = SETTINGS
+) -> Path | None:
     """A finished stage 1 the variant can copy (the same stage-1 config: the protocol pre-training's or that of the
     variant named in :data:`SHARES_STAGE1`), or None when it must train its own."""
-    volume_runs = runs_dir(SETTINGS) / volume
-    if config.stage1 == pretrain_config(volume, seed, SETTINGS, num_workers).stage1:
+    volume_runs = runs_dir(settings) / volume
+    if config.stage1 == pretrain_config(volume, seed, settings, num_workers).stage1:
         source = volume_runs / f"pretrain-seed{seed}" / "stage1"
         if not (source / "predictors").is_dir():
-            raise SystemExit(f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} first")
+            raise SystemExit(
+                f"{source} has no stage-1 predictors: run benchmarks/crac_protocol.py for {volume} "
+                f"(--iterations {settings['iterations']}) first"
+            )
         return source
-    if variant in SHARES_STAGE1:
-        source = volume_runs / f"cpsn-{SHARES_STAGE1[variant]}-seed{seed}" / "stage1"
+    shared = SHARES_STAGE1.get(variant)
+    if shared and variant_config(volume, seed, shared, num_workers, settings).stage1 == config.stage1:
+        source = volume_runs / f"cpsn-{shared}-seed{seed}" / "stage1"
         if (source / "predictors").is_dir() and (source / "checkpoints" / "last.pt").is_file():
             return source
     return None  # the same seed gives the same predictors, so training them again is only slower
 
 
 def prepare_stage1(
-    run_dir: Path, volume: str, seed: int, variant: str, config: PretrainConfig, num_workers: int
+    run_dir: Path,
+    volume: str,
+    seed: int,
+    variant: str,
+    config: PretrainConfig,
+    num_workers: int,
+    settings: dict = SETTINGS,
 ) -> str:
     """Copies a finished stage 1 (:func:`stage1_source`) into a new run, recording it in ``stage1/copied-from.txt``;
     returns the stages to train: ``"2"`` after a copy, else ``"all"`` (an own stage 1 resumes until it has finished)."""
     copied = run_dir / "stage1" / "copied-from.txt"
     if not (run_dir / "stage1").exists():
-        source = stage1_source(volume, seed, variant, config, num_workers)
+        source = stage1_source(volume, seed, variant, config, num_workers, settings)
         if source is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, run_dir / "stage1")
@@ -105,14 +119,14 @@ def prepare_stage1(
     return "2" if copied.is_file() else "all"
 
 
-def run_variant(volume: str, seed: int, variant: str, num_workers: int) -> Path:
+def run_variant(volume: str, seed: int, variant: str, num_workers: int, settings: dict = SETTINGS) -> Path:
     """Stage 2 of the variant on copied stage-1 predictors (:func:`prepare_stage1`), or both stages; returns its run
     directory."""
     from affcons.commands.train import pretrain
 
-    run_dir = runs_dir(SETTINGS) / volume / f"cpsn-{variant}-seed{seed}"
-    config = variant_config(volume, seed, variant, num_workers)
-    stages = prepare_stage1(run_dir, volume, seed, variant, config, num_workers)
+    run_dir = runs_dir(settings) / volume / f"cpsn-{variant}-seed{seed}"
+    config = variant_config(volume, seed, variant, num_workers, settings)
+    stages = prepare_stage1(run_dir, volume, seed, variant, config, num_workers, settings)
     resume = any((run_dir / stage / "checkpoints" / "last.pt").exists() for stage in ("stage1", "stage2"))
     pretrain(config, run_dir, argparse.Namespace(resume=resume, stop_at=None, stage=stages))
     return run_dir
@@ -125,7 +139,13 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        help=f"N of the protocol run the variants belong to (default {SETTINGS['iterations']})",
+    )
     args = parser.parse_args(argv)
+    settings = dict(SETTINGS, **({"iterations": args.iterations} if args.iterations else {}))
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -133,7 +153,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
     for variant in variants:
-        print(run_variant(args.volume, args.seed, variant, args.num_workers), flush=True)
+        print(run_variant(args.volume, args.seed, variant, args.num_workers, settings), flush=True)
     return 0
 
 

@@ -344,12 +344,16 @@ def filter_summary(history: list[dict], gate: int) -> dict:
     return summary
 
 
-def pick_record(volume: str, variant_name: str, seed: int) -> Path:
-    """Where ``cpsn_quality.py --pick`` records the checkpoint it picks of a variant for (volume, seed)."""
-    return PICKS / f"{volume}-no-consistency-seed{seed}-{variant_name}.json"
+def pick_record(volume: str, variant_name: str, seed: int, iterations: int = SETTINGS["iterations"]) -> Path:
+    """Where ``cpsn_quality.py --pick`` records the checkpoint it picks of a variant for (volume, seed); runs of
+    another length than the protocol's keep theirs in ``n<N>/``."""
+    name = f"{volume}-no-consistency-seed{seed}-{variant_name}.json"
+    return PICKS / name if iterations == SETTINGS["iterations"] else PICKS / f"n{iterations}" / name
 
 
-def unit_s2_threshold(volume: str, variant: str | None, seed: int, requested: str | None) -> float | None:
+def unit_s2_threshold(
+    volume: str, variant: str | None, seed: int, requested: str | None, iterations: int = SETTINGS["iterations"]
+) -> float | None:
     """The S2 threshold of a (b)/(c) unit: None (the config's 0.5), a number, or ``pick``: the one that
     ``cpsn_quality.py --pick`` named for the picked net of ``variant`` (which must be ``NAME@pick``)."""
     if requested is None:
@@ -359,7 +363,7 @@ def unit_s2_threshold(volume: str, variant: str | None, seed: int, requested: st
     name, _, iteration = (variant or "").partition("@")
     if iteration != "pick":
         raise SystemExit("--s2-threshold pick needs --cpsn-variant NAME@pick (the threshold belongs to the picked net)")
-    record = pick_record(volume, name, seed)
+    record = pick_record(volume, name, seed, iterations)
     threshold = json.loads(record.read_text())["picked"].get("s2_threshold") if record.is_file() else None
     if threshold is None:
         raise SystemExit(
@@ -368,7 +372,7 @@ def unit_s2_threshold(volume: str, variant: str | None, seed: int, requested: st
     return float(threshold)
 
 
-def variant_confidence(volume_runs: Path, variant: str, seed: int) -> Path:
+def variant_confidence(volume_runs: Path, variant: str, seed: int, iterations: int = SETTINGS["iterations"]) -> Path:
     """The confidence net of ``NAME[@ITERATION|@pick]``: the variant's exported net, its stage-2 checkpoint at
     ITERATION, or the stage-2 checkpoint that ``cpsn_quality.py --pick`` picked for this volume and seed."""
     name, _, iteration = variant.partition("@")
@@ -378,7 +382,7 @@ def variant_confidence(volume_runs: Path, variant: str, seed: int) -> Path:
         return run_dir / "confidence.pt"
     if iteration != "pick":
         return checkpoints / f"checkpoint-{int(iteration):06d}.pt"
-    record = pick_record(volume_runs.name, name, seed)
+    record = pick_record(volume_runs.name, name, seed, iterations)
     if not record.is_file():
         raise SystemExit(
             f"{record} is missing: run benchmarks/cpsn_quality.py --run {volume_runs}/no-consistency-seed{seed} "
@@ -401,15 +405,15 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
         return
     confidence = None
     if variant:
-        confidence = variant_confidence(runs_dir(settings) / volume, variant, seed)
+        confidence = variant_confidence(runs_dir(settings) / volume, variant, seed, settings["iterations"])
         if not confidence.is_file():
             raise SystemExit(
                 f"{confidence} is missing: run benchmarks/cpsn_variants.py --volume {volume} --seed {seed} "
-                f"--variants {variant.split('@')[0]} first"
+                f"--variants {variant.split('@')[0]} --iterations {settings['iterations']} first"
             )
     elif arm in ("crac-ws", "crac-ema"):
         confidence = run_pretraining(volume, seed, settings, args)
-    threshold = unit_s2_threshold(volume, variant, seed, requested)
+    threshold = unit_s2_threshold(volume, variant, seed, requested, settings["iterations"])
     config = arm_config(volume, arm, seed, settings, args.num_workers, confidence, threshold)
     run_dir = runs_dir(settings) / volume / f"{label}-seed{seed}"
     checkpoint = run_dir / "crac" / "checkpoints" / "last.pt"

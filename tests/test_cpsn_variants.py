@@ -1,6 +1,8 @@
 """The confidence-net variants of ``benchmarks/cpsn_variants.py`` change exactly what they name in the reduced
 protocol's pre-training config, so a variant's difference from the protocol's CPSN is that change alone."""
 
+import shutil
+
 import pytest
 
 from affcons.train.trainer import _differences
@@ -100,3 +102,22 @@ def test_only_a_copied_stage1_is_skipped_on_every_run(tmp_path, monkeypatch):
     for _ in range(2):
         assert prepare_stage1(copy, "isbi", 557, "stage1-long-balanced", balanced, 1) == "2"
     assert (copy / "stage1" / "checkpoints" / "last.pt").is_file()
+
+
+def test_variants_of_a_longer_protocol_run_scale_with_it_and_live_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(crac_protocol, "RUNS", tmp_path)
+    long_run = dict(SETTINGS, iterations=1200)
+    config = variant_config("isbi", 556, "stage1-long-balanced", 1, long_run)
+    assert config.stage1.iterations == config.stage2.iterations == 1200
+    assert config.stage1.save_at == [60, 300, 600, 900, 1200]
+    shared = tmp_path / "n1200" / "isbi" / "cpsn-stage1-long-seed556" / "stage1"
+    (shared / "predictors").mkdir(parents=True)
+    (shared / "checkpoints").mkdir()
+    (shared / "checkpoints" / "last.pt").write_bytes(b"")
+    assert stage1_source("isbi", 556, "stage1-long-balanced", config, 1, long_run) == shared
+    # a stage 1 of the 600-iteration protocol is another config: never copied into a 1200-iteration variant
+    short = tmp_path / "n600" / "isbi" / "cpsn-stage1-long-seed556" / "stage1"
+    shutil.copytree(shared, short)
+    assert stage1_source("isbi", 556, "stage1-long-balanced", config, 1) is None
+    with pytest.raises(SystemExit, match=r"n1200/isbi/pretrain-seed556/stage1 .*--iterations 1200"):
+        stage1_source("isbi", 556, "wide", variant_config("isbi", 556, "wide", 1, long_run), 1, long_run)

@@ -128,3 +128,20 @@ def test_a_picked_s2_threshold_comes_from_the_pick_record(tmp_path, monkeypatch)
     assert crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@pick", 556, "pick") == 0.2
     with pytest.raises(SystemExit, match="needs --cpsn-variant NAME@pick"):
         crac_protocol.unit_s2_threshold("isbi", "stage1-long-balanced@400", 556, "pick")
+
+
+def test_picks_of_a_longer_run_are_recorded_and_read_beside_the_protocols(tmp_path, monkeypatch):
+    monkeypatch.setattr(crac_protocol, "PICKS", tmp_path)
+    assert crac_protocol.pick_record("isbi", "x", 555) == tmp_path / "isbi-no-consistency-seed555-x.json"
+    longer = crac_protocol.pick_record("isbi", "x", 555, 1200)
+    assert longer == tmp_path / "n1200" / "isbi-no-consistency-seed555-x.json"
+    volume_runs = tmp_path / "runs" / "n1200" / "isbi"
+    with pytest.raises(SystemExit, match=r"--pick --json .*/n1200/isbi-no-consistency-seed555-x\.json"):
+        variant_confidence(volume_runs, "x@pick", 555, 1200)
+    longer.parent.mkdir()
+    picked = "runs/crac_protocol/n1200/isbi/cpsn-x-seed555/stage2/checkpoints/checkpoint-000700.pt"
+    longer.write_text(json.dumps({"picked": {"confidence": picked, "s2_threshold": 0.3}}))
+    assert variant_confidence(volume_runs, "x@pick", 555, 1200).name == "checkpoint-000700.pt"
+    assert crac_protocol.unit_s2_threshold("isbi", "x@pick", 555, "pick", 1200) == 0.3
+    with pytest.raises(SystemExit, match="names no S2 threshold"):  # the 600-iteration record does not exist
+        crac_protocol.unit_s2_threshold("isbi", "x@pick", 555, "pick")
