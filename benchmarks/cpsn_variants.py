@@ -36,7 +36,14 @@ import torch  # noqa: E402
 
 from affcons.config import validate  # noqa: E402
 from affcons.train.config import PretrainConfig  # noqa: E402
-from benchmarks.crac_protocol import SETTINGS, VOLUMES, pretrain_config, runs_dir, stage1_save_at  # noqa: E402
+from benchmarks.crac_protocol import (  # noqa: E402
+    SETTINGS,
+    VOLUMES,
+    pretrain_config,
+    protocol_settings,
+    runs_dir,
+    stage1_save_at,
+)
 
 VARIANTS = {
     "long": lambda stage: {"stage2": {"iterations": 5 * stage}},
@@ -145,7 +152,7 @@ def main(argv=None) -> int:
         help=f"N of the protocol run the variants belong to (default {SETTINGS['iterations']})",
     )
     args = parser.parse_args(argv)
-    settings = dict(SETTINGS, **({"iterations": args.iterations} if args.iterations else {}))
+    settings = protocol_settings(args.iterations)
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:

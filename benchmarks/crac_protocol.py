@@ -98,10 +98,11 @@ VOLUMES = {
         "stride": [12, 96, 192],
     },
 }
-ARMS = ("supervised", "crac-ws", "crac-ema", "oracle", "no-consistency", "oracle-filter")
+CRAC_ARMS = ("crac-ws", "crac-ema")  # the arms with a confidence net (pre-training or --cpsn-variant)
 CONTROLS = ("oracle", "no-consistency", "oracle-filter")  # arms compared with the baseline besides CRAC's
+ARMS = ("supervised", *CRAC_ARMS, *CONTROLS)
 # (e) has three seeds too: it separates what the consistency terms add from what the two nets give without them
-SEEDS = {arm: (555, 556, 557) for arm in ("supervised", "crac-ws", "crac-ema", "no-consistency")}
+SEEDS = {arm: (555, 556, 557) for arm in ("supervised", *CRAC_ARMS, "no-consistency")}
 CONTROL_SEEDS = (555,)
 THRESHOLDS = [round(0.1 * i, 1) for i in range(1, 10)]
 TIE = 1e-6  # score differences below this are rounding (e.g. two maps that both merge everything), not wins
@@ -127,6 +128,11 @@ SETTINGS = {
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "crac_protocol"
 RUNS = REPO_ROOT / "runs" / "crac_protocol"
 PICKS = REPO_ROOT / "benchmarks" / "results" / "cpsn_quality"
+
+
+def protocol_settings(iterations: int | None) -> dict:
+    """:data:`SETTINGS` for a run of ``iterations`` CRAC iterations (None: the protocol's own length)."""
+    return dict(SETTINGS, **({"iterations": iterations} if iterations else {}))
 
 
 def results_dir(settings: dict) -> Path:
@@ -397,8 +403,8 @@ def variant_confidence(volume_runs: Path, variant: str, seed: int, iterations: i
 def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, args) -> None:
     from affcons.commands.train import train
 
-    variant = args.cpsn_variant if arm in ("crac-ws", "crac-ema") else None
-    requested = getattr(args, "s2_threshold", None) if arm in ("crac-ws", "crac-ema") else None
+    variant = args.cpsn_variant if arm in CRAC_ARMS else None
+    requested = getattr(args, "s2_threshold", None) if arm in CRAC_ARMS else None
     label = unit_label(arm, variant, requested)
     result = results_dir(settings) / volume / f"{label}-seed{seed}.json"
     if result.exists():
@@ -411,7 +417,7 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
                 f"{confidence} is missing: run benchmarks/cpsn_variants.py --volume {volume} --seed {seed} "
                 f"--variants {variant.split('@')[0]} --iterations {settings['iterations']} first"
             )
-    elif arm in ("crac-ws", "crac-ema"):
+    elif arm in CRAC_ARMS:
         confidence = run_pretraining(volume, seed, settings, args)
     threshold = unit_s2_threshold(volume, variant, seed, requested, settings["iterations"])
     config = arm_config(volume, arm, seed, settings, args.num_workers, confidence, threshold)
@@ -546,7 +552,7 @@ def print_verdict(results: dict) -> None:
         if len(baseline) < 2:
             continue
         reference = {key: mean_std(evaluation_scores(baseline, "explicit", key)) for key in ("voi", "arand")}
-        for arm in unit_arms(results, volume, ("crac-ws", "crac-ema", *CONTROLS)):
+        for arm in unit_arms(results, volume, (*CRAC_ARMS, *CONTROLS)):
             runs = results.get((volume, arm), [])
             for name in ("implicit", "mean", "explicit") if runs else ():
                 print(f"  {volume:<5} {arm:<15} {name:<9} (n={len(runs)}) " + compare(runs, name, reference))
@@ -562,7 +568,7 @@ def print_consistency_effect(results: dict) -> None:
     for volume in VOLUMES:
         control = results.get((volume, "no-consistency"), [])
         baseline = results.get((volume, "supervised"), [])
-        for arm in unit_arms(results, volume, ("crac-ws", "crac-ema")) if control else ():
+        for arm in unit_arms(results, volume, CRAC_ARMS) if control else ():
             runs = results.get((volume, arm), [])
             for name in ("implicit", "mean", "explicit") if runs else ():
                 reference = {}
@@ -649,9 +655,7 @@ def main(argv=None) -> int:
         " ('pick': the threshold cpsn_quality.py --pick named for the picked net; unit <arm>...+s2t<T>|+s2t@pick)",
     )
     args = parser.parse_args(argv)
-    settings = dict(SETTINGS)
-    if args.iterations:
-        settings["iterations"] = args.iterations
+    settings = protocol_settings(args.iterations)
     if args.table:
         print_table(settings)
         return 0
