@@ -145,3 +145,12 @@ def test_picks_of_a_longer_run_are_recorded_and_read_beside_the_protocols(tmp_pa
     assert crac_protocol.unit_s2_threshold("isbi", "x@pick", 555, "pick", 1200) == 0.3
     with pytest.raises(SystemExit, match="names no S2 threshold"):  # the 600-iteration record does not exist
         crac_protocol.unit_s2_threshold("isbi", "x@pick", 555, "pick")
+
+
+@pytest.mark.parametrize("table", sorted(crac_protocol.RESULTS.glob("n*/table.txt")), ids=lambda path: path.parent.name)
+def test_each_committed_table_is_what_the_committed_results_print(table, capsys):
+    """The tables the README quotes are ``--table``'s output of the committed JSONs (regenerate them when a unit lands:
+    ``python benchmarks/crac_protocol.py --iterations N --table > benchmarks/results/crac_protocol/nN/table.txt``)."""
+    iterations = table.parent.name.removeprefix("n")
+    assert crac_protocol.main(["--table", "--iterations", iterations]) == 0
+    assert capsys.readouterr().out == table.read_text()
