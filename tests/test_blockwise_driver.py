@@ -42,14 +42,15 @@ def test_failure_line_names_blocks_errors_restarts_and_the_error():
         total=4,
         completed=3,
         failed=1,
+        worker_failures=3,
         worker_restarts=2,
         failed_blocks=[{"block": 2, "roi": "[0:10, 0:10, 10:20] (10, 10, 10)", "error": "VolumeError: x"}],
         worker_error="daisy worker subprocess exited with code 73",
         error="abandoned: x",
     )
     assert report.failure_line() == (
-        "task predict: 1 failed, 0 orphaned, 3/4 done, 2 worker restart(s); 1 block(s) not done (grid index @ write "
-        "ROI nm): 2 @ [0:10, 0:10, 10:20] (10, 10, 10) (VolumeError: x); last worker error: daisy worker subprocess "
-        "exited with code 73; error: abandoned: x"
+        "task predict: 1 failed, 0 orphaned, 3/4 done, 3 worker death(s), 2 worker restart(s); 1 block(s) not done "
+        "(grid index @ write ROI nm): 2 @ [0:10, 0:10, 10:20] (10, 10, 10) (VolumeError: x); last worker error: "
+        "daisy worker subprocess exited with code 73; error: abandoned: x"
     )
     assert report.as_dict()["processed"] == 3 and not report.ok

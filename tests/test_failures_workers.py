@@ -19,10 +19,13 @@ def test_worker_killed_mid_block_is_replaced_and_the_block_retried(tmp_path, mon
     fault = {"step": "fragments", "block": 3, "action": "exit", "point": "partial-write", "once": str(marker)}
     monkeypatch.setenv(FAULT_ENV, json.dumps(fault))
     out = tmp_path / "out.zarr"
-    assert run_cli(reliability_argv(out)) == 0
+    # one worker: with two, the other one may finish every block before daisy starts a replacement (daisy counts
+    # the replacements it starts as restarts, the dirty exits as worker failures)
+    assert run_cli(reliability_argv(out, workers=1)) == 0
     assert marker.exists()  # the worker did die after writing block 3's fragments, before its nodes
     task = summary_of(out)["tasks"]["fragments"]
-    assert task["worker_restarts"] >= 1 and task["failed"] == 0 and task["processed"] == 8
+    assert task["worker_failures"] == 1 and task["worker_restarts"] >= 1
+    assert task["failed"] == 0 and task["processed"] == 8
     assert chunk_digests(out) == digests
 
 
