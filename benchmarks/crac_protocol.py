@@ -56,6 +56,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -465,9 +466,11 @@ def run_unit(volume: str, arm: str, seed: int, settings: dict, volumes: dict, ar
 
 
 def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` atomically, with paths inside the repository recorded relative to its root."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1, default=str))
+    text = json.dumps(data, indent=1, default=str)
+    temporary.write_text(text.replace(json.dumps(f"{REPO_ROOT}{os.sep}")[1:-1], ""))
     temporary.replace(path)
 
 
