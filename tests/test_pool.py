@@ -102,7 +102,8 @@ def test_a_pool_process_that_dies_is_reported_like_a_worker_and_replaced_for_the
     assert driver.returncode == 0
     assert chunk_digests(out) == digests
     summary = json.loads((out.parent / "out.affcons-run" / "summary.json").read_text())
-    assert summary["tasks"]["edges"]["worker_restarts"] >= 1
+    # daisy counts the death; a restart only if blocks were left when it noticed (docs/design/blockwise.md)
+    assert summary["tasks"]["edges"]["worker_failures"] == 1
     assert len(seen) == 3, f"two pool processes and one replacement expected, saw {sorted(seen)}"
     assert worker_pids(out, STEPS[2]) <= seen, "the next step should run in the pool, not in relays serving cold"
 
