@@ -42,7 +42,7 @@ class TaskReport:
     skipped: int = 0
     failed: int = 0
     orphaned: int = 0
-    worker_failures: int = 0
+    worker_deaths: int = 0
     worker_restarts: int = 0
     failed_blocks: list = field(default_factory=list)
     worker_error: str | None = None
@@ -67,7 +67,7 @@ class TaskReport:
             "processed": self.completed - self.skipped,
             "failed": self.failed,
             "orphaned": self.orphaned,
-            "worker_failures": self.worker_failures,
+            "worker_deaths": self.worker_deaths,
             "worker_restarts": self.worker_restarts,
             "failed_blocks": self.failed_blocks,
             "worker_error": self.worker_error,
@@ -80,7 +80,7 @@ class TaskReport:
         the summary); at most ``shown`` blocks listed."""
         line = (
             f"task {self.task_id}: {self.failed} failed, {self.orphaned} orphaned, {self.completed}/{self.total} done, "
-            f"{self.worker_failures} worker death(s), {self.worker_restarts} worker restart(s)"
+            f"{self.worker_deaths} worker death(s), {self.worker_restarts} worker restart(s)"
         )
         if self.failed_blocks:
             listed = [
@@ -215,7 +215,7 @@ def _schedule(sender, step, process_function, execution, run_dir, requires, rese
             skipped=state.skipped_count,
             failed=state.failed_count,
             orphaned=state.orphaned_count,
-            worker_failures=state.worker_failure_count,
+            worker_deaths=state.worker_failure_count,
             worker_restarts=state.worker_restart_count,
             worker_error=_first_line(state.last_worker_error or state.first_worker_error),
         )

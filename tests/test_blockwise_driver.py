@@ -42,7 +42,7 @@ def test_failure_line_names_blocks_errors_restarts_and_the_error():
         total=4,
         completed=3,
         failed=1,
-        worker_failures=3,
+        worker_deaths=3,
         worker_restarts=2,
         failed_blocks=[{"block": 2, "roi": "[0:10, 0:10, 10:20] (10, 10, 10)", "error": "VolumeError: x"}],
         worker_error="daisy worker subprocess exited with code 73",

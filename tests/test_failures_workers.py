@@ -20,11 +20,11 @@ def test_worker_killed_mid_block_is_replaced_and_the_block_retried(tmp_path, mon
     monkeypatch.setenv(FAULT_ENV, json.dumps(fault))
     out = tmp_path / "out.zarr"
     # one worker: with two, the other one may finish every block before daisy starts a replacement (daisy counts
-    # the replacements it starts as restarts, the dirty exits as worker failures)
+    # the replacements it starts as restarts, the dirty exits as worker deaths)
     assert run_cli(reliability_argv(out, workers=1)) == 0
     assert marker.exists()  # the worker did die after writing block 3's fragments, before its nodes
     task = summary_of(out)["tasks"]["fragments"]
-    assert task["worker_failures"] == 1 and task["worker_restarts"] >= 1
+    assert task["worker_deaths"] == 1 and task["worker_restarts"] >= 1
     assert task["failed"] == 0 and task["processed"] == 8
     assert chunk_digests(out) == digests
 

@@ -103,7 +103,7 @@ def test_a_pool_process_that_dies_is_reported_like_a_worker_and_replaced_for_the
     assert chunk_digests(out) == digests
     summary = json.loads((out.parent / "out.affcons-run" / "summary.json").read_text())
     # daisy counts the death; a restart only if blocks were left when it noticed (docs/design/blockwise.md)
-    assert summary["tasks"]["edges"]["worker_failures"] == 1
+    assert summary["tasks"]["edges"]["worker_deaths"] == 1
     assert len(seen) == 3, f"two pool processes and one replacement expected, saw {sorted(seen)}"
     assert worker_pids(out, STEPS[2]) <= seen, "the next step should run in the pool, not in relays serving cold"
 
