@@ -9,7 +9,8 @@ same crop stream; data loading in one worker process, as before):
                one slice product per offset), both kept below and swapped in while this arm runs;
   new       -- channels-last 3-D tensors (oneDNN's 3-D convolution backward is 1.5-5x faster in that layout for these
                8-16 channel layers) and the two networks' forward passes, pseudo-label filters and backward passes
-               in two threads (``run.parallel_branches``; one intra-op thread each);
+               in two threads (``run.parallel_branches``; one intra-op thread each), and the confidence net of S2
+               with its BatchNorms folded into its convolutions (``run.fold_confidence_batchnorm``);
   intra-op  -- (``--intra-op``) channels-last with two intra-op threads instead of the branch threads.
 
 Each arm lives in its own process (its own heap and thread pools: in one process the arms' allocations and threads
@@ -20,7 +21,7 @@ the first iteration, as after the gate). The script prints iterations/s per arm,
 iteration goes (waiting for data, forward + pseudo-labels + loss, backward, optimiser), and the loss curves'
 agreement (the arms compute the same function; only floating-point rounding differs). It also times the S1
 percentile (3b88176: boolean compaction and two ``kthvalue`` calls; now: one ``topk`` over the masked tensor) on the
-same entropy maps.
+same entropy maps, and the confidence net's S2 pass over one teacher map, eager against BatchNorms folded.
 
     nice python benchmarks/crac_speed.py                # ~10-20 min on the shared 2-core machine
 """
@@ -44,7 +45,7 @@ import affcons.pseudo  # noqa: E402
 import affcons.train.strategies  # noqa: E402
 from affcons.affinities import shifted_pair_slices  # noqa: E402
 from affcons.config import validate  # noqa: E402
-from affcons.nets import build_confidence_net  # noqa: E402
+from affcons.nets import build_confidence_net, fold_batchnorm  # noqa: E402
 from affcons.pseudo import binary_entropy, s1_mask  # noqa: E402
 from affcons.train.config import ConfidenceModelConfig, CRACConfig  # noqa: E402
 from affcons.train.dataset import CropDataset  # noqa: E402
@@ -54,9 +55,15 @@ from affcons.train.trainer import Trainer, seed_everything  # noqa: E402
 ISBI = "data/isbi2012_3d/isbi2012_with_3d_neurite_labels.h5"
 CONFIDENCE_FILTERS = [4, 6, 8, 12, 16]  # the reduced protocol's CPSN (benchmarks/crac_protocol.py)
 ARMS = {
-    "old": {"threads": 1, "channels_last": False, "parallel_branches": False, "fused_optimizer": False},
-    "new": {"threads": 1, "channels_last": True, "parallel_branches": True, "fused_optimizer": True},
-    "intra-op": {"threads": 2, "channels_last": True, "parallel_branches": False, "fused_optimizer": True},
+    "old": {"threads": 1, "channels_last": False, "parallel_branches": False, "fused_optimizer": False, "fold": False},
+    "new": {"threads": 1, "channels_last": True, "parallel_branches": True, "fused_optimizer": True, "fold": True},
+    "intra-op": {
+        "threads": 2,
+        "channels_last": True,
+        "parallel_branches": False,
+        "fused_optimizer": True,
+        "fold": True,
+    },
 }
 
 
@@ -134,6 +141,7 @@ def config(arm: dict, iterations: int, s2: bool) -> CRACConfig:
                 "channels_last": arm["channels_last"],
                 "parallel_branches": arm["parallel_branches"],
                 "fused_optimizer": arm["fused_optimizer"],
+                "fold_confidence_batchnorm": arm["fold"],
             },
             "optim": {"lr": 1e-3, "eps": 1e-8},
             "validation": {"volume": None},
@@ -235,12 +243,44 @@ def percentile_timing(repeats: int) -> dict:
     return timings
 
 
+def confidence_timing(rounds: int) -> dict:
+    """Seconds per S2 pass of one teacher map (2 crops x 12 channels of 8x80x80 in chunks of 8) through the reduced
+    protocol's CPSN, eager vs BatchNorms folded, channels-last, interleaved; BatchNorm statistics randomised so that
+    folding changes the weights. Median of ``rounds``, and the largest output difference."""
+    generator = torch.Generator().manual_seed(0)
+    net = build_confidence_net(ConfidenceModelConfig(filters=CONFIDENCE_FILTERS, bn_momentum=0.1))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    nets = {"eager": net.eval().requires_grad_(False).to(memory_format=torch.channels_last_3d)}
+    nets["folded"] = fold_batchnorm(nets["eager"])
+    stacked = torch.rand(24, 3, 8, 80, 80, generator=generator).contiguous(memory_format=torch.channels_last_3d)
+
+    @torch.no_grad()
+    def one_map(net) -> torch.Tensor:
+        return torch.cat([net(stacked[start : start + 8]) for start in range(0, 24, 8)])
+
+    outputs = {name: one_map(net) for name, net in nets.items()}  # also the warm-up
+    seconds = {name: [] for name in nets}
+    for _ in range(rounds):
+        for name, net in nets.items():
+            start = time.perf_counter()
+            one_map(net)
+            seconds[name].append(time.perf_counter() - start)
+    return {
+        **{name: float(np.median(values)) for name, values in seconds.items()},
+        "max_difference": float((outputs["folded"] - outputs["eager"]).abs().max()),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=4, help="blocks per arm (the first is warm-up)")
     parser.add_argument("--block", type=int, default=10, help="iterations per block")
     parser.add_argument("--intra-op", action="store_true", help="also time two intra-op threads (no branch threads)")
     parser.add_argument("--scenarios", default="S1,S1+S2", help="S1 and/or S1+S2")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds of the confidence-net timing")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args(argv)
     arms = ["old", "new"] + (["intra-op"] if args.intra_op else [])
@@ -273,6 +313,13 @@ def main(argv=None) -> int:
         f"\nS1 threshold on 2x12x8x80x80 entropies: 3b88176 {1000 * timing['head']['seconds']:.1f} ms, now "
         f"{1000 * timing['now']['seconds']:.1f} ms (x{timing['head']['seconds'] / timing['now']['seconds']:.1f}; "
         f"gamma {timing['head']['gamma']:.6f} vs {timing['now']['gamma']:.6f}); two per iteration"
+    )
+    cpsn = confidence_timing(args.rounds)
+    results["confidence_pass"] = cpsn
+    print(
+        f"S2 confidence net, one teacher map (24 samples of 8x80x80): eager {1000 * cpsn['eager']:.0f} ms, BatchNorms "
+        f"folded {1000 * cpsn['folded']:.0f} ms (x{cpsn['eager'] / cpsn['folded']:.2f}; outputs within "
+        f"{cpsn['max_difference']:.1e}); two per iteration, one per branch thread"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -1,17 +1,18 @@
-"""Networks: shapes, init, perturbation flag, and implicit affinities against hand-computed values."""
+"""Networks: shapes, init, perturbation flag, implicit affinities against hand-computed values, BatchNorm folding."""
 
 import math
 
 import pytest
 import torch
 
-from affcons.errors import VolumeError
+from affcons.errors import ConfigError, VolumeError
 from affcons.nets import (
     CRACNetworks,
     DropoutPerturbation,
     UNetPNI,
     build_confidence_net,
     fill_short_range_borders,
+    fold_batchnorm,
     implicit_affinities,
     offset_validity,
 )
@@ -192,3 +193,43 @@ def test_pointwise_conv_equals_a_1x1x1_convolution_in_both_layouts():
             assert out.is_contiguous(memory_format=torch.channels_last_3d)  # no layout change downstream
         (grad,) = torch.autograd.grad(out.square().sum(), inputs)
         assert torch.allclose(grad, torch.autograd.grad(conv(x.requires_grad_(True)).square().sum(), x)[0], atol=1e-5)
+
+
+def _eval_net_with_batchnorm_statistics(seed: int, upsample: str, merge: str) -> UNetPNI:
+    """An eval-mode net whose BatchNorm statistics and affine parameters are far from the identity (so folding them
+    changes the weights)."""
+    torch.manual_seed(seed)
+    net = UNetPNI(3, 2, SMALL, upsample=upsample, merge=merge, bn_momentum=0.1)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("upsample,merge", [("bilinear", "add"), ("transposeS", "cat")])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_folded_batchnorm_computes_the_eval_net(upsample, merge, layout):
+    net = _eval_net_with_batchnorm_statistics(3, upsample, merge).to(memory_format=layout)
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert not any(p.requires_grad for p in folded.parameters())
+    x = torch.rand(3, 3, 3, 32, 48).contiguous(memory_format=layout)
+    with torch.no_grad():
+        expected, out = net(x), folded(x)
+    assert (out - expected).abs().max() < 2e-5
+    assert not torch.equal(out, expected)  # other weights, other rounding: the copy is really folded
+    assert fold_batchnorm(folded) is not folded  # folding twice is a no-op copy
+    with torch.no_grad():
+        assert torch.equal(fold_batchnorm(folded)(x), out)
+    after = net.state_dict()  # the net itself is unchanged, and its state dict has no fold buffers
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any("skip_" in key for key in after)
+
+
+def test_fold_batchnorm_refuses_a_net_in_training_mode():
+    with pytest.raises(ConfigError, match="eval-mode"):
+        fold_batchnorm(build_confidence_net(ConfidenceModelConfig(filters=SMALL)))

@@ -9,8 +9,8 @@ from torch.utils.data import default_collate
 from affcons.config import validate
 from affcons.errors import ConfigError
 from affcons.losses import pseudo_loss, rampup_weight
-from affcons.nets import implicit_affinities
-from affcons.train.config import CRACConfig
+from affcons.nets import build_confidence_net, implicit_affinities
+from affcons.train.config import ConfidenceModelConfig, CRACConfig
 from affcons.train.dataset import CropDataset
 from affcons.train.strategies import CRACStrategy, ema_decay_at
 
@@ -160,3 +160,18 @@ def test_schedules():
     for source in ("oracle", "oracle_filter"):
         with pytest.raises(ConfigError, match="dense labels"):
             _config(**{"pseudo.source": source, "data.sparse": {"mode": "all"}})
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_the_confidence_net_runs_with_folded_batchnorm_when_configured(fold):
+    """``run.fold_confidence_batchnorm``: both teacher maps' S2 filters use one folded copy (or the net itself)."""
+    config = _config(**{"run.fold_confidence_batchnorm": fold, "pseudo.s2.enabled": True, "pseudo.s2.gate": 0})
+    confidence = build_confidence_net(ConfidenceModelConfig(filters=[4, 4, 8, 8, 8])).eval().requires_grad_(False)
+    strategy = CRACStrategy(config, torch.device("cpu"), confidence)
+    used = strategy.frozen["confidence"]
+    assert (used is not confidence) == fold
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in used.modules()) != fold
+    assert all(labeler.confidence_net is used for labeler in strategy.labelers.values())
+    strategy.train()
+    assert not used.training  # train() leaves the frozen nets in eval mode
+    assert torch.isfinite(strategy.loss(_batch(config), iteration=40).loss)

@@ -19,7 +19,7 @@ from torch import nn
 from affcons.devices import select_device  # noqa: F401 (its historical home; the device rules are in affcons.devices)
 from affcons.errors import CheckpointError, VolumeError
 from affcons.nets.embedding import implicit_affinities, offset_validity
-from affcons.nets.unet import DropoutPerturbation, UNetPNI
+from affcons.nets.unet import DropoutPerturbation, UNetPNI, fold_batchnorm
 
 __all__ = [
     "CRACNetworks",
@@ -28,6 +28,7 @@ __all__ = [
     "build_affinity_net",
     "build_confidence_net",
     "build_embedding_net",
+    "fold_batchnorm",
     "fill_short_range_borders",
     "implicit_affinities",
     "load_model",

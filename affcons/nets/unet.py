@@ -19,6 +19,7 @@ The network is built from three small blocks:
 ``train()``/``eval()``, so frozen perturbed predictors are perturbed on purpose and nothing else is.
 """
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -44,10 +45,14 @@ class ResBlockPNI(nn.Module):
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm3d(out_channels, momentum=bn_momentum)
         self.bn_out = nn.BatchNorm3d(out_channels, momentum=bn_momentum)
+        # (out_channels,) once fold_batchnorm has folded bn_out into conv2, else None (then not in the state dict)
+        self.register_buffer("skip_scale", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = F.elu(self.bn_project(self.project(x)))
         y = self.bn2(self.conv2(F.elu(self.bn1(self.conv1(r)))))
+        if self.skip_scale is not None:  # folded: bn_out(r + y) == skip_scale * r + y, y with bn_out's shift
+            return F.elu(torch.addcmul(y, r, self.skip_scale.reshape(-1, 1, 1, 1)))
         return F.elu(self.bn_out(r + y))
 
 
@@ -105,8 +110,16 @@ class Merge(nn.Module):
         merged = channels if mode == "add" else 2 * channels
         self.bn = nn.BatchNorm3d(merged, momentum=bn_momentum)
         self.block = ResBlockPNI(merged, channels, bn_momentum)
+        # (channels,) each once fold_batchnorm has moved bn into the upsampling's projection and these, else None
+        self.register_buffer("skip_scale", None)
+        self.register_buffer("skip_shift", None)
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.skip_scale is not None:  # folded: bn's scale and shift of the up channels are in up's projection
+            scale, shift = self.skip_scale.reshape(-1, 1, 1, 1), self.skip_shift.reshape(-1, 1, 1, 1)
+            if self.mode == "add":
+                return self.block(F.elu(torch.addcmul(up, skip, scale)))
+            return self.block(F.elu(torch.cat([up, torch.addcmul(shift, skip, scale)], dim=1)))
         merged = up + skip if self.mode == "add" else torch.cat([up, skip], dim=1)
         return self.block(F.elu(self.bn(merged)))
 
@@ -222,3 +235,58 @@ class UNetPNI(nn.Module):
                 x = self.perturb[i - 2](x)
         x = self.out(F.elu(self.embed_out(x)))
         return torch.sigmoid(x) if self.activation == "sigmoid" else x
+
+
+def _batchnorm_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` of an eval-mode BatchNorm: ``bn(x) == scale * x + shift``."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _absorb(conv: nn.Conv3d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv3d:
+    """``conv`` followed by the per-channel map ``scale * x + shift``, as one convolution of the same class with a
+    bias (the weight keeps its memory layout)."""
+    folded = copy.deepcopy(conv)
+    folded.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.ndim - 1)))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    folded.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+    return folded
+
+
+@torch.no_grad()
+def fold_batchnorm(net: UNetPNI) -> UNetPNI:
+    """An inference copy of an eval-mode ``net`` with its BatchNorms folded away.
+
+    In each residual block ``bn_project``, ``bn1`` and ``bn2`` go into the convolution before them and ``bn_out``
+    (which acts on the residual sum) into ``conv2`` and a per-channel scale of the skip; in each merge the BatchNorm
+    of the merged channels goes into the upsampling's 1x1x1 projection (the up channels) and a scale and shift of
+    the encoder skip. That removes one or two full-size elementwise passes per BatchNorm; outputs equal the net's up
+    to rounding (within ~2e-5 for a sigmoid output). The copy has no gradients and must stay in eval mode; ``net``
+    is unchanged. Used for the frozen confidence net of S2, whose cost is dominated by such passes
+    (``benchmarks/crac_speed.py``).
+    """
+    if net.training:
+        raise ConfigError("fold_batchnorm needs an eval-mode net (BatchNorm running statistics)")
+    folded = copy.deepcopy(net).requires_grad_(False)
+    for block in folded.modules():
+        if isinstance(block, ResBlockPNI) and block.skip_scale is None:
+            block.project = _absorb(block.project, *_batchnorm_affine(block.bn_project))
+            block.conv1 = _absorb(block.conv1, *_batchnorm_affine(block.bn1))
+            out_scale, out_shift = _batchnorm_affine(block.bn_out)
+            scale2, shift2 = _batchnorm_affine(block.bn2)
+            block.conv2 = _absorb(block.conv2, scale2 * out_scale, shift2 * out_scale + out_shift)
+            block.skip_scale = out_scale.clone()
+            block.bn_project, block.bn1, block.bn2, block.bn_out = (nn.Identity() for _ in range(4))
+    for upsample, merge in zip(folded.up, folded.merge):
+        if merge.skip_scale is not None:
+            continue
+        scale, shift = _batchnorm_affine(merge.bn)
+        up_channels = upsample.project.out_channels
+        if merge.mode == "add":  # bn(up + skip) = (scale * up + shift) + scale * skip
+            upsample.project = _absorb(upsample.project, scale, shift)
+            merge.skip_scale, merge.skip_shift = scale.clone(), torch.zeros_like(shift)
+        else:  # bn(cat(up, skip)) = cat(scale_u * up + shift_u, scale_s * skip + shift_s)
+            upsample.project = _absorb(upsample.project, scale[:up_channels], shift[:up_channels])
+            merge.skip_scale, merge.skip_shift = scale[up_channels:].clone(), shift[up_channels:].clone()
+        merge.bn = nn.Identity()
+    return folded

@@ -49,6 +49,7 @@ from affcons.nets import (
     build_confidence_net,
     build_embedding_net,
     fill_short_range_borders,
+    fold_batchnorm,
     implicit_affinities,
     offset_validity,
 )
@@ -150,6 +151,8 @@ class CRACStrategy(_Base):
             for module in self.ema.values():
                 module.requires_grad_(False)
         if confidence_net is not None:
+            if config.run.fold_confidence_batchnorm:
+                confidence_net = fold_batchnorm(confidence_net)
             self.frozen["confidence"] = confidence_net
         pseudo = config.pseudo
         # one labeler per teacher map: the two maps are filtered in parallel threads
