@@ -11,7 +11,8 @@ What is measured, on the same device and the same random raw volume (uint8, zarr
    ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products; element-wise ops are not counted),
    per input voxel and per *output* voxel (times ``prod(patch) / prod(tile)``, the context overhead of the margin).
 2. Whole-volume sliding window in this process (:func:`affcons.predict.predict_volume`, one call over the volume),
-   fp32 and mixed precision (bf16 autocast; on CPU this is torch's CPU autocast, measured as is), after a warm-up
+   fp32 and mixed precision (bf16 autocast; on CPU this is torch's CPU autocast, measured as is), and fp32 with the
+   BatchNorms not folded into the convolutions (the version before 3 December 2026), after a warm-up
    with every batch shape of the timed run (cuDNN autotuning is not timed). On a GPU also bf16 with channels-last
    networks (a copy: the conversion is in place).
 3. Blockwise prediction with ``affcons predict`` machinery (:func:`run_blockwise`: daisy task, fresh worker
@@ -72,6 +73,11 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, help="CPU workers for the blockwise run (default 1, all threads)")
     parser.add_argument("--gpus", help="GPU indices for the blockwise run (default: all)")
     parser.add_argument("--keep", help="keep the benchmark's files in a new directory inside this one")
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="CPU: leave out the bf16 autocast timing (without native bf16, e.g. AVX2 only, it takes many minutes)",
+    )
     parser.add_argument(
         "--compare-maps",
         action="store_true",
@@ -355,7 +361,7 @@ def main(argv=None) -> int:
 
         results = {}
         predictors = {}
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32",) if args.no_bf16 and not gpu else ("fp32", "bf16"):
             predictors[precision] = Predictor(
                 networks, grid, args.map, channels, device=device, precision=precision, batch_size=batch
             )
@@ -374,7 +380,19 @@ def main(argv=None) -> int:
                 f"whole-volume sliding window, {precision if precision == 'fp32' else label}: "
                 f"{rate:,.0f} output voxels/s ({voxels / rate:.1f} s)"
             )
-        print(f"mixed precision speed-up (whole volume): {results['whole_bf16'] / results['whole_fp32']:.2f}x")
+        if "whole_bf16" in results:
+            print(f"mixed precision speed-up (whole volume): {results['whole_bf16'] / results['whole_fp32']:.2f}x")
+        # the previous version: BatchNorms not folded (interleaved with a second folded pass, same volume)
+        unfolded = Predictor(
+            networks, grid, args.map, channels, device=device, precision="fp32", batch_size=batch, fold_batchnorm=False
+        )
+        rate = results["whole_fp32_unfolded"] = time_whole_volume(unfolded, raw)
+        folded_again = time_whole_volume(predictors["fp32"], raw)
+        folded_rate = 0.5 * (results["whole_fp32"] + folded_again)
+        print(
+            f"whole-volume sliding window, fp32, BatchNorms not folded: {rate:,.0f} output voxels/s; folding "
+            f"speed-up {folded_rate / rate:.2f}x (folded: {results['whole_fp32']:,.0f} and {folded_again:,.0f})"
+        )
         if gpu:
             # its own copy: the channels-last conversion is in place and must not change the shared networks
             tuned = Predictor(
@@ -457,7 +475,7 @@ def main(argv=None) -> int:
             + ("" if gpu else " (on a CPU; run with --device cuda on a GPU)")
         )
         achieved = rate * per_output
-        best_precision = max(("fp32", "bf16"), key=lambda p: results[f"whole_{p}"])
+        best_precision = max(("fp32", "bf16"), key=lambda p: results.get(f"whole_{p}", 0.0))
         whole_achieved = results[f"whole_{best_precision}"] * per_output
         matrix_dtype = torch.bfloat16 if gpu else torch.float32
         matrix = matmul_rate(device, matrix_dtype, 8192 if gpu else 1024)

@@ -80,6 +80,6 @@ def test_the_warm_up_runs_every_batch_shape_of_the_timed_pass():
     networks = CRACNetworks.from_config(ModelConfig(filters=[2, 2, 2, 2, 2], embedding_channels=2))
     predictor = Predictor(networks, PatchGrid((4, 32, 32), (0, 0, 0)), channels=3, batch_size=3)
     seen = []
-    networks.embedding_net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[0]))
+    predictor.networks.embedding_net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[0]))
     _benchmark_module().warm_up(predictor, (8, 64, 128))  # 2 x 2 x 4 = 16 tiles: five batches of 3, one of 1
     assert sorted(seen) == [1, 3]

@@ -171,3 +171,19 @@ def test_predict_checks_the_raw_shape():
     predictor = Predictor(tiny_networks(), PatchGrid(PATCH, MARGIN), channels=3)
     with pytest.raises(VolumeError, match=r"must be \[10, 96, 96\]"):
         predictor.predict(np.zeros((8, 64, 64), np.uint8), (8, 64, 64))
+
+
+def test_predictor_folds_batchnorm_by_default_within_rounding_of_the_unfolded_networks(tmp_path):
+    raw = make_raw(str(tmp_path / "in.zarr/raw"))
+    networks = tiny_networks()
+    outputs = {}
+    for fold in (True, False):
+        predictor = Predictor(
+            networks, PatchGrid(PATCH, MARGIN), "mean", channels=3, dtype="float16", fold_batchnorm=fold
+        )
+        has_batchnorm = any(isinstance(m, torch.nn.BatchNorm3d) for m in predictor.networks.modules())
+        assert has_batchnorm != fold
+        outputs[fold] = predict_volume(predictor, raw)["affs"].astype(np.float32)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in networks.modules())  # the caller's networks are kept
+    assert np.abs(outputs[True] - outputs[False]).max() < 2e-3  # float16 rounding of values within ~1e-5
+    assert outputs[True].std() > 0.01

@@ -117,6 +117,12 @@ class CRACNetworks(nn.Module):
     def forward(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.affinities(raw)
 
+    def folded(self) -> "CRACNetworks":
+        """Inference copies of both (eval-mode) nets with their BatchNorms folded away (:func:`fold_batchnorm`)."""
+        return CRACNetworks(
+            fold_batchnorm(self.embedding_net), fold_batchnorm(self.affinity_net), self.offsets, self.available
+        )
+
     def affinities(
         self, raw: torch.Tensor, outputs: Sequence[str] = OUTPUTS, fill_borders: bool = True
     ) -> dict[str, torch.Tensor]:
