@@ -17,6 +17,8 @@ The network is built from three small blocks:
 :class:`DropoutPerturbation` is the explicit replacement of the reference code's dropout that is created inside
 ``forward`` (method.md section 8, item 11): it is active exactly when its ``active`` flag is set, independently of
 ``train()``/``eval()``, so frozen perturbed predictors are perturbed on purpose and nothing else is.
+
+:func:`fold_batchnorm` gives an inference copy of an eval-mode net with its BatchNorms folded into the convolutions.
 """
 
 import copy
@@ -263,7 +265,7 @@ def fold_batchnorm(net: UNetPNI) -> UNetPNI:
     the encoder skip. That removes one or two full-size elementwise passes per BatchNorm; outputs equal the net's up
     to rounding (within ~2e-5 for a sigmoid output). The copy has no gradients and must stay in eval mode; ``net``
     is unchanged. Used for the frozen confidence net of S2, whose cost is dominated by such passes
-    (``benchmarks/crac_speed.py``).
+    (``benchmarks/crac_speed.py``), and for prediction (``benchmarks/predict.py``).
     """
     if net.training:
         raise ConfigError("fold_batchnorm needs an eval-mode net (BatchNorm running statistics)")
