@@ -190,11 +190,16 @@ def _volumes(container: Path) -> list[tuple[str, Path]]:
     while pending:
         directory = pending.pop()
         for child in sorted(p for p in directory.iterdir() if p.is_dir()):
-            if read_multiscales(child) is not None or _is_array(child):
+            if is_volume(child):
                 found.append((child.relative_to(container).as_posix(), child))
             else:
                 pending.append(child)
     return sorted(found)
+
+
+def is_volume(directory: Path) -> bool:
+    """True if ``directory`` is one layer's data: a zarr array (v3 or v2) or an OME-Zarr multiscale group."""
+    return read_multiscales(directory) is not None or _is_array(directory)
 
 
 def _is_array(directory: Path) -> bool:

@@ -60,3 +60,32 @@ def test_view_of_a_run_serves_raw_and_the_best_segmentation_to_chromium(job_run,
 def test_view_of_a_missing_path_is_refused(tmp_path, capsys):
     assert cli_main(["view", str(tmp_path / "nothing")]) == 2
     assert "no such run directory or zarr container" in capsys.readouterr().err
+
+
+def test_view_of_one_volume_a_pyramid_of_the_runs_segmentation_draws_it_in_chromium(job_run, tmp_path, chromium):  # noqa: F811
+    """As the README shows: ``affcons pyramid`` of a segmentation, then ``affcons view`` of that multiscale group."""
+    best = json.loads((job_run / "summary.json").read_text())["metrics"]["best"]["threshold"]
+    pyramid = tmp_path / "views.zarr" / "segmentation_multiscale"
+    source = job_run / "out.zarr" / f"segmentation_{best:.2f}"
+    pyramid_command = ["pyramid", str(source), "--out", str(pyramid), "--run-dir", str(tmp_path / "pyramid-run")]
+    assert cli_main([*pyramid_command, "--workers", "1"]) == 0
+    command = [sys.executable, "-m", "affcons.cli", "view", str(pyramid), "--layout", "xy", "--serve-seconds", "120"]
+    viewer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        url = viewer.stdout.readline().strip().removeprefix("neuroglancer: ")
+        shown = viewer.stdout.readline()
+        assert url.startswith("http://127.0.0.1:") and shown.startswith("showing segmentation_multiscale "), shown
+        chromium.open(url)
+        image = settled_screenshot(chromium, NEUROGLANCER_READY, "the multiscale segmentation to render")
+        assert colourfulness(image, centre(element_box(chromium, PANEL), size=120)) > 10, "segment colours drawn"
+    finally:
+        viewer.terminate()
+        viewer.wait(30)
+
+
+def test_view_of_one_array_shows_it_and_refuses_a_threshold(job_run, capsys):
+    raw = job_run / "out.zarr" / "raw"
+    assert cli_main(["view", str(raw), "--serve-seconds", "0.1"]) == 0
+    assert "showing raw " in capsys.readouterr().out
+    assert cli_main(["view", str(raw), "--threshold", "0.5"]) == 2
+    assert "is one volume: --threshold picks a segmentation" in capsys.readouterr().err
