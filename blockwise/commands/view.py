@@ -56,7 +56,7 @@ def _layers(path: Path, threshold: float | None) -> list:
     from affcons.viewer import Layer, is_volume, kind_of, layers_from_container, volume_info
     from blockwise.layout import run_contents
 
-    if path.is_dir() and is_volume(path):
+    if is_volume(path):
         if threshold is not None:
             raise VolumeError(f"{path} is one volume: --threshold picks a segmentation of a run or zarr container")
         return [Layer(path.name, path, kind_of(volume_info(path)))]
